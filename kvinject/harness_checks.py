@@ -1,0 +1,54 @@
+"""Wrappers the start-up hook puts around two lm-eval functions (see kvinject/_autoload.py)."""
+import functools
+import shutil
+from pathlib import Path
+
+
+def _leaf_tasks(task_dict):
+    for value in task_dict.values():
+        if isinstance(value, dict):
+            yield from _leaf_tasks(value)
+        else:
+            yield value
+
+
+def guard_evaluate(evaluate):
+    """Fail before any generation when an adaptation task meets a model that cannot inject."""
+
+    @functools.wraps(evaluate)
+    def checked_evaluate(lm, task_dict, *args, **kwargs):
+        from kvinject.adaptation_tasks.task import AdaptationTask
+        from kvinject.model_adapters.harness_model import KVInjectLM
+
+        model = getattr(lm, "lm", lm)  # --use_cache wraps the model in a CachingLM
+        if not isinstance(model, KVInjectLM):
+            names = [t.config.task for t in _leaf_tasks(task_dict) if isinstance(t, AdaptationTask)]
+            if names:
+                raise ValueError(
+                    f"task(s) {', '.join(names)} measure adaptation to a KV-cache injection and need "
+                    f"`--model kvinject` (got {type(model).__name__}); use "
+                    "`--model kvinject --model_args pretrained=<model>` to evaluate any HF causal LM."
+                )
+        return evaluate(lm, task_dict, *args, **kwargs)
+
+    return checked_evaluate
+
+
+def save_traces_beside_results(save_results_aggregated):
+    """After lm-eval writes results_<date>.json, copy the run's trace files next to it."""
+
+    @functools.wraps(save_results_aggregated)
+    def save(self, results, samples=None):
+        save_results_aggregated(self, results, samples)
+        from kvinject.model_adapters.trace_log import open_trace_logs
+
+        if not self.output_path:
+            return
+        path = Path(self.output_path)
+        folder = path.parent if path.suffix == ".json" else path / str(self.general_config_tracker.model_name_sanitized)
+        for index, log in enumerate(open_trace_logs()):
+            suffix = "" if index == 0 else f"_{index}"
+            log.flush()
+            shutil.copyfile(log.path, folder / f"traces_{self.date_id}{suffix}.jsonl")
+
+    return save

@@ -1,0 +1,104 @@
+"""Load the causal LM and tokenizer that ``--model_args`` describe (already validated)."""
+import importlib.util
+import logging
+import warnings
+
+from kvinject.model_adapters.model_args import ModelArgs, ModelArgsError
+from kvinject.model_adapters.offline_models import OFFLINE_MODELS, safetensors_copy_of_gguf
+
+logger = logging.getLogger(__name__)
+
+
+def _available_devices():
+    import torch
+
+    devices = []
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices + ["cpu"]
+
+
+def resolve_device(requested: str) -> str:
+    """``auto`` picks cuda, then mps, then cpu. An unavailable device falls back with a warning,
+    because lm-eval's CLI passes ``cuda:0`` by default even on machines without CUDA."""
+    import torch
+
+    available = _available_devices()
+    if requested == "auto":
+        return available[0]
+    kind = requested.split(":")[0]
+    if kind == "cuda" and "cuda" in available:
+        index = int(requested.split(":")[1]) if ":" in requested else 0
+        if index < torch.cuda.device_count():
+            return requested
+    elif kind in available:
+        return requested
+    warnings.warn(f"device={requested} is not available here; using {available[0]} instead", stacklevel=2)
+    return available[0]
+
+
+def resolve_dtype(requested: str, device: str):
+    import torch
+
+    if requested != "auto":
+        return getattr(torch, requested)
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    # The measures are KL divergences between nearly equal distributions: keep fp32 where bf16
+    # would be emulated or unsupported (CPU, MPS, old GPUs).
+    return torch.float32
+
+
+def _weights_location(args: ModelArgs):
+    """(folder or hub id, gguf file name or None) for ``pretrained``."""
+    if args.pretrained in OFFLINE_MODELS:
+        return str(safetensors_copy_of_gguf(OFFLINE_MODELS[args.pretrained].gguf_path())), None
+    return args.pretrained, args.gguf_file
+
+
+def _quantization_config(args: ModelArgs, device: str):
+    if not args.load_in_4bit:
+        return None
+    if not device.startswith("cuda"):
+        raise ModelArgsError(f"model arg load_in_4bit=true needs a CUDA GPU (device is {device})")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelArgsError("model arg load_in_4bit=true needs bitsandbytes: pip install 'kvinject[quant]'")
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def load_model_and_tokenizer(args: ModelArgs):
+    """Return ``(model, tokenizer, device)``; the model is in eval mode on ``device``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    location, gguf_file = _weights_location(args)
+    if gguf_file and importlib.util.find_spec("gguf") is None:
+        raise ModelArgsError("model arg gguf_file needs the gguf package: pip install 'kvinject[gguf]'")
+    common = {"revision": args.revision, "trust_remote_code": args.trust_remote_code}
+    if gguf_file:
+        common["gguf_file"] = gguf_file
+    tokenizer = AutoTokenizer.from_pretrained(location, **common)
+    quantization = _quantization_config(args, device)
+    model_kwargs = dict(common, dtype=dtype)
+    if quantization is not None:
+        model_kwargs.update(quantization_config=quantization, device_map={"": device})
+    if args.attn_implementation == "auto":
+        try:
+            model = AutoModelForCausalLM.from_pretrained(location, attn_implementation="sdpa", **model_kwargs)
+        except ValueError as error:  # the architecture has no SDPA kernel
+            logger.info("sdpa attention unavailable (%s); using eager", error)
+            model = AutoModelForCausalLM.from_pretrained(location, attn_implementation="eager", **model_kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            location, attn_implementation=args.attn_implementation, **model_kwargs
+        )
+    if quantization is None:
+        model.to(device)
+    model.eval()
+    return model, tokenizer, device

@@ -1,0 +1,132 @@
+"""The front door: lm-eval finds the kvinject model and tasks after a plain install."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LM_EVAL = [sys.executable, "-m", "lm_eval"]
+
+
+def run(command, env=None, cwd=None, timeout=600):
+    return subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=cwd, timeout=timeout
+    )
+
+
+def test_nothing_heavy_is_imported_at_start_up():
+    code = "import sys; print(sorted(m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules)); print('kvinject._autoload' in sys.modules)"
+    result = run([sys.executable, "-c", code])
+    assert result.stdout.split() == ["[]", "True"], result.stderr
+
+
+def test_builtin_models_still_resolve_beside_kvinject():
+    code = (
+        "from lm_eval.api.registry import get_model\n"
+        "print(get_model('hf').__name__, get_model('kvinject').__name__)"
+    )
+    result = run([sys.executable, "-c", code])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["HFLM", "KVInjectLM"]
+
+
+def test_ls_tasks_lists_our_tasks_and_a_users_include_path(tmp_path):
+    (tmp_path / "my_task.yaml").write_text(
+        "task: my_own_task\ndataset_path: json\noutput_type: generate_until\ndoc_to_text: x\ndoc_to_target: y\n"
+    )
+    result = run(LM_EVAL + ["ls", "tasks", "--include_path", str(tmp_path)], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in ("adaptation_math", "adaptation_semantic", "adaptation", "my_own_task"):
+        assert name in result.stdout, name
+
+
+def test_cli_run_writes_results_and_traces_named_after_the_model(local_model_dir, tmp_path):
+    out = tmp_path / "out"
+    result = run(
+        ["lm_eval", "--model", "kvinject", "--model_args", f"pretrained={local_model_dir},injection_points=1:3",
+         "--tasks", "adaptation_semantic", "--limit", "2", "--output_path", str(out), "--log_samples"],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    model_folder = out / str(local_model_dir).replace("/", "__")
+    results_file = next(model_folder.glob("results_*.json"))
+    results = json.loads(results_file.read_text())
+    assert results["config"]["model"] == "kvinject"
+    semantic = results["results"]["adaptation_semantic"]
+    assert any(key.startswith("adaptation_gap@1") for key in semantic)
+    traces = [json.loads(line) for line in next(model_folder.glob("traces_*.jsonl")).read_text().splitlines()]
+    assert len(traces) == 2
+    assert {t["task"] for t in traces} == {"adaptation_semantic"}
+    assert set(traces[0]["trace"]["conditions"]) >= {"baseline", "oracle", "injection@1", "noise@3"}
+    samples = next(model_folder.glob("samples_adaptation_semantic_*.jsonl")).read_text().splitlines()
+    assert len(samples) == 2
+
+
+def test_python_api_simple_evaluate(local_model_dir):
+    import lm_eval
+
+    results = lm_eval.simple_evaluate(
+        model="kvinject",
+        model_args={"pretrained": str(local_model_dir), "injection_points": [2]},
+        tasks=["adaptation_semantic"],
+        limit=2,
+    )
+    semantic = results["results"]["adaptation_semantic"]
+    assert "accuracy_baseline,none" in semantic
+    assert len(results["samples"]["adaptation_semantic"]) == 2
+
+
+def test_bad_model_arg_fails_before_loading_and_lists_valid_names(tmp_path):
+    result = run(
+        ["lm_eval", "--model", "kvinject", "--model_args", "pretrained=/does/not/exist,injection_point=5",
+         "--tasks", "adaptation_semantic", "--limit", "1"],
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "unknown model arg(s) injection_point" in result.stderr
+    assert "injection_points" in result.stderr
+
+
+def test_adaptation_task_with_another_model_fails_at_once(local_model_dir, tmp_path):
+    result = run(
+        ["lm_eval", "--model", "hf", "--model_args", f"pretrained={local_model_dir}", "--device", "cpu",
+         "--tasks", "adaptation_semantic", "--limit", "1"],
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "need `--model kvinject`" in result.stderr
+
+
+def test_wrapper_works_with_the_start_up_hook_disabled(local_model_dir, tmp_path):
+    result = run(
+        [sys.executable, "-m", "kvinject", "--model", "kvinject", "--model_args",
+         f"pretrained={local_model_dir},injection_points=1", "--tasks", "adaptation_semantic", "--limit", "1"],
+        env={"KVINJECT_LMEVAL_DISABLE": "1"},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "adaptation_semantic" in result.stdout
+
+
+@pytest.mark.slow
+def test_smollm2_math_run_from_the_command_line(tmp_path):
+    source = os.environ.get("KVINJECT_MAWPS_SOURCE")
+    if not source:
+        pytest.skip("KVINJECT_MAWPS_SOURCE is not set (CI points it at ../shared/data/mawps)")
+    out = tmp_path / "out"
+    result = run(
+        ["lm_eval", "--model", "kvinject", "--model_args", "pretrained=smollm2-135m", "--tasks", "adaptation_math",
+         "--limit", "2", "--output_path", str(out)],
+        cwd=tmp_path,
+        timeout=1800,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(next((out / "smollm2-135m").glob("results_*.json")).read_text())
+    math = results["results"]["adaptation_math"]
+    values = {k: v for k, v in math.items() if k.endswith(",none") and isinstance(v, float)}
+    assert values and all(v == v for v in values.values()), "no metric may be NaN"
+    traces = (out / "smollm2-135m").glob("traces_*.jsonl")
+    assert len(next(traces).read_text().splitlines()) == 2

@@ -1,0 +1,79 @@
+import importlib.util
+
+import pytest
+import torch
+
+from kvinject.model_adapters import offline_models
+from kvinject.model_adapters.loading import load_model_and_tokenizer, resolve_device, resolve_dtype
+from kvinject.model_adapters.model_args import ModelArgsError, parse_model_args
+from kvinject.model_adapters.offline_models import OFFLINE_MODELS, MissingModelPackageError
+
+
+def test_unavailable_device_falls_back_with_a_warning():
+    assert not torch.cuda.is_available()  # this suite runs on the CPU
+    with pytest.warns(UserWarning, match="cuda:0 is not available here; using cpu"):
+        assert resolve_device("cuda:0") == "cpu"
+    assert resolve_device("auto") == "cpu"
+    assert resolve_device("cpu") == "cpu"
+
+
+def test_auto_dtype_is_float32_on_cpu():
+    assert resolve_dtype("auto", "cpu") is torch.float32
+    assert resolve_dtype("bfloat16", "cpu") is torch.bfloat16
+
+
+def test_load_in_4bit_needs_cuda(local_model_dir):
+    args = parse_model_args({"pretrained": str(local_model_dir), "load_in_4bit": True, "device": "cpu"})
+    with pytest.raises(ModelArgsError, match="load_in_4bit=true needs a CUDA GPU"):
+        load_model_and_tokenizer(args)
+
+
+def test_local_folder_loads_in_eval_mode(local_model_dir):
+    model, tokenizer, device = load_model_and_tokenizer(parse_model_args({"pretrained": str(local_model_dir)}))
+    assert device == "cpu" and not model.training
+    assert model.dtype is torch.float32
+    assert model.config._attn_implementation == "sdpa"
+    assert tokenizer.decode(tokenizer("The answer is 8.").input_ids) == "The answer is 8."
+
+
+@pytest.mark.parametrize("alias", sorted(OFFLINE_MODELS))
+def test_missing_wheel_says_what_to_install(alias, monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    model = OFFLINE_MODELS[alias]
+    monkeypatch.setattr(
+        offline_models.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == model.package else real_find_spec(name, *a),
+    )
+    with pytest.raises(MissingModelPackageError) as error:
+        load_model_and_tokenizer(parse_model_args({"pretrained": alias}))
+    assert model.install in str(error.value)
+
+
+@pytest.mark.slow
+def test_smollm2_alias_converts_once_and_matches_the_gguf(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("KVINJECT_CACHE", str(tmp_path))
+    gguf = OFFLINE_MODELS["smollm2-135m"].gguf_path()
+    model, tokenizer, _ = load_model_and_tokenizer(parse_model_args({"pretrained": "smollm2-135m"}))
+    assert model.config.model_type == "llama"
+    converted = list((tmp_path / "converted").iterdir())
+    assert len(converted) == 1 and (converted[0] / "model.safetensors").is_file()
+    # The cached copy is used the second time: same folder, no new conversion.
+    load_model_and_tokenizer(parse_model_args({"pretrained": "smollm2-135m"}))
+    assert list((tmp_path / "converted").iterdir()) == converted
+    # ... and it gives the same logits as loading the GGUF directly with gguf_file=.
+    direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    ids = torch.tensor([tokenizer("The capital of France is").input_ids])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, direct(ids).logits, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_gguf_file_arg_loads_a_gguf_directly():
+    gguf = OFFLINE_MODELS["smollm2-135m"].gguf_path()
+    args = parse_model_args({"pretrained": str(gguf.parent), "gguf_file": gguf.name})
+    model, tokenizer, _ = load_model_and_tokenizer(args)
+    assert model.config.model_type == "llama"
+    assert tokenizer.eos_token == "<|im_end|>"
