@@ -1,0 +1,211 @@
+"""Build adaptation_tasks/data/semantic_pairs.json from registry packages (run: python -m kvinject.adaptation_tasks.build_semantic).
+
+Each pair asks the same kind of question about two subjects whose short answers cannot be confused:
+after normalisation no alias of one answer equals or contains an alias of the other. Subjects with
+disputed or several answers are left out. The output is deterministic, so the committed file can be
+checked by rebuilding it byte for byte (with the package versions recorded in the file).
+"""
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+
+from kvinject.adaptation_tasks.semantic_answers import normalise
+
+BUILDER_VERSION = "1"
+SEED = 20240611
+OUTPUT_PATH = Path(__file__).parent / "data" / "semantic_pairs.json"
+SOURCE_PACKAGES = ("countryinfo", "iso4217", "periodictable", "us")
+
+# question type -> (pairs, identical controls among them): 500 pairs, 120 controls (24%)
+QUOTAS = {
+    "country_capital": (120, 29),
+    "country_currency": (100, 24),
+    "element_symbol": (80, 19),
+    "atomic_number": (80, 19),
+    "element_name": (70, 17),
+    "us_state_capital": (50, 12),
+}
+QUESTION_TEMPLATES = {
+    "country_capital": "What is the capital of {subject}?",
+    "country_currency": "What is the official currency of {subject}?",
+    "element_symbol": "What is the chemical symbol of {subject}?",
+    "atomic_number": "What is the atomic number of {subject}?",
+    "element_name": "Which chemical element has the symbol {subject}?",
+    "us_state_capital": "What is the capital of the U.S. state of {subject}?",
+}
+# Disputed or multiple capitals/currencies (see /work/shared/data/README.md).
+EXCLUDED_COUNTRIES = frozenset({
+    "Bolivia", "South Africa", "Netherlands", "Sri Lanka", "Côte d'Ivoire", "Ivory Coast", "Benin",
+    "Eswatini", "Swaziland", "Israel", "Malaysia", "Tanzania", "Nauru",
+})
+EXCLUDED_CAPITALS = frozenset({"Kingston"})  # names two capitals (Jamaica, Norfolk Island)
+CAPITAL_ALIASES = {
+    "Kyiv": ["Kiev"],
+    "Ulaanbaatar": ["Ulan Bator"],
+    "Naypyidaw": ["Nay Pyi Taw", "Naypyitaw"],
+    "Bern": ["Berne"],
+    "Washington, D.C.": ["Washington"],
+}
+CURRENCY_ALIASES = {
+    "USD": ["United States dollar", "American dollar"],
+    "GBP": ["British pound", "pound"],
+    "CNY": ["renminbi", "yuan"],
+    "JPY": ["Japanese yen"],
+    "EUR": ["euros"],
+    "INR": ["Indian rupee"],
+    "RUB": ["Russian ruble", "Russian rouble"],
+}
+# ISO codes that are also English words would match ordinary prose, so they are not used as aliases.
+WORDLIKE_CODES = frozenset({"ALL", "TOP", "CUP", "MOP", "PEN", "TRY", "SOS", "BOB", "MAD", "GEL", "AMD", "DOP"})
+# Element symbols that are English words ("He", "I", "In"...) would match ordinary prose.
+WORDLIKE_SYMBOLS = frozenset({"He", "I", "In", "As", "Be", "No", "At", "Am", "Es", "Os", "Se", "Pa", "Ba", "Bi", "Ha"})
+ELEMENT_NAME_ALIASES = {"Aluminum": ["Aluminium"], "Sulfur": ["Sulphur"], "Cesium": ["Caesium"]}
+
+
+@dataclass(frozen=True)
+class Fact:
+    subject: str
+    answer: str
+    aliases: tuple[str, ...]  # the answer first, then other accepted spellings
+
+
+def build_pairs() -> list[dict]:
+    facts = collect_facts()
+    pairs: list[dict] = []
+    for question_type, (count, controls) in QUOTAS.items():
+        pairs.extend(_pairs_of_type(question_type, facts[question_type], count, controls))
+    return pairs
+
+
+def render_json(pairs: list[dict]) -> str:
+    document = {
+        "builder_version": BUILDER_VERSION,
+        "sources": {package: version(package) for package in SOURCE_PACKAGES},
+        "pairs": pairs,
+    }
+    return json.dumps(document, ensure_ascii=False, indent=1) + "\n"
+
+
+def compatible(first: Fact, second: Fact) -> bool:
+    """No alias of one answer equals or contains an alias of the other, after normalisation."""
+    return all(
+        a not in b and b not in a
+        for a in map(normalise, first.aliases)
+        for b in map(normalise, second.aliases)
+    )
+
+
+def collect_facts() -> dict[str, list[Fact]]:
+    countries = _country_facts()
+    elements = _element_facts()
+    return {**countries, **elements, "us_state_capital": _state_facts()}
+
+
+def _country_facts() -> dict[str, list[Fact]]:
+    import countryinfo
+    import iso4217
+    import us
+
+    state_names = {state.name for state in us.states.STATES}
+    records = []
+    for country in countryinfo.all_countries():
+        name, capital = country.name(), country.capital()
+        if not isinstance(capital, str) or not capital or "/" in capital:
+            continue
+        if "(" in name or "," in name:  # "Holy See (Vatican City State)" reads badly in a question
+            continue
+        # "Georgia" also names a U.S. state, which would make "the capital of Georgia" ambiguous
+        if name in EXCLUDED_COUNTRIES or name in state_names or capital in EXCLUDED_CAPITALS:
+            continue
+        records.append((name, capital, country.currencies()))
+    capital_count = Counter(normalise(capital) for _, capital, _ in records)
+    capitals, currencies = [], []
+    for name, capital, codes in sorted(records):
+        if capital_count[normalise(capital)] == 1:
+            capitals.append(Fact(name, capital, (capital, *CAPITAL_ALIASES.get(capital, []))))
+        if _is_current(codes):
+            code = codes[0]
+            currency = iso4217.Currency(code).currency_name
+            aliases = [currency, *CURRENCY_ALIASES.get(code, [])] + ([] if code in WORDLIKE_CODES else [code])
+            currencies.append(Fact(name, currency, tuple(aliases)))
+    return {"country_capital": capitals, "country_currency": currencies}
+
+
+def _is_current(codes: list[str]) -> bool:
+    """Exactly one ISO 4217 code that is still in the current table."""
+    import iso4217
+
+    return len(codes) == 1 and codes[0] in {currency.code for currency in iso4217.Currency}
+
+
+def _element_facts() -> dict[str, list[Fact]]:
+    import periodictable
+
+    symbol_facts, number_facts, name_facts = [], [], []
+    for element in periodictable.elements:
+        if element.number == 0:  # periodictable's neutron pseudo-element
+            continue
+        # element names are common nouns: lower case inside a question, capitalised as an answer
+        name = element.name.capitalize()
+        number_facts.append(Fact(element.name, str(element.number), (str(element.number),)))
+        if element.symbol in WORDLIKE_SYMBOLS:
+            continue
+        symbol_facts.append(Fact(element.name, element.symbol, (element.symbol,)))
+        name_facts.append(Fact(element.symbol, name, (name, *ELEMENT_NAME_ALIASES.get(name, []))))
+    return {"element_symbol": symbol_facts, "atomic_number": number_facts, "element_name": name_facts}
+
+
+def _state_facts() -> list[Fact]:
+    import us
+
+    return [Fact(state.name, state.capital, (state.capital,)) for state in sorted(us.states.STATES, key=str)]
+
+
+def _pairs_of_type(question_type: str, facts: list[Fact], count: int, controls: int) -> list[dict]:
+    rng = random.Random(f"{SEED}:{question_type}")
+    originals = sorted(facts, key=lambda fact: fact.subject)
+    rng.shuffle(originals)
+    if len(originals) < count:
+        raise RuntimeError(f"{question_type}: only {len(originals)} subjects for {count} pairs")
+    pairs = []
+    for position, original in enumerate(originals[:count]):
+        if position < controls:
+            alternative = original
+        else:
+            candidates = [fact for fact in facts if fact.subject != original.subject and compatible(original, fact)]
+            alternative = rng.choice(candidates)
+        pairs.append(_pair(question_type, original, alternative, identical=position < controls))
+    return pairs
+
+
+def _pair(question_type: str, original: Fact, alternative: Fact, identical: bool) -> dict:
+    template = QUESTION_TEMPLATES[question_type]
+    kind = "identical" if identical else "changed"
+    return {
+        "id": f"{question_type}-{kind}-{normalise(original.subject).replace(' ', '_')}",
+        "variation_type": "identical" if identical else question_type,
+        "question_type": question_type,
+        "original_subject": original.subject,
+        "alternative_subject": alternative.subject,
+        "original_question": template.format(subject=original.subject),
+        "alternative_question": template.format(subject=alternative.subject),
+        "original_answer": original.answer,
+        "alternative_answer": alternative.answer,
+        "original_aliases": list(original.aliases),
+        "alternative_aliases": list(alternative.aliases),
+    }
+
+
+def main() -> None:
+    OUTPUT_PATH.parent.mkdir(parents=True, exist_ok=True)
+    OUTPUT_PATH.write_text(render_json(build_pairs()), encoding="utf-8")
+    print(f"wrote {OUTPUT_PATH}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""lm-eval `custom_dataset` for adaptation_math: build (or reuse) the augmented MAWPS set and validate it.
+
+The source comes from KVINJECT_MAWPS_SOURCE (default: the Hub's MU-NLPC/Calc-mawps). The built set is
+cached under $XDG_CACHE_HOME/kvinject (or ~/.cache/kvinject), keyed by source checksum and builder version,
+so a changed source or builder never serves a stale set.
+"""
+from __future__ import annotations
+
+import json
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import datasets
+
+from kvinject.adaptation_tasks.docs import DocSchema, validated_test_split
+from kvinject.adaptation_tasks.mawps_builder import BUILDER_VERSION, VARIATION_TYPES, build_augmented_set
+from kvinject.adaptation_tasks.mawps_sources import DEFAULT_SOURCE, SOURCE_ENV_VAR, read_mawps_source
+
+
+def _is_number(text: str) -> bool:
+    try:
+        Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        return False
+    return True
+
+
+MATH_SCHEMA = DocSchema(
+    variation_types=frozenset(VARIATION_TYPES),
+    extra_text_fields=("source_id", "original_equation", "alternative_equation"),
+    value_checks={
+        "original_answer": (_is_number, "a number"),
+        "alternative_answer": (_is_number, "a number"),
+    },
+)
+
+
+def load_math_dataset(**_metadata) -> datasets.DatasetDict:
+    """lm-eval passes the task metadata (and leaked model_args) as keyword arguments; none are needed."""
+    source = os.environ.get(SOURCE_ENV_VAR) or DEFAULT_SOURCE
+    return validated_test_split(augmented_math_set(source), MATH_SCHEMA)
+
+
+def augmented_math_set(source: str) -> list[dict]:
+    mawps = read_mawps_source(source)
+    cache_file = cache_folder() / f"adaptation_math-v{BUILDER_VERSION}-{mawps.checksum[:16]}.json"
+    if cache_file.is_file():
+        try:
+            return json.loads(cache_file.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            pass  # a damaged cache entry is simply rebuilt
+    docs = build_augmented_set(mawps.problems)
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache_file.with_suffix(f".{os.getpid()}.tmp")  # rename is atomic: parallel ranks never read half a file
+    partial.write_text(json.dumps(docs, ensure_ascii=False, indent=1), encoding="utf-8")
+    partial.replace(cache_file)
+    return docs
+
+
+def cache_folder() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "kvinject"

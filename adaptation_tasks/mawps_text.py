@@ -1,0 +1,31 @@
+"""Turn a MAWPS problem back into natural text: numbers in, tokenisation artefacts (" .", "$ 5") out."""
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from typing import Mapping
+
+from kvinject.adaptation_tasks.expression import format_number
+
+_DETOKENISE = (
+    (re.compile(r"\s+([.,?!;:%)\]])"), r"\1"),
+    (re.compile(r"([($\[])\s+"), r"\1"),
+    (re.compile(r"\s+(n't|'s|'re|'ve|'ll|'m|'d)\b", re.IGNORECASE), r"\1"),
+    (re.compile(r"\s{2,}"), " "),
+)
+
+
+def render_problem(segments: tuple[str | int, ...], values: Mapping[int, Fraction]) -> str:
+    text = "".join(part if isinstance(part, str) else format_number(values[part]) for part in segments)
+    for pattern, replacement in _DETOKENISE:
+        text = pattern.sub(replacement, text)
+    text = text.strip()
+    return text[:1].upper() + text[1:]
+
+
+def split_question(text: str) -> tuple[str, str] | None:
+    """(story, final question sentence), or None when the text is a single sentence."""
+    sentences = re.split(r"(?<=[.!?])\s+(?=[A-Z])", text)
+    if len(sentences) < 2:
+        return None
+    return " ".join(sentences[:-1]), sentences[-1]
