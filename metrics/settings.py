@@ -1,0 +1,138 @@
+"""The documented, configurable thresholds of every adaptation metric.
+
+A task reads them from its YAML (`metadata: {adaptation: {...}}`, overridable with lm-eval's
+`--metadata`) and passes them to `doc_metrics` and `metric_aggregation`, so no threshold is a
+constant buried in the metric code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+DETECTION_STATISTICS = ("kl_run_old", "log_ratio")
+CORRECTIONS = ("holm", "bh", "by")
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptationSettings:
+    """Thresholds and resampling sizes for the adaptation metrics (units in brackets).
+
+    adapted_threshold: a run counts as adapted at token t when a_t > this [score, (0, 1)].
+    window_tokens: W, the final post-injection tokens averaged by the "final" metrics
+        (oracle_convergence, final_log_ratio, final_attention_ratio, embedding_similarity);
+        a run with fewer than W tokens uses all of them [tokens, >= 1].
+    stabilization_tokens: k; "stabilized at t" means the criterion holds for tokens t..t+k-1.
+        None: it must hold from t to the end of the run [tokens, >= 1 or None].
+    attention_ratio_threshold: attention stabilization criterion, injected / original-prompt
+        mass > this [ratio, > 0].
+    false_alarm_rate: the detector's threshold is calibrated so that at most this share of the
+        noise@N runs raise an alarm anywhere in their window [probability, (0, 1)].
+    detection_statistic: the per-token series the CUSUM accumulates: "kl_run_old" (the run's
+        divergence from the old context, nats) or "log_ratio" (log p_new - log p_old of the
+        run's token, nats; Page's CUSUM of log-likelihood ratios).
+    cusum_drift: subtracted from every increment so that a steady level below it never
+        accumulates [nats, >= 0]; None: the mean of the statistic over all noise@N tokens, so
+        only divergence beyond what noise shows on average accumulates. The alarm comes about
+        threshold / (shift - drift) tokens after a change, so latency includes that delay.
+    bootstrap_resamples: problem-level bootstrap resamples for the confidence intervals [>= 1].
+    confidence_level: of the bootstrap intervals [(0, 1)].
+    permutation_resamples: sign-flip resamples of the paired permutation tests; the test is
+        exact when 2**n_docs is at most this [>= 1]. A randomised p-value is at least
+        1 / (resamples + 1), so with m tests in the family Holm can only reach p < alpha when
+        resamples > m / alpha (the default suffices for 3 injection points x 7 metrics).
+    correction: multiplicity correction across the family metrics x injection points:
+        "holm" (family-wise error), "bh" (Benjamini-Hochberg FDR) or "by" (Benjamini-Yekutieli).
+    per_layer: also report attention and embedding metrics per layer (keys `..._layer<l>@N`,
+        layers numbered from 1).
+    confidence_intervals: also report `<metric>_ci_low@N` / `<metric>_ci_high@N`.
+    seed: seeds the bootstrap and permutation resampling, so aggregates are reproducible.
+    """
+
+    adapted_threshold: float = 0.5
+    window_tokens: int = 10
+    stabilization_tokens: int | None = None
+    attention_ratio_threshold: float = 1.0
+    false_alarm_rate: float = 0.05
+    detection_statistic: str = "kl_run_old"
+    cusum_drift: float | None = None
+    bootstrap_resamples: int = 2000
+    confidence_level: float = 0.95
+    permutation_resamples: int = 9999
+    correction: str = "holm"
+    per_layer: bool = True
+    confidence_intervals: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for field in dataclasses.fields(self):
+            _check_field(field.name, getattr(self, field.name))
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, Any] | None) -> "AdaptationSettings":
+        """Settings from a mapping such as the task metadata; None or {} gives the defaults.
+
+        Raises ValueError for an unknown key (listing the valid ones) and TypeError/ValueError
+        naming the key for a value of the wrong type or out of range.
+        """
+        mapping = dict(mapping or {})
+        valid = [field.name for field in dataclasses.fields(cls)]
+        unknown = sorted(set(mapping) - set(valid))
+        if unknown:
+            raise ValueError(
+                f"unknown adaptation setting(s) {unknown}; valid settings: {', '.join(valid)}"
+            )
+        return cls(**mapping)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return _is_int(value) or isinstance(value, float)
+
+
+def _require(ok: bool, name: str, value: Any, expected: str, error: type = ValueError) -> None:
+    if not ok:
+        raise error(f"adaptation setting {name!r} must be {expected}, got {value!r}")
+
+
+def _check_field(name: str, value: Any) -> None:
+    # Type first (TypeError), then range (ValueError), so a YAML string "0.5" is reported as a
+    # type problem rather than silently coerced.
+    open_unit = "a number in (0, 1)"
+    checks = {
+        "adapted_threshold": (_is_number, lambda v: 0 < v < 1, open_unit),
+        "window_tokens": (_is_int, lambda v: v >= 1, "an integer >= 1"),
+        "stabilization_tokens": (
+            lambda v: v is None or _is_int(v), lambda v: v is None or v >= 1,
+            "an integer >= 1 or null",
+        ),
+        "attention_ratio_threshold": (_is_number, lambda v: v > 0, "a number > 0"),
+        "false_alarm_rate": (_is_number, lambda v: 0 < v < 1, open_unit),
+        "detection_statistic": (
+            lambda v: isinstance(v, str), lambda v: v in DETECTION_STATISTICS,
+            f"one of {DETECTION_STATISTICS}",
+        ),
+        "cusum_drift": (
+            lambda v: v is None or _is_number(v), lambda v: v is None or v >= 0,
+            "a number >= 0 or null",
+        ),
+        "bootstrap_resamples": (_is_int, lambda v: v >= 1, "an integer >= 1"),
+        "confidence_level": (_is_number, lambda v: 0 < v < 1, open_unit),
+        "permutation_resamples": (_is_int, lambda v: v >= 1, "an integer >= 1"),
+        "correction": (
+            lambda v: isinstance(v, str), lambda v: v in CORRECTIONS, f"one of {CORRECTIONS}"
+        ),
+        "per_layer": (lambda v: isinstance(v, bool), lambda v: True, "true or false"),
+        "confidence_intervals": (lambda v: isinstance(v, bool), lambda v: True, "true or false"),
+        "seed": (_is_int, lambda v: v >= 0, "an integer >= 0"),
+    }
+    type_ok, range_ok, expected = checks[name]
+    _require(type_ok(value), name, value, expected, TypeError)
+    _require(range_ok(value), name, value, expected)

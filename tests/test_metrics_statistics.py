@@ -1,0 +1,100 @@
+"""Kaplan-Meier median, permutation p-values, multiplicity corrections, bootstrap intervals."""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from kvinject.metrics.resampling import (
+    adjust_pvalues,
+    bootstrap_interval,
+    bootstrap_mean_interval,
+    paired_permutation_pvalue,
+)
+from kvinject.metrics.survival import kaplan_meier_median
+
+
+def test_kaplan_meier_median_on_a_known_censored_sample():
+    # S(1) = 5/6, S(2) = 5/6 * 4/5 = 2/3 (one event, one censored at 2), S(3) = 2/3 * 2/3 = 4/9.
+    times = [1, 2, 2, 3, 4, 5]
+    observed = [True, True, False, True, False, True]
+    assert kaplan_meier_median(times, observed) == 3.0
+
+
+def test_kaplan_meier_median_without_censoring_is_the_lower_sample_median():
+    assert kaplan_meier_median([4, 1, 3, 2], [True] * 4) == 2.0   # S(2) = 0.5 exactly
+    assert kaplan_meier_median([5, 1, 3], [True] * 3) == 3.0
+
+
+def test_kaplan_meier_median_not_reached_is_a_lower_bound_past_the_horizon():
+    assert kaplan_meier_median([3, 7, 7], [False, False, False]) == 8.0   # all censored
+    assert kaplan_meier_median([1, 9, 9, 9], [True, False, False, False]) == 10.0
+    assert kaplan_meier_median([0, 0, 2], [False, False, True]) == 2.0  # censored at 0 (no window)
+    assert np.isnan(kaplan_meier_median([], []))
+
+
+def test_permutation_pvalue_is_small_for_a_clear_effect():
+    rng = np.random.default_rng(0)
+    control = rng.normal(size=30)
+    assert paired_permutation_pvalue(control + 1.0, control, resamples=999, seed=0) < 0.01
+
+
+def test_permutation_pvalues_are_uniform_without_an_effect():
+    rng = np.random.default_rng(1)
+    pvalues = [paired_permutation_pvalue(rng.normal(size=10), rng.normal(size=10),
+                                         resamples=2000, seed=i) for i in range(300)]
+    # exact sign-flip test (2**10 <= resamples): valid, so about 5% below 0.05 and uniform
+    assert np.mean(np.less_equal(pvalues, 0.05)) <= 0.09
+    assert stats.kstest(pvalues, "uniform").pvalue > 0.001
+
+
+def test_permutation_pvalue_degenerate_cases_give_no_evidence():
+    assert paired_permutation_pvalue([], [], resamples=99, seed=0) == 1.0
+    assert paired_permutation_pvalue([1.0], [0.0], resamples=99, seed=0) == 1.0
+    assert paired_permutation_pvalue([1.0, 2.0], [1.0, 2.0], resamples=99, seed=0) == 1.0
+
+
+def test_permutation_pvalue_matches_the_exact_enumeration():
+    # differences 1, 2, 3: of the 8 sign patterns, |mean| >= 2 for (+++) and (---): p = 2/8
+    assert paired_permutation_pvalue([1, 2, 3], [0, 0, 0], resamples=999, seed=0) == 0.25
+
+
+def test_holm_matches_known_values():
+    adjusted = adjust_pvalues([0.01, 0.04, 0.03, 0.005], "holm")
+    assert adjusted.tolist() == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert adjust_pvalues([0.5, 0.9], "holm").tolist() == [1.0, 1.0]
+
+
+def test_benjamini_hochberg_and_yekutieli_match_known_values():
+    pvalues = [0.01, 0.04, 0.03, 0.005]
+    assert adjust_pvalues(pvalues, "bh").tolist() == pytest.approx([0.02, 0.04, 0.04, 0.02])
+    harmonic = 1 + 1 / 2 + 1 / 3 + 1 / 4
+    assert adjust_pvalues(pvalues, "by").tolist() == pytest.approx(
+        np.minimum(1.0, np.array([0.02, 0.04, 0.04, 0.02]) * harmonic).tolist())
+    assert adjust_pvalues([], "bh").size == 0
+    with pytest.raises(ValueError, match="bonferroni"):
+        adjust_pvalues([0.1], "bonferroni")
+
+
+def test_bootstrap_mean_interval_covers_the_mean():
+    values = np.random.default_rng(2).normal(loc=3.0, size=80)
+    low, high = bootstrap_mean_interval(values, resamples=500, confidence_level=0.95, seed=0)
+    standard_error = values.std(ddof=1) / np.sqrt(values.size)
+    assert low < values.mean() < high
+    assert high - low == pytest.approx(2 * 1.96 * standard_error, rel=0.25)
+
+
+def test_bootstrap_interval_degenerate_cases_collapse_to_the_point():
+    assert bootstrap_mean_interval([2.0] * 10, 100, 0.95, 0) == (2.0, 2.0)
+    assert bootstrap_mean_interval([4.0], 100, 0.95, 0) == (4.0, 4.0)
+    low, high = bootstrap_mean_interval([0.0] * 19 + [1.0], 200, 0.95, 0)   # BCa degenerate
+    assert np.isfinite(low) and np.isfinite(high) and low <= 0.05 <= high
+
+
+def test_bootstrap_interval_of_a_custom_statistic_resamples_documents():
+    times = np.array([1, 2, 2, 3, 4, 5, 6, 8], dtype=float)
+
+    def median(indices):
+        return kaplan_meier_median(times[indices], np.ones(indices.size, dtype=bool))
+
+    low, high = bootstrap_interval(median, times.size, 300, 0.9, seed=1)
+    assert 1 <= low <= 3 <= high <= 8
