@@ -45,6 +45,7 @@ class AdaptationSettings:
     correction: multiplicity correction across the family metrics x injection points:
         "holm" (family-wise error), "bh" (Benjamini-Hochberg FDR) or "by" (Benjamini-Yekutieli).
     per_layer: also report attention and embedding metrics per layer (keys `..._layer<l>@N`,
+        off by default: the table would grow by layers x metrics x points; the trace keeps them;
         layers numbered from 1).
     confidence_intervals: also report `<metric>_ci_low@N` / `<metric>_ci_high@N`.
     seed: seeds the bootstrap and permutation resampling, so aggregates are reproducible.
@@ -61,7 +62,7 @@ class AdaptationSettings:
     confidence_level: float = 0.95
     permutation_resamples: int = 9999
     correction: str = "holm"
-    per_layer: bool = True
+    per_layer: bool = False
     confidence_intervals: bool = True
     seed: int = 0
 

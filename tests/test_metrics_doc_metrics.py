@@ -8,7 +8,7 @@ import pytest
 from kvinject.metrics import AdaptationSettings, doc_metrics, result_keys
 from test_metrics_trace_builder import build_answers, build_trace, run_series
 
-SETTINGS = AdaptationSettings(window_tokens=2)
+SETTINGS = AdaptationSettings(window_tokens=2, per_layer=True)
 
 # The injection run: a_t = [0.25, 0.5, 0.75, 0.75], r_t = [-1, 0, 0.5, 1.5],
 # sink-excluded attention injected [0.1, 0.2, 0.5, 0.6] (layer 1 is 0.05 lower, layer 2 higher),
