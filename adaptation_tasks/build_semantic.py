@@ -79,6 +79,8 @@ def build_pairs() -> list[dict]:
     pairs: list[dict] = []
     for question_type, (count, controls) in QUOTAS.items():
         pairs.extend(_pairs_of_type(question_type, facts[question_type], count, controls))
+    # Mixed order, so that lm-eval's --limit takes every question type and some controls.
+    random.Random(f"{SEED}:order").shuffle(pairs)
     return pairs
 
 

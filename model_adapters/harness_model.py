@@ -86,7 +86,7 @@ class KVInjectLM(LM):
     def __init__(self, **model_args):
         super().__init__()
         self.args = parse_model_args(model_args)  # before any weights load
-        self.model, self.tokenizer, self.device = load_model_and_tokenizer(self.args)
+        self.model, self.tokenizer, self._device = load_model_and_tokenizer(self.args)
         self.settings = EngineSettings(
             injection_points=self.args.injection_points,
             strategy=self.args.strategy,

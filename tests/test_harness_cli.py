@@ -75,7 +75,7 @@ def test_python_api_simple_evaluate(local_model_dir):
         limit=2,
     )
     semantic = results["results"]["adaptation_semantic"]
-    assert "accuracy_baseline,none" in semantic
+    assert "baseline_accuracy,none" in semantic
     assert len(results["samples"]["adaptation_semantic"]) == 2
 
 

@@ -1,0 +1,307 @@
+"""The injection engine: every condition of every problem, greedily, with counterfactual scores.
+
+Contract: docs/architecture.md section 2 (API) and section 3 (the trace, schema version 1, built and
+checked in kv_trace: ``SCHEMA_VERSION``, ``validate_trace``). For a batch of problems:
+
+1. baseline (original prompt) and oracle (alternative prompt) decode together; the baseline's cache
+   is copied after N generated tokens for each injection point N (forked, never recomputed) and the
+   oracle's after its prompt;
+2. every injection@N and noise@N branch continues from that fork in one batch: ``append`` feeds the
+   injected (or control) ids after the N tokens; ``replace`` swaps the prompt region for the
+   alternative prompt's cache (or a prefilled length-matched control prompt), re-rotates the N
+   generated tokens' keys to their shifted positions (kv_rope) and re-feeds the last token so the
+   first post-injection prediction is made in the new context (at N=0 this is the oracle exactly);
+3. the post-injection tokens of every branch are teacher-forced through the run, old and new
+   contexts, reusing the forked caches (kv_scoring), and reduced to per-token series.
+
+The tokenizer only needs the small ``EngineTokenizer`` protocol (kv_tokens). Prompts get the
+tokenizer's special tokens as in lm-eval's HFLM; the injected segment is tokenised on its own.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+from kvinject.model_adapters.kv_decoding import DecodeResult, DecodeRow, extend_caches, greedy_decode
+from kvinject.model_adapters.kv_noise import NOISE_KINDS, control_seed, control_segment, non_special_ids
+from kvinject.model_adapters.kv_rope import check_rerotatable, rerotate_keys
+from kvinject.model_adapters.kv_rows import RowCache
+from kvinject.model_adapters.kv_scoring import ScoringContext, ScoringTriple, score_triples
+from kvinject.model_adapters.kv_tokens import (
+    EngineTokenizer,
+    StopRule,
+    decode_generated,
+    encode_prompt,
+    encode_segment,
+    eos_ids,
+    truncate_at_stop,
+)
+from kvinject.model_adapters.kv_trace import (
+    SCHEMA_VERSION,
+    SEGMENTS,
+    build_trace,
+    condition,
+    empty_series,
+    injection_condition,
+    validate_trace,
+)
+
+__all__ = ["EngineSettings", "Problem", "InjectionEngine", "EngineTokenizer", "SCHEMA_VERSION", "validate_trace"]
+
+STRATEGIES = ("append", "replace")
+SINK, ORIGINAL_PROMPT, GENERATED_BEFORE, INJECTED, GENERATED_AFTER = range(len(SEGMENTS))
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineSettings:
+    injection_points: tuple[int, ...] = (5, 10, 15)  # generated tokens before the injection (0 allowed)
+    strategy: str = "append"
+    noise: str = "random"
+    track_attention: bool = True
+    track_hidden: bool = True
+    seed: int = 1234
+
+    def __post_init__(self):
+        points = tuple(self.injection_points)
+        if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in points):
+            raise ValueError(f"injection_points={points!r}: expected integers >= 0")
+        if len(set(points)) != len(points):
+            raise ValueError(f"injection_points={points!r}: points must be distinct")
+        object.__setattr__(self, "injection_points", points)
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy={self.strategy!r}: expected one of {', '.join(STRATEGIES)}")
+        if self.noise not in NOISE_KINDS:
+            raise ValueError(f"noise={self.noise!r}: expected one of {', '.join(NOISE_KINDS)}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise ValueError(f"seed={self.seed!r}: expected an integer")
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    doc_id: str
+    original_prompt: str
+    alternative_prompt: str
+    injection_text: str
+    max_new_tokens: int
+    stop_sequences: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Doc:
+    """A validated, tokenised problem."""
+
+    problem: Problem
+    original_ids: list[int]
+    alternative_ids: list[int]
+    injected_ids: list[int]  # append: the injection text; replace: the alternative prompt
+    controls: dict[int, list[int]]  # injection point -> length-matched control ids
+    stop: StopRule
+
+
+@dataclasses.dataclass(frozen=True)
+class _Branch:
+    """One injection@N or noise@N run that actually injects."""
+
+    doc: _Doc
+    point: int
+    noise: bool
+    segment: list[int]  # the injected ids of this run (append) or its new prompt region (replace)
+    fork: RowCache  # the baseline's cache after original prompt + N generated tokens
+    pre_ids: list[int]
+    alternative: RowCache  # the alternative prompt's cache (from the oracle's prefill)
+    region: RowCache | None  # replace: the cache of `segment` as a prompt
+
+
+class InjectionEngine:
+    def __init__(self, model, tokenizer: EngineTokenizer, settings: EngineSettings, batch_size: int = 1):
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")
+        if settings.strategy == "replace":
+            check_rerotatable(model)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.settings = settings
+        self.batch_size = batch_size
+        self.eos_ids = eos_ids(tokenizer, model)
+        vocab = min(len(tokenizer), model.get_input_embeddings().num_embeddings)
+        self.random_ids = non_special_ids(vocab, tokenizer.all_special_ids)
+
+    def run(self, problems: Sequence[Problem]) -> list[dict]:
+        """One schema-1 trace per problem, in order. Every problem is checked before any compute."""
+        docs = [self._prepare(problem) for problem in problems]
+        traces = []
+        for start in range(0, len(docs), self.batch_size):
+            traces.extend(self._run_batch(docs[start : start + self.batch_size]))
+        return traces
+
+    # ------------------------------------------------------------------------------ preparation
+
+    def _prepare(self, problem: Problem) -> _Doc:
+        doc = f"doc {problem.doc_id!r}"
+        if not isinstance(problem.doc_id, str) or not problem.doc_id:
+            raise ValueError(f"doc_id={problem.doc_id!r}: expected a non-empty string")
+        for field in ("original_prompt", "alternative_prompt", "injection_text"):
+            if not isinstance(getattr(problem, field), str):
+                raise ValueError(f"{doc}: {field} must be a string")
+        if not isinstance(problem.max_new_tokens, int) or problem.max_new_tokens < 1:
+            raise ValueError(f"{doc}: max_new_tokens={problem.max_new_tokens!r}, expected an integer >= 1")
+        stops = problem.stop_sequences
+        if isinstance(stops, str) or not all(isinstance(s, str) and s for s in stops):
+            raise ValueError(f"{doc}: stop_sequences={stops!r}, expected a tuple of non-empty strings")
+        original_ids = encode_prompt(self.tokenizer, problem.original_prompt)
+        alternative_ids = encode_prompt(self.tokenizer, problem.alternative_prompt)
+        if not problem.original_prompt or not original_ids:
+            raise ValueError(f"{doc}: original_prompt is empty")
+        if not problem.alternative_prompt or not alternative_ids:
+            raise ValueError(f"{doc}: alternative_prompt is empty")
+        if self.settings.strategy == "replace":
+            injected_ids = alternative_ids
+        else:
+            injected_ids = encode_segment(self.tokenizer, problem.injection_text)
+            if not injected_ids:
+                raise ValueError(f"{doc}: injection_text {problem.injection_text!r} encodes to no tokens")
+        controls = {
+            point: control_segment(
+                self.settings.noise, injected_ids, self.random_ids, control_seed(self.settings.seed, problem.doc_id, point)
+            )
+            for point in self.settings.injection_points
+        }
+        stop = StopRule(self.tokenizer, self.eos_ids, tuple(stops))
+        return _Doc(problem, original_ids, alternative_ids, injected_ids, controls, stop)
+
+    # ------------------------------------------------------------------------------ one batch
+
+    def _run_batch(self, docs: list[_Doc]) -> list[dict]:
+        what = "docs " + ", ".join(repr(d.problem.doc_id) for d in docs)
+        points = frozenset(self.settings.injection_points)
+        rows = []
+        for doc in docs:
+            budget = doc.problem.max_new_tokens
+            rows.append(DecodeRow(None, tuple(doc.original_ids), budget, doc.stop, capture_after=points))
+            rows.append(DecodeRow(None, tuple(doc.alternative_ids), budget, doc.stop, capture_after=frozenset({0})))
+        results = greedy_decode(self.model, rows, what)
+        baselines, oracles = results[0::2], results[1::2]
+        alternative_caches = [oracle.captures[0] for oracle in oracles]
+
+        branches = self._branches(docs, baselines, alternative_caches, what)
+        run_contexts = [self._run_context(b) for b in branches]
+        runs = greedy_decode(self.model, [self._branch_row(b, c) for b, c in zip(branches, run_contexts)], what)
+        triples = [self._scoring_triple(b, c, run.new_ids) for b, c, run in zip(branches, run_contexts, runs)]
+        series = score_triples(self.model, triples, self.settings.track_attention, self.settings.track_hidden, what)
+        by_key = {(id(b.doc), b.point, b.noise): (b, run, s) for b, run, s in zip(branches, runs, series)}
+        return [self._trace(doc, baseline, oracle, by_key) for doc, baseline, oracle in zip(docs, baselines, oracles)]
+
+    def _branches(self, docs, baselines: list[DecodeResult], alternative_caches, what: str) -> list[_Branch]:
+        branches = []
+        for doc, baseline, alternative_cache in zip(docs, baselines, alternative_caches):
+            for point in self.settings.injection_points:
+                fork = baseline.captures.get(point)
+                if fork is None:  # the baseline stopped at or before N tokens
+                    continue
+                pre_ids = baseline.new_ids[:point]
+                for noise, segment in ((False, doc.injected_ids), (True, doc.controls[point])):
+                    branches.append(_Branch(doc, point, noise, segment, fork, pre_ids, alternative_cache, None))
+        if self.settings.strategy != "replace":
+            return branches
+        # The injection swaps in the oracle's prompt cache; a control swaps in a length-matched
+        # control prompt, which has to be prefilled.
+        controls = [b for b in branches if b.noise]
+        regions = iter(extend_caches(self.model, [None] * len(controls), [b.segment for b in controls], what))
+        return [dataclasses.replace(b, region=next(regions) if b.noise else b.alternative) for b in branches]
+
+    # ------------------------------------------------------------------------------ contexts
+
+    def _run_context(self, branch: _Branch) -> tuple[RowCache, list[int], list[int]]:
+        """(cache, context ids, segment labels) of the run's context just before its first new token;
+        the cache covers a prefix of the context ids and the rest is still to be fed."""
+        doc, n_pre = branch.doc, len(branch.pre_ids)
+        prompt_length = len(doc.original_ids)
+        if self.settings.strategy == "append":
+            ids = doc.original_ids + branch.pre_ids + branch.segment
+            labels = _prompt_labels(prompt_length, ORIGINAL_PROMPT) + [GENERATED_BEFORE] * n_pre
+            return branch.fork, ids, labels + [INJECTED] * len(branch.segment)
+        # replace: the new prompt region, then the generated tokens' K/V moved by the length change.
+        generated = rerotate_keys(self.model, branch.fork.tail(prompt_length), len(branch.segment) - prompt_length)
+        context = branch.region.then(generated)
+        ids = branch.segment + branch.pre_ids
+        labels = _prompt_labels(len(branch.segment), INJECTED) + [GENERATED_BEFORE] * n_pre
+        # The last token is fed again: its query is what predicts the first token after the swap.
+        return context.head(context.length - 1), ids, labels
+
+    def _branch_row(self, branch: _Branch, run_context) -> DecodeRow:
+        cache, ids, _ = run_context
+        budget = branch.doc.problem.max_new_tokens - branch.point
+        return DecodeRow(cache, tuple(ids[cache.length :]), budget, branch.doc.stop, prior_ids=tuple(branch.pre_ids))
+
+    def _scoring_triple(self, branch: _Branch, run_context, post_ids: list[int]) -> ScoringTriple:
+        doc = branch.doc
+        queries = post_ids[:-1]  # the last post token predicts nothing that is scored
+
+        def context(cache: RowCache, ids: list[int]) -> ScoringContext:
+            return ScoringContext(cache, tuple(ids[cache.length :] + queries))
+
+        run_cache, run_ids, run_labels = run_context
+        old_ids = doc.original_ids + branch.pre_ids
+        new_ids = doc.alternative_ids + branch.pre_ids
+        return ScoringTriple(
+            run=context(run_cache, run_ids),
+            # The context's last token is not cached: its query predicts post_ids[0].
+            old=context(branch.fork.head(len(old_ids) - 1), old_ids),
+            new=context(branch.alternative.head(len(doc.alternative_ids) - 1), new_ids),
+            targets=tuple(post_ids),
+            run_labels=tuple(run_labels + [GENERATED_AFTER] * len(queries)),
+        )
+
+    # ------------------------------------------------------------------------------ traces
+
+    def _condition(self, doc: _Doc, prompt: str, ids: list[int], stop_reason: str) -> dict:
+        text = truncate_at_stop(decode_generated(self.tokenizer, ids), doc.stop.stop_sequences)
+        return condition(prompt, ids, text, stop_reason)
+
+    def _trace(self, doc: _Doc, baseline: DecodeResult, oracle: DecodeResult, by_key: dict) -> dict:
+        settings = self.settings
+        baseline_entry = self._condition(doc, "original", baseline.new_ids, baseline.stop_reason)
+        conditions = {
+            "baseline": baseline_entry,
+            "oracle": self._condition(doc, "alternative", oracle.new_ids, oracle.stop_reason),
+        }
+        for point in settings.injection_points:
+            for noise in (False, True):
+                name = f"{'noise' if noise else 'injection'}@{point}"
+                segment = doc.controls[point] if noise else doc.injected_ids
+                fields = {"noise_kind": settings.noise if noise else None,
+                          "injected_ids": segment, "injected_text": decode_generated(self.tokenizer, segment)}
+                found = by_key.get((id(doc), point, noise))
+                if found is None:
+                    count = len(baseline.new_ids)
+                    reason = (f"baseline stopped after {count} tokens ({baseline.stop_reason}) "
+                              f"{'before' if count < point else 'at'} N={point}")
+                    conditions[name] = injection_condition(
+                        baseline_entry, point, pre_ids=baseline.new_ids[:point], post_ids=[],
+                        series=empty_series(settings.track_attention, settings.track_hidden),
+                        not_injected_reason=reason, **fields,
+                    )
+                    continue
+                branch, run, series = found
+                ids = branch.pre_ids + run.new_ids
+                conditions[name] = injection_condition(
+                    self._condition(doc, "original", ids, run.stop_reason), point,
+                    pre_ids=branch.pre_ids, post_ids=run.new_ids, series=series, **fields,
+                )
+        problem = doc.problem
+        trace_settings = {
+            "injection_points": list(settings.injection_points), "strategy": settings.strategy,
+            "noise": settings.noise, "track_attention": settings.track_attention,
+            "track_hidden": settings.track_hidden, "seed": settings.seed,
+            "max_new_tokens": problem.max_new_tokens, "stop_sequences": list(problem.stop_sequences),
+        }
+        prompts = {
+            "original": {"text": problem.original_prompt, "ids": list(doc.original_ids)},
+            "alternative": {"text": problem.alternative_prompt, "ids": list(doc.alternative_ids)},
+        }
+        return build_trace(problem.doc_id, trace_settings, prompts, conditions)
+
+
+def _prompt_labels(length: int, segment: int) -> list[int]:
+    """The first prompt position is the attention sink; the rest belong to ``segment``."""
+    return [SINK] + [segment] * (length - 1)

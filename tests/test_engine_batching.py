@@ -1,0 +1,63 @@
+"""Batching and forking never change what is measured."""
+import math
+
+import pytest
+import torch
+
+from kvinject.model_adapters.engine import EngineSettings, InjectionEngine, Problem
+from kvinject.model_adapters.kv_decoding import DecodeRow, greedy_decode
+from kvinject.model_adapters.kv_tokens import StopRule
+
+PROBLEMS = [
+    Problem("a", "Q: 1+1?", "Q: 4+4, or 5?", "Now: 4+4, or 5", 9, ("}",)),
+    Problem("b", "Question: Ann has 12 coins and loses 5. How many?", "Question: Ann has 3 coins.", "3 coins", 9),
+    Problem("c", "Hi. Q: 8*2=", "Hi. Q: 8*3=", "8*3", 9, (";", "]")),
+]
+
+
+def assert_same_trace(left, right, path="trace"):
+    """Equal structure and ids; floats within 1e-4."""
+    if isinstance(left, float) or isinstance(right, float):
+        assert math.isclose(left, right, rel_tol=0, abs_tol=1e-4), path
+    elif isinstance(left, dict):
+        assert left.keys() == right.keys(), path
+        for key in left:
+            assert_same_trace(left[key], right[key], f"{path}.{key}")
+    elif isinstance(left, list):
+        assert len(left) == len(right), path
+        for index, (a, b) in enumerate(zip(left, right)):
+            assert_same_trace(a, b, f"{path}[{index}]")
+    else:
+        assert left == right, path
+
+
+@pytest.mark.parametrize("family,strategy", [("qwen2", "append"), ("gpt2", "append"), ("gemma2", "append"),
+                                             ("llama", "replace"), ("gemma3_text", "replace")])
+def test_a_batch_gives_the_traces_of_one_doc_at_a_time(family, strategy, tiny_model_builder, tiny_tokenizer_class):
+    model = tiny_model_builder(family)
+    tokenizer = tiny_tokenizer_class(eos_token_id=2)
+    settings = EngineSettings(injection_points=(0, 2, 5), strategy=strategy, noise="shuffle")
+    batched = InjectionEngine(model, tokenizer, settings, batch_size=3).run(PROBLEMS)
+    alone = [InjectionEngine(model, tokenizer, settings, batch_size=1).run([p])[0] for p in PROBLEMS]
+    lengths = {len(t["prompts"]["original"]["ids"]) for t in batched}
+    assert len(lengths) == 3  # the batch really is ragged
+    assert_same_trace(batched, alone)
+
+
+def test_branches_do_not_change_the_shared_prefix(tiny_model_builder, tiny_tokenizer):
+    model = tiny_model_builder("mistral")
+    without = InjectionEngine(model, tiny_tokenizer, EngineSettings(injection_points=()), batch_size=3).run(PROBLEMS)
+    with_branches = InjectionEngine(model, tiny_tokenizer, EngineSettings(injection_points=(0, 1, 4)), batch_size=3).run(PROBLEMS)
+    for plain, branched in zip(without, with_branches):
+        assert plain["conditions"]["baseline"] == branched["conditions"]["baseline"]
+        assert plain["conditions"]["oracle"] == branched["conditions"]["oracle"]
+        assert set(branched["conditions"]) == {"baseline", "oracle", "injection@0", "noise@0", "injection@1",
+                                                "noise@1", "injection@4", "noise@4"}
+
+    # The forked cache itself is untouched by decoding a branch from it.
+    prompt = tiny_tokenizer.encode("Q: 1+1?")
+    stop = StopRule(tiny_tokenizer, frozenset(), ())
+    fork = greedy_decode(model, [DecodeRow(None, tuple(prompt), 5, stop, capture_after=frozenset({2}))], "t")[0].captures[2]
+    before = [(k.clone(), v.clone()) for k, v in fork.layers]
+    greedy_decode(model, [DecodeRow(fork, (40, 41, 42), 4, stop), DecodeRow(fork, (43,), 6, stop)], "t")
+    assert all(torch.equal(k, k0) and torch.equal(v, v0) for (k, v), (k0, v0) in zip(fork.layers, before))
