@@ -83,6 +83,19 @@ def problem_from_request(args: ModelArgs, task: str, doc: dict, context: str, ge
 class KVInjectLM(LM):
     """lm-eval model adapter; ``--model_args`` are documented in model_args.ModelArgs and the README."""
 
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict, additional_config=None):
+        # lm-eval adds its own batch_size/max_batch_size/device (CLI defaults 1 and cuda:0) beside
+        # --model_args; a value given in --model_args is the user's explicit choice and wins.
+        harness = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+        return cls(**arg_dict, **harness)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string, additional_config=None):
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
     def __init__(self, **model_args):
         super().__init__()
         self.args = parse_model_args(model_args)  # before any weights load

@@ -103,30 +103,64 @@ def test_adaptation_task_with_another_model_fails_at_once(local_model_dir, tmp_p
 def test_wrapper_works_with_the_start_up_hook_disabled(local_model_dir, tmp_path):
     result = run(
         [sys.executable, "-m", "kvinject", "--model", "kvinject", "--model_args",
-         f"pretrained={local_model_dir},injection_points=1", "--tasks", "adaptation_semantic", "--limit", "1"],
+         json.dumps({"pretrained": str(local_model_dir), "injection_points": [1, 2]}),  # the JSON form
+         "--tasks", "adaptation_semantic", "--limit", "1"],
         env={"KVINJECT_LMEVAL_DISABLE": "1"},
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "adaptation_semantic" in result.stdout
+    assert "control_false_positive_rate@2" in result.stdout  # doc 0 is an identical control
+
+
+EVERY_METRIC_PER_POINT = (
+    "detection_latency", "detection_rate", "adaptation_point", "stabilization", "oracle_convergence",
+    "adaptation_score", "final_log_ratio", "attention_injected", "attention_original", "attention_shift",
+    "final_attention_ratio", "attention_stabilization", "embedding_similarity", "injection_accuracy",
+    "stuck_rate", "adaptation_gap", "noise_specificity", "pvalue_adaptation_score", "detection_latency_censored",
+)
+POINTS = (1, 2, 4)  # SmolLM2 often answers a MAWPS problem in under 15 tokens: inject early
 
 
 @pytest.mark.slow
-def test_smollm2_math_run_from_the_command_line(tmp_path):
-    source = os.environ.get("KVINJECT_MAWPS_SOURCE")
-    if not source:
+def test_smollm2_run_from_the_command_line_reports_every_metric(tmp_path):
+    """The end-to-end check: the real SmolLM2 through `lm_eval`, both tasks, every metric, no NaN.
+    --limit 4 takes an identical control in both tasks (their docs are in a fixed mixed order)."""
+    if not os.environ.get("KVINJECT_MAWPS_SOURCE"):
         pytest.skip("KVINJECT_MAWPS_SOURCE is not set (CI points it at ../shared/data/mawps)")
     out = tmp_path / "out"
+    points = ":".join(map(str, POINTS))
     result = run(
-        ["lm_eval", "--model", "kvinject", "--model_args", "pretrained=smollm2-135m", "--tasks", "adaptation_math",
-         "--limit", "2", "--output_path", str(out)],
+        ["lm_eval", "--model", "kvinject", "--model_args", f"pretrained=smollm2-135m,batch_size=2,injection_points={points}",
+         "--tasks", "adaptation_math,adaptation_semantic", "--limit", "4", "--output_path", str(out)],
         cwd=tmp_path,
         timeout=1800,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    results = json.loads(next((out / "smollm2-135m").glob("results_*.json")).read_text())
-    math = results["results"]["adaptation_math"]
-    values = {k: v for k, v in math.items() if k.endswith(",none") and isinstance(v, float)}
-    assert values and all(v == v for v in values.values()), "no metric may be NaN"
-    traces = (out / "smollm2-135m").glob("traces_*.jsonl")
-    assert len(next(traces).read_text().splitlines()) == 2
+    folder = out / "smollm2-135m"
+    results = json.loads(next(folder.glob("results_*.json")).read_text())
+    records = [json.loads(line) for line in next(folder.glob("traces_*.jsonl")).read_text().splitlines()]
+    assert sorted(r["task"] for r in records) == ["adaptation_math"] * 4 + ["adaptation_semantic"] * 4
+    for task in ("adaptation_math", "adaptation_semantic"):
+        traces = [r["trace"] for r in records if r["task"] == task]
+        values = {k.split(",")[0]: v for k, v in results["results"][task].items() if k.endswith(",none")}
+        expected = {"baseline_accuracy", "oracle_accuracy"}
+        for n in POINTS:
+            injected = [t for t in traces if t["conditions"][f"injection@{n}"]["injected"]]
+            if any(t["prompts"]["original"]["ids"] != t["prompts"]["alternative"]["ids"] for t in injected):
+                expected |= {f"{name}@{n}" for name in EVERY_METRIC_PER_POINT}
+            if any(t["prompts"]["original"]["ids"] == t["prompts"]["alternative"]["ids"] for t in injected):
+                expected.add(f"control_false_positive_rate@{n}")
+        assert any(key.endswith(f"@{POINTS[0]}") for key in expected), f"{task}: no doc injected at all"
+        assert expected <= set(values), sorted(expected - set(values))
+        assert all(v == v for v in values.values()), [k for k, v in values.items() if v != v]
+
+
+def test_model_args_win_over_the_harness_defaults(local_model_dir):
+    from kvinject.model_adapters.harness_model import KVInjectLM
+
+    # lm-eval's CLI always adds batch_size=1 and device=cuda:0 beside --model_args.
+    harness = {"batch_size": 1, "max_batch_size": None, "device": "cuda:0"}
+    lm = KVInjectLM.create_from_arg_string(f"pretrained={local_model_dir},batch_size=3,device=cpu", harness)
+    assert (lm.batch_size, lm.device) == (3, "cpu")
+    lm = KVInjectLM.create_from_arg_obj({"pretrained": str(local_model_dir)}, {"batch_size": "4", "device": None})
+    assert lm.batch_size == 4
