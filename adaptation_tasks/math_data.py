@@ -1,21 +1,21 @@
 """lm-eval `custom_dataset` for adaptation_math: build (or reuse) the augmented MAWPS set and validate it.
 
 The source comes from KVINJECT_MAWPS_SOURCE (default: the Hub's MU-NLPC/Calc-mawps). The built set is
-cached under $XDG_CACHE_HOME/kvinject (or ~/.cache/kvinject), keyed by source checksum and builder version,
-so a changed source or builder never serves a stale set.
+cached in kvinject.paths.user_cache_dir() ($KVINJECT_CACHE, else ~/.cache/kvinject), keyed by source
+checksum and builder version, so a changed source or builder never serves a stale set.
 """
 from __future__ import annotations
 
 import json
 import os
 from fractions import Fraction
-from pathlib import Path
 
 import datasets
 
 from kvinject.adaptation_tasks.docs import DocSchema, validated_test_split
 from kvinject.adaptation_tasks.mawps_builder import BUILDER_VERSION, VARIATION_TYPES, build_augmented_set
 from kvinject.adaptation_tasks.mawps_sources import DEFAULT_SOURCE, SOURCE_ENV_VAR, read_mawps_source
+from kvinject.paths import user_cache_dir
 
 
 def _is_number(text: str) -> bool:
@@ -44,7 +44,7 @@ def load_math_dataset(**_metadata) -> datasets.DatasetDict:
 
 def augmented_math_set(source: str) -> list[dict]:
     mawps = read_mawps_source(source)
-    cache_file = cache_folder() / f"adaptation_math-v{BUILDER_VERSION}-{mawps.checksum[:16]}.json"
+    cache_file = user_cache_dir() / f"adaptation_math-v{BUILDER_VERSION}-{mawps.checksum[:16]}.json"
     if cache_file.is_file():
         try:
             return json.loads(cache_file.read_text(encoding="utf-8"))
@@ -57,7 +57,3 @@ def augmented_math_set(source: str) -> list[dict]:
     partial.replace(cache_file)
     return docs
 
-
-def cache_folder() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "kvinject"

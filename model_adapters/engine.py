@@ -3,9 +3,10 @@
 Contract: docs/architecture.md section 2 (API) and section 3 (the trace, schema version 1, built and
 checked in kv_trace: ``SCHEMA_VERSION``, ``validate_trace``). For a batch of problems:
 
-1. baseline (original prompt) and oracle (alternative prompt) decode together; the baseline's cache
-   is copied after N generated tokens for each injection point N (forked, never recomputed) and the
-   oracle's after its prompt;
+1. baseline (original prompt) and oracle (alternative prompt) decode together, both starting from
+   one cache of their common prompt prefix (prefilled once; each still feeds at least its last prompt
+   token); the baseline's cache is copied after N generated tokens for each injection point N
+   (forked, never recomputed) and the oracle's after its prompt;
 2. every injection@N and noise@N branch continues from that fork in one batch: ``append`` feeds the
    injected (or control) ids after the N tokens; ``replace`` swaps the prompt region for the
    alternative prompt's cache (or a prefilled length-matched control prompt), re-rotates the N
@@ -175,10 +176,12 @@ class InjectionEngine:
         what = "docs " + ", ".join(repr(d.problem.doc_id) for d in docs)
         points = frozenset(self.settings.injection_points)
         rows = []
-        for doc in docs:
-            budget = doc.problem.max_new_tokens
-            rows.append(DecodeRow(None, tuple(doc.original_ids), budget, doc.stop, capture_after=points))
-            rows.append(DecodeRow(None, tuple(doc.alternative_ids), budget, doc.stop, capture_after=frozenset({0})))
+        for doc, prefix in zip(docs, self._shared_prefixes(docs, what)):
+            budget, start = doc.problem.max_new_tokens, 0 if prefix is None else prefix.length
+            # Both rows start from the shared prefix; their captures copy the whole cache, prefix included.
+            rows.append(DecodeRow(prefix, tuple(doc.original_ids[start:]), budget, doc.stop, capture_after=points))
+            rows.append(DecodeRow(prefix, tuple(doc.alternative_ids[start:]), budget, doc.stop,
+                                  capture_after=frozenset({0})))
         results = greedy_decode(self.model, rows, what)
         baselines, oracles = results[0::2], results[1::2]
         alternative_caches = [oracle.captures[0] for oracle in oracles]
@@ -190,6 +193,15 @@ class InjectionEngine:
         series = score_triples(self.model, triples, self.settings.track_attention, self.settings.track_hidden, what)
         by_key = {(id(b.doc), b.point, b.noise): (b, run, s) for b, run, s in zip(branches, runs, series)}
         return [self._trace(doc, baseline, oracle, by_key) for doc, baseline, oracle in zip(docs, baselines, oracles)]
+
+    def _shared_prefixes(self, docs: list[_Doc], what: str) -> list[RowCache | None]:
+        """Per doc, the cache of the prompt prefix that the original and alternative prompts share
+        (None when empty), prefilled once in one batch. The prefix stops before either prompt's last
+        token: each row must still feed that token, whose query predicts its first generated token."""
+        lengths = [_common_prefix_length(d.original_ids[:-1], d.alternative_ids[:-1]) for d in docs]
+        prefixes = [d.original_ids[:n] for d, n in zip(docs, lengths) if n]
+        caches = iter(extend_caches(self.model, [None] * len(prefixes), prefixes, what))
+        return [next(caches) if n else None for n in lengths]
 
     def _branches(self, docs, baselines: list[DecodeResult], alternative_caches, what: str) -> list[_Branch]:
         branches = []
@@ -305,3 +317,7 @@ class InjectionEngine:
 def _prompt_labels(length: int, segment: int) -> list[int]:
     """The first prompt position is the attention sink; the rest belong to ``segment``."""
     return [SINK] + [segment] * (length - 1)
+
+
+def _common_prefix_length(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))

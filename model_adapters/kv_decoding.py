@@ -1,10 +1,10 @@
 """Batched greedy decoding of rows that each start from their own cache and first tokens.
 
-Every branch of the experiment is such a row: the baseline and the oracle start from an empty cache
-and feed their prompt; an injection branch starts from the baseline's cache forked after N tokens
-and feeds the injected segment. Rows stop independently (EOS, stop sequence, budget) and finished
-rows leave the batch. A row can ask for copies of its cache after k generated tokens have been fed,
-which is how branches fork the baseline without recomputing it.
+Every branch of the experiment is such a row: the baseline and the oracle start from the cache of
+their shared prompt prefix and feed the rest of their prompt; an injection branch starts from the
+baseline's cache forked after N tokens and feeds the injected segment. Rows stop independently (EOS,
+stop sequence, budget) and finished rows leave the batch. A row can ask for copies of its cache after
+k generated tokens have been fed, which is how branches fork the baseline without recomputing it.
 """
 from __future__ import annotations
 
@@ -72,6 +72,8 @@ def greedy_decode(model, rows: list[DecodeRow], what: str) -> list[DecodeResult]
 @torch.inference_mode()
 def extend_caches(model, caches: list[RowCache | None], tokens: list[list[int]], what: str) -> list[RowCache]:
     """Each cache with its tokens appended (one batched forward), e.g. a prompt prefill."""
+    if not caches:  # e.g. no doc of the batch has a shared prefix: no forward to run
+        return []
     batch = PaddedBatch(model, caches, what)
     model(**batch.feed_tokens(tokens), logits_to_keep=1)
     return [batch.row_cache(row) for row in range(batch.size)]

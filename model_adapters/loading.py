@@ -51,10 +51,19 @@ def resolve_dtype(requested: str, device: str):
     return torch.float32
 
 
+def _require_gguf(arg: str) -> None:
+    if importlib.util.find_spec("gguf") is None:
+        raise ModelArgsError(f"model arg {arg} needs the gguf package: pip install 'kvinject[gguf]'")
+
+
 def _weights_location(args: ModelArgs):
     """(folder or hub id, gguf file name or None) for ``pretrained``."""
     if args.pretrained in OFFLINE_MODELS:
-        return str(safetensors_copy_of_gguf(OFFLINE_MODELS[args.pretrained].gguf_path())), None
+        gguf = OFFLINE_MODELS[args.pretrained].gguf_path()
+        _require_gguf(f"pretrained={args.pretrained}")  # the first load converts the GGUF file
+        return str(safetensors_copy_of_gguf(gguf)), None
+    if args.gguf_file:
+        _require_gguf("gguf_file")
     return args.pretrained, args.gguf_file
 
 
@@ -78,8 +87,6 @@ def load_model_and_tokenizer(args: ModelArgs):
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     location, gguf_file = _weights_location(args)
-    if gguf_file and importlib.util.find_spec("gguf") is None:
-        raise ModelArgsError("model arg gguf_file needs the gguf package: pip install 'kvinject[gguf]'")
     common = {"revision": args.revision, "trust_remote_code": args.trust_remote_code}
     if gguf_file:
         common["gguf_file"] = gguf_file

@@ -15,18 +15,18 @@ PROBLEMS = [
 ]
 
 
-def assert_same_trace(left, right, path="trace"):
-    """Equal structure and ids; floats within 1e-4."""
+def assert_same_trace(left, right, path="trace", abs_tol=1e-4):
+    """Equal structure and ids; floats within ``abs_tol``."""
     if isinstance(left, float) or isinstance(right, float):
-        assert math.isclose(left, right, rel_tol=0, abs_tol=1e-4), path
+        assert math.isclose(left, right, rel_tol=0, abs_tol=abs_tol), path
     elif isinstance(left, dict):
         assert left.keys() == right.keys(), path
         for key in left:
-            assert_same_trace(left[key], right[key], f"{path}.{key}")
+            assert_same_trace(left[key], right[key], f"{path}.{key}", abs_tol)
     elif isinstance(left, list):
         assert len(left) == len(right), path
         for index, (a, b) in enumerate(zip(left, right)):
-            assert_same_trace(a, b, f"{path}[{index}]")
+            assert_same_trace(a, b, f"{path}[{index}]", abs_tol)
     else:
         assert left == right, path
 

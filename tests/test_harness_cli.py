@@ -131,7 +131,8 @@ def test_smollm2_run_from_the_command_line_reports_every_metric(tmp_path):
     points = ":".join(map(str, POINTS))
     result = run(
         ["lm_eval", "--model", "kvinject", "--model_args", f"pretrained=smollm2-135m,batch_size=2,injection_points={points}",
-         "--tasks", "adaptation_math,adaptation_semantic", "--limit", "4", "--output_path", str(out)],
+         "--tasks", "adaptation_math,adaptation_semantic", "--limit", "4", "--output_path", str(out),
+         "--gen_kwargs", "max_gen_toks=48"],  # noise runs tend to ramble to the budget: keep CI short
         cwd=tmp_path,
         timeout=1800,
     )
@@ -140,6 +141,7 @@ def test_smollm2_run_from_the_command_line_reports_every_metric(tmp_path):
     results = json.loads(next(folder.glob("results_*.json")).read_text())
     records = [json.loads(line) for line in next(folder.glob("traces_*.jsonl")).read_text().splitlines()]
     assert sorted(r["task"] for r in records) == ["adaptation_math"] * 4 + ["adaptation_semantic"] * 4
+    assert {r["trace"]["settings"]["max_new_tokens"] for r in records} == {48}  # --gen_kwargs reached the engine
     for task in ("adaptation_math", "adaptation_semantic"):
         traces = [r["trace"] for r in records if r["task"] == task]
         values = {k.split(",")[0]: v for k, v in results["results"][task].items() if k.endswith(",none")}

@@ -77,3 +77,12 @@ def test_gguf_file_arg_loads_a_gguf_directly():
     model, tokenizer, _ = load_model_and_tokenizer(args)
     assert model.config.model_type == "llama"
     assert tokenizer.eos_token == "<|im_end|>"
+
+
+def test_offline_alias_without_gguf_says_what_to_install(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        offline_models.importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real_find_spec(name, *a)
+    )
+    with pytest.raises(ModelArgsError, match=r"pretrained=smollm2-135m needs the gguf package: pip install 'kvinject\[gguf\]'"):
+        load_model_and_tokenizer(parse_model_args({"pretrained": "smollm2-135m"}))

@@ -114,11 +114,11 @@ def test_unreachable_hub_id_gives_a_clear_error(monkeypatch):
 
 
 def test_built_set_is_cached_by_checksum_and_version(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("KVINJECT_CACHE", str(tmp_path))
     monkeypatch.setattr(math_data, "build_augmented_set", lambda problems: build_augmented_set(problems, SMALL))
     source = str(FIXTURE_SOURCES["calc_mawps_jsonl_folder"])
     first = math_data.augmented_math_set(source)
-    [cached] = (tmp_path / "kvinject").glob("adaptation_math-v*.json")
+    [cached] = tmp_path.glob("adaptation_math-v*.json")
     assert json.loads(cached.read_text()) == first
 
     def must_not_rebuild(problems):

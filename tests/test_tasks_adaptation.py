@@ -40,7 +40,7 @@ def test_semantic_task_loads_500_docs(semantic_task):
 
 @pytest.mark.skipif(not MAWPS_SOURCE, reason=f"{SOURCE_ENV_VAR} is not set (CI points it at ../shared/data/mawps/svamp/cv_mawps)")
 def test_math_task_loads_500_docs(task_manager, tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("KVINJECT_CACHE", str(tmp_path))
     task = task_manager.load(["adaptation_math"])["tasks"]["adaptation_math"]
     docs = list(task.test_docs())
     counts = {kind: sum(d["variation_type"] == kind for d in docs) for kind in ("identical", "single_number", "multiple_numbers", "added_step")}
@@ -107,7 +107,7 @@ def test_plain_string_output_asks_for_the_kvinject_model(semantic_task):
 
 def test_math_matcher_is_the_one_named_in_the_yaml(task_manager, monkeypatch, tmp_path):
     monkeypatch.setenv(SOURCE_ENV_VAR, str(Path(__file__).parent / "fixtures" / "tasks" / "svamp_cv"))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("KVINJECT_CACHE", str(tmp_path))
     from kvinject.adaptation_tasks.mawps_builder import SetSpec, build_augmented_set
 
     monkeypatch.setattr(math_data, "build_augmented_set", lambda problems: build_augmented_set(problems, SetSpec(8, 2)))
