@@ -74,6 +74,13 @@ def test_a_baseline_that_stops_early_is_recorded_not_injected(model, tiny_tokeni
             assert entry["ids"] == baseline_ids[:2]
 
 
+def test_replace_runs_when_no_baseline_reaches_an_injection_point(model, tiny_tokenizer, tiny_tokenizer_class):
+    (free,) = run(model, tiny_tokenizer)
+    eos = free["conditions"]["baseline"]["ids"][0]  # no branch, hence no control prompt to prefill
+    (trace,) = run(model, tiny_tokenizer_class(eos_token_id=eos), strategy="replace")
+    assert not any(trace["conditions"][f"{kind}@{n}"]["injected"] for kind in ("injection", "noise") for n in (1, 3))
+
+
 def test_branches_stop_at_their_own_stop_sequence(model, tiny_tokenizer):
     (free,) = run(model, tiny_tokenizer)
     baseline_ids = free["conditions"]["baseline"]["ids"]
