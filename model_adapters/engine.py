@@ -24,7 +24,8 @@ import dataclasses
 from typing import Sequence
 
 from kvinject.model_adapters.kv_decoding import DecodeResult, DecodeRow, extend_caches, greedy_decode
-from kvinject.model_adapters.kv_noise import NOISE_KINDS, control_seed, control_segment, non_special_ids
+from kvinject.model_adapters.injection_modes import NOISE_KINDS, STRATEGIES
+from kvinject.model_adapters.kv_noise import control_seed, control_segment, non_special_ids
 from kvinject.model_adapters.kv_rope import check_rerotatable, rerotate_keys
 from kvinject.model_adapters.kv_rows import RowCache
 from kvinject.model_adapters.kv_scoring import ScoringContext, ScoringTriple, score_triples
@@ -49,7 +50,6 @@ from kvinject.model_adapters.kv_trace import (
 
 __all__ = ["EngineSettings", "Problem", "InjectionEngine", "EngineTokenizer", "SCHEMA_VERSION", "validate_trace"]
 
-STRATEGIES = ("append", "replace")
 SINK, ORIGINAL_PROMPT, GENERATED_BEFORE, INJECTED, GENERATED_AFTER = range(len(SEGMENTS))
 
 

@@ -12,14 +12,14 @@ import dataclasses
 import re
 from typing import Any, Mapping
 
+from kvinject.model_adapters.injection_modes import NOISE_KINDS, STRATEGIES
+
 DEFAULT_PRETRAINED = "Qwen/Qwen2.5-Math-7B"
 # Framed so a base model reads it as a correction inside its own answer, followed by the whole new
 # problem: the model gets the same information as the oracle prompt, only later.
 DEFAULT_INJECTION_TEMPLATE = "\n\nWait, the problem has changed. The new problem is: {alternative}\nSolving the new problem:"
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-STRATEGIES = ("append", "replace")
-NOISE_KINDS = ("random", "shuffle")
 ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 
 
