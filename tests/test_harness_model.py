@@ -1,0 +1,84 @@
+"""KVInjectLM on a tiny local model: request checks, traces kept when a later batch fails."""
+import pickle
+
+import pytest
+from lm_eval.api.instance import Instance
+
+from kvinject.model_adapters.harness_model import DocError, KVInjectLM, TracedGeneration
+from kvinject.model_adapters.trace_log import read_traces
+
+GEN_KWARGS = {"until": ["\n\n"], "max_gen_toks": 6, "do_sample": False}
+
+
+def request(doc_id, question="What is 3 + 5?", alternative="What is 4 + 5?", gen_kwargs=GEN_KWARGS):
+    doc = {"id": doc_id, "original_question": question, "alternative_question": alternative}
+    return Instance(
+        request_type="generate_until",
+        doc=doc,
+        arguments=(f"Question: {question}\nAnswer:", dict(gen_kwargs)),
+        idx=0,
+        metadata=("adaptation_semantic", doc_id, 1),
+    )
+
+
+@pytest.fixture(scope="module")
+def lm(local_model_dir, tmp_path_factory):
+    return KVInjectLM(
+        pretrained=str(local_model_dir), injection_points="1:2", batch_size=1,
+        trace_dir=str(tmp_path_factory.mktemp("traces")),
+    )
+
+
+def test_every_doc_gets_its_trace_and_pickles(lm):
+    outputs = lm.generate_until([request("a"), request("b", "What is 7 - 2?", "What is 9 - 2?")])
+    assert [o.trace["doc_id"] for o in outputs] == ["a", "b"]
+    assert all(isinstance(o, TracedGeneration) and str(o) == o.trace["conditions"]["baseline"]["text"] for o in outputs)
+    assert "Question: What is 9 - 2?" in outputs[1].trace["prompts"]["alternative"]["text"]
+    copy = pickle.loads(pickle.dumps(outputs[0]))
+    assert copy == outputs[0] and copy.trace == outputs[0].trace
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(alternative=""), "doc bad: field 'alternative_question' must be a non-empty string"),
+        (dict(gen_kwargs={**GEN_KWARGS, "do_sample": True}), "doc bad: kvinject decodes greedily"),
+        (dict(gen_kwargs={**GEN_KWARGS, "num_beams": 4}), "doc bad: unsupported generation_kwargs ['num_beams']"),
+    ],
+)
+def test_a_bad_doc_fails_before_any_compute_and_is_named(lm, monkeypatch, bad, message):
+    monkeypatch.setattr(lm.engine, "run", lambda problems: pytest.fail("nothing may run before every doc is checked"))
+    with pytest.raises(DocError) as error:
+        lm.generate_until([request("good"), request("bad", **bad)])
+    assert "task adaptation_semantic" in str(error.value) and message in str(error.value)
+
+
+def test_prompt_without_the_question_is_named(lm):
+    broken = request("c")
+    broken.doc["original_question"] = "a question the prompt does not contain"
+    with pytest.raises(DocError, match="doc c: the prompt does not contain field 'original_question'"):
+        lm.generate_until([broken])
+
+
+def test_a_failing_batch_names_its_docs_and_keeps_earlier_traces(lm, monkeypatch):
+    real_run = lm.engine.run
+    calls = []
+
+    def run_then_fail(problems):
+        calls.append(problems)
+        if len(calls) == 2:
+            raise RuntimeError("out of memory")
+        return real_run(problems)
+
+    monkeypatch.setattr(lm.engine, "run", run_then_fail)
+    before = len(read_traces(lm.trace_log.path))
+    with pytest.raises(RuntimeError, match=r"kvinject failed on doc\(s\) second of task adaptation_semantic") as error:
+        lm.generate_until([request("first"), request("second")])
+    assert str(lm.trace_log.path) in str(error.value)
+    kept = read_traces(lm.trace_log.path)[before:]
+    assert [record["trace"]["doc_id"] for record in kept] == ["first"]
+
+
+def test_loglikelihood_is_refused_with_a_reason(lm):
+    with pytest.raises(NotImplementedError, match="use --model hf"):
+        lm.loglikelihood([])
