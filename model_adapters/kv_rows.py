@@ -7,11 +7,15 @@ the per-row next positions that batched decoding needs (the left-padding pitfall
 /work/shared/notes/kv-cache-science.md section 2: explicit per-row ``position_ids``, never the default
 ``arange + cache length``). Positions equal the number of real tokens before a token, so pad slots
 (left padding, or holes between a row's cache and its next feed) never shift them.
+
+Sliding-window models (Mistral, Gemma 2/3, ...) need more: transformers' sliding caches evict by slot
+and its sliding masks measure the window in slots, pads included, so a padded row would see another
+window than the same sequence alone. For them every layer keeps its full cache and the model gets
+prepared 4-D masks computed from the rows' real positions, one per attention type.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import torch
 from transformers import DynamicCache
@@ -49,39 +53,45 @@ class RowCache:
         )
 
 
-def sliding_window_limit(config) -> int | float:
-    """Longest padded sequence a batch may reach while staying exact.
-
-    ``DynamicSlidingWindowLayer`` keeps only the last ``window - 1`` slots and the sliding mask counts
-    slots, pads included, so a left-padded row would see a different window than the same sequence
-    alone. Below the limit nothing is ever evicted and both agree.
-    """
+def attention_windows(config) -> dict[str, int | None]:
+    """Window of every attention type of a sliding-window model (None: full attention), or {} for a
+    model without a sliding window, which keeps transformers' own masks (built from the 2-D mask)."""
     text_config = config.get_text_config(decoder=True)
-    layer_types = getattr(text_config, "layer_types", None) or ()
     window = getattr(text_config, "sliding_window", None)
-    uses_window = window is not None and (not layer_types or "sliding_attention" in layer_types)
-    return window - 1 if uses_window else math.inf
+    layer_types = set(getattr(text_config, "layer_types", None) or ["sliding_attention"])
+    if window is None or "sliding_attention" not in layer_types:
+        return {}
+    unknown = layer_types - {"sliding_attention", "full_attention"}
+    if unknown:
+        raise ValueError(f"model_type {config.model_type}: attention types {sorted(unknown)} are not supported")
+    return {layer_type: window if layer_type == "sliding_attention" else None for layer_type in layer_types}
 
 
 class PaddedBatch:
     """Rows of (cache, next tokens) left-padded into one ``DynamicCache`` with a 2-D mask.
 
     Call ``feed_tokens`` with each row's next tokens (ragged lists are left-padded, leaving a masked
-    hole between a row's cache and its tokens) and pass ``model_inputs`` to the model.
+    hole between a row's cache and its tokens) and pass what it returns to the model.
     """
 
     def __init__(self, model, caches: list[RowCache | None], what: str):
-        self.config = model.config
-        self.what = what  # names the rows in errors, e.g. "docs d1, d2"
-        self.limit = sliding_window_limit(model.config)
+        """``what`` names the rows in errors, e.g. "docs d1, d2"."""
+        self.windows = attention_windows(model.config)
+        implementation = model.config._attn_implementation
+        if self.windows and implementation not in ("eager", "sdpa"):
+            raise ValueError(
+                f"{what}: sliding-window model_type {model.config.model_type} needs attn_implementation eager "
+                f"or sdpa (its masks are built from each row's positions), not {implementation!r}"
+            )
+        self.dtype = model.dtype
         lengths = [0 if c is None else c.length for c in caches]
         width = max(lengths, default=0)
-        self.next_positions = torch.tensor(lengths, dtype=torch.long, device=model.device)
         self.mask = torch.zeros(len(caches), width, dtype=torch.long, device=model.device)
         for row, length in enumerate(lengths):
             self.mask[row, width - length :] = 1
-        self.cache = DynamicCache(ddp_cache_data=_padded_layers(caches, width), config=model.config)
-        self._inputs = None
+        # No config: every layer is a plain DynamicLayer that keeps all its slots (a config would give
+        # sliding layers a DynamicSlidingWindowLayer, which evicts by slot, pads included).
+        self.cache = DynamicCache(ddp_cache_data=_padded_layers(caches, width))
 
     @property
     def size(self) -> int:
@@ -90,12 +100,6 @@ class PaddedBatch:
     def feed_tokens(self, tokens: list[list[int]]) -> dict:
         """Model kwargs that append ``tokens[row]`` to every row (each non-empty list right-aligned)."""
         width = max(len(t) for t in tokens)
-        if self.mask.shape[1] + width > self.limit:
-            raise ValueError(
-                f"{self.what}: a padded sequence of {self.mask.shape[1] + width} positions exceeds the "
-                f"sliding window of model_type {self.config.model_type} ({self.limit + 1}); use shorter "
-                "prompts, fewer new tokens or batch_size=1"
-            )
         device = self.mask.device
         # Pad slots are masked out of every attention, so any valid id does; 0 always exists.
         ids = torch.zeros((self.size, width), dtype=torch.long, device=device)
@@ -104,17 +108,36 @@ class PaddedBatch:
             if row_tokens:
                 ids[row, width - len(row_tokens) :] = torch.tensor(row_tokens, device=device)
                 feed_mask[row, width - len(row_tokens) :] = 1
-        # Real tokens continue each row's own count; pads get position 0 (masked, never attended).
-        positions = (self.next_positions[:, None] + feed_mask.cumsum(-1) - 1) * feed_mask
-        self.next_positions = self.next_positions + feed_mask.sum(-1)
         self.mask = torch.cat([self.mask, feed_mask], dim=1)
+        # Real tokens continue each row's own count; pads get position 0 (masked, never attended).
+        positions = self._slot_positions()[:, -width:] * feed_mask
         return {
             "input_ids": ids,
-            "attention_mask": self.mask,
+            "attention_mask": self._position_masks(width) if self.windows else self.mask,
             "position_ids": positions,
             "cache": self.cache,
             "use_cache": True,
         }
+
+    def _slot_positions(self) -> torch.Tensor:
+        """[rows, slots]: the position of every real slot (the number of real slots before it)."""
+        return self.mask.cumsum(-1) - 1
+
+    def _position_masks(self, width: int):
+        """Additive [rows, 1, queries, slots] masks of the last ``width`` slots' queries, one per
+        attention type (a dict keyed by type when the model mixes types): a query at position p sees a
+        real slot at position q iff p - q >= 0 (and < window on sliding layers), as transformers' masks
+        do for one unpadded sequence. A pad query may see no slot at all: the finite additive mask
+        keeps its softmax finite (uniform), and its output is never read."""
+        positions = self._slot_positions()
+        distance = positions[:, -width:, None] - positions[:, None, :]
+        visible = self.mask.bool()[:, None, :] & (distance >= 0)
+        masks = {}
+        for layer_type, window in self.windows.items():
+            allowed = visible if window is None else visible & (distance < window)
+            additive = torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device)
+            masks[layer_type] = additive.masked_fill_(~allowed, torch.finfo(self.dtype).min)[:, None]
+        return masks if len(masks) > 1 else next(iter(masks.values()))
 
     def row_cache(self, row: int) -> RowCache:
         """A copy of ``row``'s real tokens as they stand now."""
@@ -126,7 +149,6 @@ class PaddedBatch:
         index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
         self.cache.batch_select_indices(index)
         self.mask = self.mask[index]
-        self.next_positions = self.next_positions[index]
 
 
 def _padded_layers(caches: list[RowCache | None], width: int):

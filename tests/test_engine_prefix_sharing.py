@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from kvinject.model_adapters.engine import EngineSettings, InjectionEngine, Problem, validate_trace
+from kvinject.model_adapters.kv_rows import PaddedBatch
 
 from test_engine_batching import assert_same_trace
 
@@ -26,16 +27,16 @@ def shared_length(original, alternative):
 def run_with_and_without_sharing(monkeypatch, model, tokenizer, settings, batch_size):
     """(shared traces, unshared traces, fed prompt positions of each run); unshared rows prefill their whole prompt."""
     fed = [0]
-    forward = model.forward
+    feed_tokens = PaddedBatch.feed_tokens
 
-    def counting_forward(*args, input_ids, attention_mask, **kwargs):
-        fed[0] += int(attention_mask[:, -input_ids.shape[1] :].sum())  # real tokens, not pads
-        return forward(*args, input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    def counting_feed(self, tokens):
+        fed[0] += sum(len(row) for row in tokens)  # real tokens, not pads
+        return feed_tokens(self, tokens)
 
     results = []
     for share in (True, False):
         with monkeypatch.context() as patch:
-            patch.setattr(model, "forward", counting_forward)
+            patch.setattr(PaddedBatch, "feed_tokens", counting_feed)
             if not share:
                 patch.setattr(InjectionEngine, "_shared_prefixes", lambda self, docs, what: [None] * len(docs))
             fed[0] = 0
