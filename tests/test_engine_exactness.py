@@ -99,11 +99,9 @@ def test_append_trace_scores_match_full_recomputation(tiny_family_model, tiny_to
     assert checked == 2 * 2 * 2  # docs x points x (injection, noise)
 
 
-def test_old_context_along_baseline_tokens_equals_decode_distributions(tiny_family_model, tiny_tokenizer):
-    _, model = tiny_family_model
-    prompt = tiny_tokenizer.encode(PROBLEMS[1].original_prompt)
-    point, budget = 2, 7
-    # The baseline's own decode-time distributions, from a plain incremental loop.
+def incremental_greedy(model, prompt: list[int], budget: int) -> tuple[list[int], list[torch.Tensor]]:
+    """Greedy ids and their decode-time log-distributions from a plain one-row incremental loop with
+    transformers' own cache: the reference the engine's scores are held to."""
     decode_steps, ids, cache = [], list(prompt), DynamicCache(config=model.config)
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True).logits[0, -1]
@@ -111,7 +109,14 @@ def test_old_context_along_baseline_tokens_equals_decode_distributions(tiny_fami
             decode_steps.append(torch.log_softmax(logits.float(), -1))
             ids.append(int(logits.argmax()))
             logits = model(input_ids=torch.tensor([[ids[-1]]]), cache=cache, use_cache=True).logits[0, -1]
-    generated = ids[len(prompt) :]
+    return ids[len(prompt) :], decode_steps
+
+
+def test_old_context_along_baseline_tokens_equals_decode_distributions(tiny_family_model, tiny_tokenizer):
+    _, model = tiny_family_model
+    prompt = tiny_tokenizer.encode(PROBLEMS[1].original_prompt)
+    point, budget = 2, 7
+    generated, decode_steps = incremental_greedy(model, prompt, budget)
     fork = greedy_decode(model, [DecodeRow(None, tuple(prompt), budget, no_stop(tiny_tokenizer),
                                            capture_after=frozenset({point}))], "t")[0]
     assert fork.new_ids == generated

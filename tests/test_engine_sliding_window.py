@@ -1,7 +1,6 @@
 """Sliding-window families stay exact far beyond the window, batched with ragged padding or not."""
 import pytest
 import torch
-from transformers import DynamicCache
 
 from kvinject.model_adapters.engine import EngineSettings, InjectionEngine, Problem, validate_trace
 from kvinject.model_adapters.kv_decoding import DecodeRow, greedy_decode
@@ -11,6 +10,7 @@ from kvinject.model_adapters.kv_scoring import ScoringContext, teacher_forced_ch
 from kvinject.model_adapters.kv_tokens import StopRule
 
 from test_engine_batching import PROBLEMS, assert_same_trace
+from test_engine_exactness import incremental_greedy
 
 WINDOW = 8  # every test sequence is several windows long
 TOLERANCE = 1e-4
@@ -106,16 +106,8 @@ def test_old_context_along_baseline_tokens_equals_decode_distributions_beyond_th
     model = windowed_model_with_attention
     prompt = tiny_tokenizer.encode("Question: Tom has 3 apples. A:")
     point, budget = 6, 24
-    # The baseline's own decode-time distributions, from a plain incremental loop with transformers'
-    # sliding cache (one unpadded row: exact).
-    decode_steps, ids, cache = [], list(prompt), DynamicCache(config=model.config)
-    with torch.no_grad():
-        logits = model(input_ids=torch.tensor([ids]), cache=cache, use_cache=True).logits[0, -1]
-        for _ in range(budget):
-            decode_steps.append(torch.log_softmax(logits.float(), -1))
-            ids.append(int(logits.argmax()))
-            logits = model(input_ids=torch.tensor([[ids[-1]]]), cache=cache, use_cache=True).logits[0, -1]
-    generated = ids[len(prompt) :]
+    # One unpadded row with transformers' own sliding cache is exact.
+    generated, decode_steps = incremental_greedy(model, prompt, budget)
     fork = greedy_decode(model, [DecodeRow(None, tuple(prompt), budget, no_stop(tiny_tokenizer),
                                            capture_after=frozenset({point}))], "t")[0]
     assert fork.new_ids == generated
@@ -129,7 +121,7 @@ def test_old_context_along_baseline_tokens_equals_decode_distributions_beyond_th
         for _, _, out, _ in teacher_forced_chunks(model, [context, short], [len(post), 2], "t"):
             scored.append(torch.log_softmax(out.logits[0].float(), -1))
     scored = torch.cat(scored)[-len(post) :]
-    assert len(ids) > 5 * WINDOW
+    assert len(prompt) + len(generated) > 5 * WINDOW
     assert kl_divergence(torch.stack(decode_steps[point:]), scored).max().item() < 1e-6
 
 
