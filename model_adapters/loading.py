@@ -90,7 +90,13 @@ def load_model_and_tokenizer(args: ModelArgs):
     common = {"revision": args.revision, "trust_remote_code": args.trust_remote_code}
     if gguf_file:
         common["gguf_file"] = gguf_file
-    tokenizer = AutoTokenizer.from_pretrained(location, **common)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **common)
+    except OSError as error:  # the Hub is unreachable, or the id or folder does not exist
+        raise OSError(
+            f"cannot load pretrained={args.pretrained}: {error}\nWithout a connection to the Hugging Face "
+            f"Hub, give a local folder, or one of the offline models: {', '.join(OFFLINE_MODELS)}"
+        ) from error
     quantization = _quantization_config(args, device)
     model_kwargs = dict(common, dtype=dtype)
     if quantization is not None:

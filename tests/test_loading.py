@@ -86,3 +86,9 @@ def test_offline_alias_without_gguf_says_what_to_install(monkeypatch):
     )
     with pytest.raises(ModelArgsError, match=r"pretrained=smollm2-135m needs the gguf package: pip install 'kvinject\[gguf\]'"):
         load_model_and_tokenizer(parse_model_args({"pretrained": "smollm2-135m"}))
+
+
+def test_unreachable_model_points_to_the_offline_models(tmp_path):
+    missing = tmp_path / "no-such-model"
+    with pytest.raises(OSError, match="offline models: smollm2-135m, gemma3-270m"):
+        load_model_and_tokenizer(parse_model_args({"pretrained": str(missing)}))
