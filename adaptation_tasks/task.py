@@ -46,6 +46,7 @@ class AdaptationTask(ConfigurableTask):
             lambda key: adaptation_metrics.metric_aggregation(key, self.adaptation_settings)
         )
         self._higher_is_better = ResolvingDict(lambda key: adaptation_metrics.metric_higher_is_better(key))
+        self.adaptation_settings  # validate --metadata settings now, before any generation  # noqa: B018
 
     @cached_property
     def adaptation_settings(self):

@@ -166,3 +166,15 @@ def test_model_args_win_over_the_harness_defaults(local_model_dir):
     assert (lm.batch_size, lm.device) == (3, "cpu")
     lm = KVInjectLM.create_from_arg_obj({"pretrained": str(local_model_dir)}, {"batch_size": "4", "device": None})
     assert lm.batch_size == 4
+
+
+def test_metric_settings_come_from_metadata(local_model_dir, tmp_path):
+    base = ["lm_eval", "--model", "kvinject", "--model_args", f"pretrained={local_model_dir},injection_points=1",
+            "--tasks", "adaptation_semantic", "--limit", "3", "--gen_kwargs", "max_gen_toks=8"]
+    result = run(base + ["--metadata", json.dumps({"adaptation": {"confidence_intervals": False, "window_tokens": 3}})],
+                 cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "adaptation_gap@1" in result.stdout and "_ci_" not in result.stdout
+    result = run(base + ["--metadata", json.dumps({"adaptation": {"window": 3}})], cwd=tmp_path)
+    assert result.returncode != 0 and "window" in result.stderr and "window_tokens" in result.stderr
+    assert "kvinject docs" not in result.stderr  # refused before any generation
