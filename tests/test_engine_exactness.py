@@ -112,24 +112,31 @@ def incremental_greedy(model, prompt: list[int], budget: int) -> tuple[list[int]
     return ids[len(prompt) :], decode_steps
 
 
-def test_old_context_along_baseline_tokens_equals_decode_distributions(tiny_family_model, tiny_tokenizer):
-    _, model = tiny_family_model
-    prompt = tiny_tokenizer.encode(PROBLEMS[1].original_prompt)
-    point, budget = 2, 7
+def old_context_against_decode(model, tokenizer, prompt, point, budget, batch_with=()):
+    """(the baseline's decode-time log-distributions after `point`, the teacher-forced old-context
+    scores of the same tokens from the engine's fork), scored in one batch with the (context, query
+    count) pairs of `batch_with`."""
     generated, decode_steps = incremental_greedy(model, prompt, budget)
-    fork = greedy_decode(model, [DecodeRow(None, tuple(prompt), budget, no_stop(tiny_tokenizer),
+    fork = greedy_decode(model, [DecodeRow(None, tuple(prompt), budget, no_stop(tokenizer),
                                            capture_after=frozenset({point}))], "t")[0]
     assert fork.new_ids == generated
     post = generated[point:]
     old_ids = prompt + generated[:point]
     context = ScoringContext(fork.captures[point].head(len(old_ids) - 1), tuple(old_ids[-1:] + post[:-1]))
+    contexts = [context] + [c for c, _ in batch_with]
+    queries = [len(post)] + [n for _, n in batch_with]
     scored = []
     with torch.no_grad():
-        for _, _, out, _ in teacher_forced_chunks(model, [context], [len(post)], "t"):
+        for _, _, out, _ in teacher_forced_chunks(model, contexts, queries, "t"):
             scored.append(torch.log_softmax(out.logits[0].float(), -1))
-    scored = torch.cat(scored)[-len(post) :]
-    kl = kl_divergence(torch.stack(decode_steps[point:]), scored)
-    assert kl.max().item() < 1e-6
+    return torch.stack(decode_steps[point:]), torch.cat(scored)[-len(post) :]
+
+
+def test_old_context_along_baseline_tokens_equals_decode_distributions(tiny_family_model, tiny_tokenizer):
+    _, model = tiny_family_model
+    prompt = tiny_tokenizer.encode(PROBLEMS[1].original_prompt)
+    decoded, scored = old_context_against_decode(model, tiny_tokenizer, prompt, point=2, budget=7)
+    assert kl_divergence(decoded, scored).max().item() < 1e-6
 
 
 def test_identical_control_scores_old_and_new_alike(tiny_family_model, tiny_tokenizer):

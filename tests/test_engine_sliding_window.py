@@ -6,11 +6,11 @@ from kvinject.model_adapters.engine import EngineSettings, InjectionEngine, Prob
 from kvinject.model_adapters.kv_decoding import DecodeRow, greedy_decode
 from kvinject.model_adapters.kv_divergence import kl_divergence
 from kvinject.model_adapters.kv_rows import PaddedBatch
-from kvinject.model_adapters.kv_scoring import ScoringContext, teacher_forced_chunks
+from kvinject.model_adapters.kv_scoring import ScoringContext
 from kvinject.model_adapters.kv_tokens import StopRule
 
 from test_engine_batching import PROBLEMS, assert_same_trace
-from test_engine_exactness import incremental_greedy
+from test_engine_exactness import old_context_against_decode
 
 WINDOW = 8  # every test sequence is several windows long
 TOLERANCE = 1e-4
@@ -106,23 +106,13 @@ def test_old_context_along_baseline_tokens_equals_decode_distributions_beyond_th
     model = windowed_model_with_attention
     prompt = tiny_tokenizer.encode("Question: Tom has 3 apples. A:")
     point, budget = 6, 24
-    # One unpadded row with transformers' own sliding cache is exact.
-    generated, decode_steps = incremental_greedy(model, prompt, budget)
-    fork = greedy_decode(model, [DecodeRow(None, tuple(prompt), budget, no_stop(tiny_tokenizer),
-                                           capture_after=frozenset({point}))], "t")[0]
-    assert fork.new_ids == generated
-    post = generated[point:]
-    old_ids = prompt + generated[:point]
-    context = ScoringContext(fork.captures[point].head(len(old_ids) - 1), tuple(old_ids[-1:] + post[:-1]))
-    # A second, shorter context in the same batch pads the first one's rows differently.
-    short = ScoringContext(None, tuple(prompt[:5]))
-    scored = []
-    with torch.no_grad():
-        for _, _, out, _ in teacher_forced_chunks(model, [context, short], [len(post), 2], "t"):
-            scored.append(torch.log_softmax(out.logits[0].float(), -1))
-    scored = torch.cat(scored)[-len(post) :]
-    assert len(prompt) + len(generated) > 5 * WINDOW
-    assert kl_divergence(torch.stack(decode_steps[point:]), scored).max().item() < 1e-6
+    # One unpadded row with transformers' own sliding cache is exact; a second, shorter context in the
+    # same batch pads the first one's rows differently.
+    assert len(prompt) + budget > 5 * WINDOW
+    decoded, scored = old_context_against_decode(
+        model, tiny_tokenizer, prompt, point, budget, batch_with=((ScoringContext(None, tuple(prompt[:5])), 2),)
+    )
+    assert kl_divergence(decoded, scored).max().item() < 1e-6
 
 
 def test_sliding_window_models_need_eager_or_sdpa(windowed_model):
