@@ -8,7 +8,7 @@ import logging
 
 from lm_eval.api.model import LM
 
-from kvinject.model_adapters.engine import EngineSettings, InjectionEngine, Problem
+from kvinject.model_adapters.engine import InjectionEngine, Problem
 from kvinject.model_adapters.loading import load_model_and_tokenizer
 from kvinject.model_adapters.model_args import ModelArgs, parse_model_args
 from kvinject.model_adapters.trace_log import TraceLog
@@ -100,14 +100,7 @@ class KVInjectLM(LM):
         super().__init__()
         self.args = parse_model_args(model_args)  # before any weights load
         self.model, self.tokenizer, self._device = load_model_and_tokenizer(self.args)
-        self.settings = EngineSettings(
-            injection_points=self.args.injection_points,
-            strategy=self.args.strategy,
-            noise=self.args.noise,
-            track_attention=self.args.track_attention,
-            track_hidden=self.args.track_hidden,
-            seed=self.args.seed,
-        )
+        self.settings = self.args.injection
         self.batch_size = self._batch_size()
         self.engine = InjectionEngine(self.model, self.tokenizer, self.settings, batch_size=self.batch_size)
         self.trace_log = TraceLog(self.args.trace_dir)
@@ -125,7 +118,7 @@ class KVInjectLM(LM):
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         bytes_per_position = 2 * config.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize
-        branches = 2 + 2 * len(self.args.injection_points)
+        branches = 2 + 2 * len(self.settings.injection_points)
         free, _ = torch.cuda.mem_get_info(torch.device(self.device))
         fit = int(0.5 * free // (bytes_per_position * 2048 * branches))
         return max(1, min(fit, self.args.max_batch_size))

@@ -12,7 +12,7 @@ import dataclasses
 import re
 from typing import Any, Mapping
 
-from kvinject.model_adapters.injection_modes import NOISE_KINDS, STRATEGIES
+from kvinject.model_adapters.injection_settings import InjectionSettings
 
 DEFAULT_PRETRAINED = "Qwen/Qwen2.5-Math-7B"
 # Framed so a base model reads it as a correction inside its own answer, followed by the whole new
@@ -41,13 +41,8 @@ class ModelArgs:
     attn_implementation: str = "auto"  # auto: sdpa where the model supports it, else eager
     batch_size: int | str = 1  # docs per batch, or "auto" (sized from free memory)
     max_batch_size: int = 64  # upper bound for batch_size=auto
-    injection_points: tuple[int, ...] = (5, 10, 15)  # generated tokens before the injection
-    strategy: str = "append"  # append: add the new problem to the cache; replace: swap the prompt's cache
-    noise: str = "random"  # control segment: random non-special tokens, or the injected tokens shuffled
+    injection: InjectionSettings = InjectionSettings()  # injection_points, strategy, noise, track_*, seed
     injection_template: str = DEFAULT_INJECTION_TEMPLATE  # injected text; {alternative} is the new problem
-    track_attention: bool = True  # attention mass per segment and layer after the injection
-    track_hidden: bool = True  # hidden-state cosine to the old and new contexts per layer
-    seed: int = 1234  # seeds the noise controls
     trace_dir: str | None = None  # where traces are written as they are computed (default: user cache)
 
 
@@ -96,12 +91,7 @@ def _as_injection_points(value: Any) -> tuple[int, ...]:
         items = list(value)
     else:
         items = [value]
-    if not items:
-        raise ModelArgsError("model arg injection_points: give at least one point, e.g. injection_points=5:10:15")
-    points = tuple(_as_int("injection_points", item, minimum=0) for item in items)
-    if len(set(points)) != len(points):
-        raise ModelArgsError(f"model arg injection_points={value!r}: points must be distinct")
-    return tuple(sorted(points))
+    return tuple(_as_int("injection_points", item, minimum=0) for item in items)  # the rest: InjectionSettings
 
 
 def _as_batch_size(value: Any) -> int | str:
@@ -142,17 +132,22 @@ _PARSERS = {
     "attn_implementation": lambda v: _as_choice("attn_implementation", v, ATTENTION_IMPLEMENTATIONS),
     "batch_size": _as_batch_size,
     "max_batch_size": lambda v: _as_int("max_batch_size", v, minimum=1),
-    "injection_points": _as_injection_points,
-    "strategy": lambda v: _as_choice("strategy", v, STRATEGIES),
-    "noise": lambda v: _as_choice("noise", v, NOISE_KINDS),
     "injection_template": _as_template,
+    "trace_dir": lambda v: _as_optional_str("trace_dir", v),
+}
+# The injection settings are given as flat model args and validated by InjectionSettings itself.
+_INJECTION_PARSERS = {
+    "injection_points": _as_injection_points,
+    "strategy": lambda v: v,
+    "noise": lambda v: v,
     "track_attention": lambda v: _as_bool("track_attention", v),
     "track_hidden": lambda v: _as_bool("track_hidden", v),
     "seed": lambda v: _as_int("seed", v, minimum=0),
-    "trace_dir": lambda v: _as_optional_str("trace_dir", v),
 }
-VALID_NAMES = tuple(field.name for field in dataclasses.fields(ModelArgs))
-assert set(_PARSERS) == set(VALID_NAMES), "every model arg needs a parser"
+VALID_NAMES = tuple(field.name for field in dataclasses.fields(ModelArgs) if field.name != "injection") + tuple(
+    field.name for field in dataclasses.fields(InjectionSettings)
+)
+assert set(_PARSERS) | set(_INJECTION_PARSERS) == set(VALID_NAMES), "every model arg needs a parser"
 
 
 def parse_model_args(raw: Mapping[str, Any]) -> ModelArgs:
@@ -161,15 +156,21 @@ def parse_model_args(raw: Mapping[str, Any]) -> ModelArgs:
     ``None`` values mean "not given" (lm-eval passes ``device=None`` etc. when unset).
     Raises ModelArgsError naming the argument and the reason.
     """
-    unknown = sorted(name for name in raw if name not in _PARSERS)
+    unknown = sorted(name for name in raw if name not in VALID_NAMES)
     if unknown:
         raise ModelArgsError(
             f"unknown model arg(s) {', '.join(unknown)} for --model kvinject; valid: {', '.join(VALID_NAMES)}"
         )
-    values = {name: _PARSERS[name](value) for name, value in raw.items() if value is not None}
+    given = {name: value for name, value in raw.items() if value is not None}
+    values = {name: _PARSERS[name](value) for name, value in given.items() if name in _PARSERS}
+    injection = {name: _INJECTION_PARSERS[name](value) for name, value in given.items() if name in _INJECTION_PARSERS}
+    try:
+        values["injection"] = InjectionSettings(**injection)
+    except ValueError as error:
+        raise ModelArgsError(f"model arg {error}") from None
     args = ModelArgs(**values)
     if args.load_in_4bit and args.gguf_file:
         raise ModelArgsError("model args load_in_4bit and gguf_file cannot be combined: a GGUF file is already quantised")
-    if args.strategy == "replace" and args.injection_template != DEFAULT_INJECTION_TEMPLATE:
+    if args.injection.strategy == "replace" and args.injection_template != DEFAULT_INJECTION_TEMPLATE:
         raise ModelArgsError("model arg injection_template has no effect with strategy=replace (the prompt itself is swapped)")
     return args

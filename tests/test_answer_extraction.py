@@ -1,8 +1,8 @@
 """Answer extraction and new/old classification on realistic model outputs."""
 import pytest
 
-from kvinject.adaptation_tasks.math_answers import extract_math_answer, match_math_answer, parse_number
-from kvinject.adaptation_tasks.semantic_answers import match_semantic_answer, normalise
+from kvinject.adaptation_tasks.adaptation_math.answers import extract_math_answer, match_math_answer, parse_number
+from kvinject.adaptation_tasks.adaptation_semantic.answers import match_semantic_answer, normalise
 
 MATH_DOC = {"original_answer": "504", "alternative_answer": "540"}
 

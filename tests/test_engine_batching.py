@@ -4,9 +4,9 @@ import math
 import pytest
 import torch
 
-from kvinject.model_adapters.engine import EngineSettings, InjectionEngine, Problem
-from kvinject.model_adapters.kv_decoding import DecodeRow, greedy_decode
-from kvinject.model_adapters.kv_tokens import StopRule
+from kvinject.model_adapters.engine import InjectionSettings, InjectionEngine, Problem
+from kvinject.model_adapters.engine.decoding import DecodeRow, greedy_decode
+from kvinject.model_adapters.engine.tokens import StopRule
 
 PROBLEMS = [
     Problem("a", "Q: 1+1?", "Q: 4+4, or 5?", "Now: 4+4, or 5", 9, ("}",)),
@@ -36,7 +36,7 @@ def assert_same_trace(left, right, path="trace", abs_tol=1e-4):
 def test_a_batch_gives_the_traces_of_one_doc_at_a_time(family, strategy, tiny_model_builder, tiny_tokenizer_class):
     model = tiny_model_builder(family)
     tokenizer = tiny_tokenizer_class(eos_token_id=2)
-    settings = EngineSettings(injection_points=(0, 2, 5), strategy=strategy, noise="shuffle")
+    settings = InjectionSettings(injection_points=(0, 2, 5), strategy=strategy, noise="shuffle")
     batched = InjectionEngine(model, tokenizer, settings, batch_size=3).run(PROBLEMS)
     alone = [InjectionEngine(model, tokenizer, settings, batch_size=1).run([p])[0] for p in PROBLEMS]
     lengths = {len(t["prompts"]["original"]["ids"]) for t in batched}
@@ -46,8 +46,8 @@ def test_a_batch_gives_the_traces_of_one_doc_at_a_time(family, strategy, tiny_mo
 
 def test_branches_do_not_change_the_shared_prefix(tiny_model_builder, tiny_tokenizer):
     model = tiny_model_builder("mistral")
-    without = InjectionEngine(model, tiny_tokenizer, EngineSettings(injection_points=()), batch_size=3).run(PROBLEMS)
-    with_branches = InjectionEngine(model, tiny_tokenizer, EngineSettings(injection_points=(0, 1, 4)), batch_size=3).run(PROBLEMS)
+    without = InjectionEngine(model, tiny_tokenizer, InjectionSettings(injection_points=(2,)), batch_size=3).run(PROBLEMS)
+    with_branches = InjectionEngine(model, tiny_tokenizer, InjectionSettings(injection_points=(0, 1, 4)), batch_size=3).run(PROBLEMS)
     for plain, branched in zip(without, with_branches):
         assert plain["conditions"]["baseline"] == branched["conditions"]["baseline"]
         assert plain["conditions"]["oracle"] == branched["conditions"]["oracle"]

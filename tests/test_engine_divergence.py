@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvinject.model_adapters.kv_divergence import entropy, kl_divergence, log_probs
+from kvinject.model_adapters.engine.divergence import entropy, kl_divergence, log_probs
 
 logit = st.floats(min_value=-1e4, max_value=1e4, allow_nan=False, width=32)
 vectors = st.integers(min_value=1, max_value=40).flatmap(

@@ -3,13 +3,14 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from kvinject.model_adapters.engine import EngineSettings, InjectionEngine, Problem, validate_trace
-from kvinject.model_adapters.kv_decoding import DecodeRow, greedy_decode
-from kvinject.model_adapters.kv_divergence import kl_divergence
-from kvinject.model_adapters.kv_rope import rerotate_keys
-from kvinject.model_adapters.kv_rows import PaddedBatch, RowCache
-from kvinject.model_adapters.kv_scoring import ScoringContext, teacher_forced_chunks
-from kvinject.model_adapters.kv_tokens import StopRule
+from kvinject.model_adapters.engine import InjectionSettings, InjectionEngine, Problem
+from kvinject.trace_schema import validate_trace
+from kvinject.model_adapters.engine.decoding import DecodeRow, greedy_decode
+from kvinject.model_adapters.engine.divergence import kl_divergence
+from kvinject.model_adapters.engine.rope import rerotate_keys
+from kvinject.model_adapters.engine.row_cache import PaddedBatch, RowCache
+from kvinject.model_adapters.engine.scoring import ScoringContext, teacher_forced_chunks
+from kvinject.model_adapters.engine.tokens import StopRule
 
 TOLERANCE = 1e-4
 PROBLEMS = [
@@ -52,7 +53,7 @@ def test_forked_append_logits_match_one_forward_pass(tiny_family_model, tiny_tok
 
 def run_engine(model, tokenizer, problems=PROBLEMS, batch_size=2, **settings):
     settings = {"injection_points": (0, 3), **settings}
-    traces = InjectionEngine(model, tokenizer, EngineSettings(**settings), batch_size=batch_size).run(problems)
+    traces = InjectionEngine(model, tokenizer, InjectionSettings(**settings), batch_size=batch_size).run(problems)
     for trace in traces:
         validate_trace(trace)
     return traces
@@ -156,7 +157,7 @@ def test_replace_reproduces_oracle_at_zero_and_baseline_when_identical(tiny_fami
     family, model = tiny_family_model
     if family == "gpt2":  # absolute positions: generated tokens cannot be moved
         with pytest.raises(ValueError, match="strategy=replace is not supported for gpt2"):
-            InjectionEngine(model, tiny_tokenizer, EngineSettings(strategy="replace"))
+            InjectionEngine(model, tiny_tokenizer, InjectionSettings(strategy="replace"))
         return
     traces = run_engine(model, tiny_tokenizer, strategy="replace", injection_points=(0, 3))
     for trace in traces:

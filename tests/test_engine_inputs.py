@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from kvinject.model_adapters.engine import SCHEMA_VERSION, EngineSettings, InjectionEngine, Problem, validate_trace
-from kvinject.model_adapters.kv_noise import control_seed
+from kvinject.model_adapters.engine import InjectionSettings, InjectionEngine, Problem
+from kvinject.trace_schema import SCHEMA_VERSION, validate_trace
+from kvinject.model_adapters.engine.noise import control_seed
 
 PROBLEM = Problem("doc-7", "Q: 5 cats and 2 dogs?", "Q: 5 cats and 4 dogs?", "Now 4 dogs.", 8)
 
@@ -16,7 +17,7 @@ def model(tiny_model_builder):
 
 
 def run(model, tokenizer, problems=(PROBLEM,), **settings):
-    engine = InjectionEngine(model, tokenizer, EngineSettings(**{"injection_points": (1, 3), **settings}))
+    engine = InjectionEngine(model, tokenizer, InjectionSettings(**{"injection_points": (1, 3), **settings}))
     traces = engine.run(list(problems))
     for trace in traces:
         validate_trace(trace)
@@ -34,7 +35,7 @@ def run(model, tokenizer, problems=(PROBLEM,), **settings):
 ])
 def test_bad_problems_are_refused_before_any_compute(field, value, message, model, tiny_tokenizer):
     problem = Problem(**{**PROBLEM.__dict__, field: value})
-    engine = InjectionEngine(model, tiny_tokenizer, EngineSettings())
+    engine = InjectionEngine(model, tiny_tokenizer, InjectionSettings())
     with pytest.raises(ValueError, match=message.replace("*", r"\*")):
         engine.run([PROBLEM, problem])
 
@@ -47,12 +48,12 @@ def test_bad_problems_are_refused_before_any_compute(field, value, message, mode
 ])
 def test_bad_settings_are_refused(settings, message):
     with pytest.raises(ValueError, match=message):
-        EngineSettings(**settings)
+        InjectionSettings(**settings)
 
 
 def test_bad_batch_size_is_refused(model, tiny_tokenizer):
     with pytest.raises(ValueError, match="batch_size=0"):
-        InjectionEngine(model, tiny_tokenizer, EngineSettings(), batch_size=0)
+        InjectionEngine(model, tiny_tokenizer, InjectionSettings(), batch_size=0)
 
 
 def test_a_baseline_that_stops_early_is_recorded_not_injected(model, tiny_tokenizer, tiny_tokenizer_class):

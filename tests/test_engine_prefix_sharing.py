@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from kvinject.model_adapters.engine import EngineSettings, InjectionEngine, Problem, validate_trace
-from kvinject.model_adapters.kv_rows import PaddedBatch
+from kvinject.model_adapters.engine import InjectionSettings, InjectionEngine, Problem
+from kvinject.trace_schema import validate_trace
+from kvinject.model_adapters.engine.row_cache import PaddedBatch
 
 from test_engine_batching import assert_same_trace
 
@@ -52,7 +53,7 @@ def run_with_and_without_sharing(monkeypatch, model, tokenizer, settings, batch_
                                              ("gemma3_text", "replace"), ("llama", "replace")])
 def test_sharing_the_prefix_changes_no_trace(family, strategy, monkeypatch, tiny_model_builder, tiny_tokenizer):
     model = tiny_model_builder(family)
-    settings = EngineSettings(injection_points=(0, 3), strategy=strategy)
+    settings = InjectionSettings(injection_points=(0, 3), strategy=strategy)
     shared, unshared, shared_fed, unshared_fed = run_with_and_without_sharing(
         monkeypatch, model, tiny_tokenizer, settings, batch_size=len(PROBLEMS))
     assert len({len(t["prompts"]["original"]["ids"]) for t in shared}) == len(PROBLEMS)  # a ragged batch
@@ -74,7 +75,7 @@ def test_the_prefix_is_fed_once_per_doc(monkeypatch, tiny_model_builder, tiny_to
     # Without BOS, "first" shares nothing: its batch (the last one) has no prefix to prefill.
     tokenizer = tiny_tokenizer_class(eos_token_id=None, bos_token_id=None)
     shared, unshared, shared_fed, unshared_fed = run_with_and_without_sharing(
-        monkeypatch, tiny_model_builder("qwen2"), tokenizer, EngineSettings(injection_points=(2,)), batch_size=1)
+        monkeypatch, tiny_model_builder("qwen2"), tokenizer, InjectionSettings(injection_points=(2,)), batch_size=1)
     assert_same_trace(shared, unshared, abs_tol=1e-5)
     prompts = [(t["prompts"]["original"]["ids"], t["prompts"]["alternative"]["ids"]) for t in shared]
     lengths = [shared_length(original, alternative) for original, alternative in prompts]

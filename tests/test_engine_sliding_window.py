@@ -2,12 +2,13 @@
 import pytest
 import torch
 
-from kvinject.model_adapters.engine import EngineSettings, InjectionEngine, Problem, validate_trace
-from kvinject.model_adapters.kv_decoding import DecodeRow, greedy_decode
-from kvinject.model_adapters.kv_divergence import kl_divergence
-from kvinject.model_adapters.kv_rows import PaddedBatch
-from kvinject.model_adapters.kv_scoring import ScoringContext
-from kvinject.model_adapters.kv_tokens import StopRule
+from kvinject.model_adapters.engine import InjectionSettings, InjectionEngine, Problem
+from kvinject.trace_schema import validate_trace
+from kvinject.model_adapters.engine.decoding import DecodeRow, greedy_decode
+from kvinject.model_adapters.engine.divergence import kl_divergence
+from kvinject.model_adapters.engine.row_cache import PaddedBatch
+from kvinject.model_adapters.engine.scoring import ScoringContext
+from kvinject.model_adapters.engine.tokens import StopRule
 
 from test_engine_batching import PROBLEMS, assert_same_trace
 from test_engine_exactness import old_context_against_decode
@@ -83,7 +84,7 @@ def test_a_ragged_batch_gives_the_traces_of_one_doc_at_a_time(strategy, windowed
     model = windowed_model
     tokenizer = tiny_tokenizer_class(eos_token_id=None)
     problems = [Problem(p.doc_id, p.original_prompt, p.alternative_prompt, p.injection_text, 24) for p in PROBLEMS]
-    settings = EngineSettings(injection_points=(0, 3, 12), strategy=strategy, noise="shuffle")
+    settings = InjectionSettings(injection_points=(0, 3, 12), strategy=strategy, noise="shuffle")
     batched = InjectionEngine(model, tokenizer, settings, batch_size=3).run(problems)
     alone = [InjectionEngine(model, tokenizer, settings, batch_size=1).run([p])[0] for p in problems]
     assert len({len(t["prompts"]["original"]["ids"]) for t in batched}) == 3  # the batch really is ragged

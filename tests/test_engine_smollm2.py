@@ -2,10 +2,11 @@
 import pytest
 import torch
 
-from kvinject.model_adapters.engine import EngineSettings, InjectionEngine, Problem, validate_trace
-from kvinject.model_adapters.kv_decoding import DecodeRow, greedy_decode
-from kvinject.model_adapters.kv_rows import PaddedBatch
-from kvinject.model_adapters.kv_tokens import StopRule, encode_prompt, encode_segment
+from kvinject.model_adapters.engine import InjectionSettings, InjectionEngine, Problem
+from kvinject.trace_schema import validate_trace
+from kvinject.model_adapters.engine.decoding import DecodeRow, greedy_decode
+from kvinject.model_adapters.engine.row_cache import PaddedBatch
+from kvinject.model_adapters.engine.tokens import StopRule, encode_prompt, encode_segment
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,7 @@ def test_forked_append_logits_match_one_forward_pass(smollm2):
 
 def test_engine_traces_on_smollm2(smollm2):
     model, tokenizer = smollm2
-    traces = InjectionEngine(model, tokenizer, EngineSettings(injection_points=(0, 5)), batch_size=2).run(PROBLEMS)
+    traces = InjectionEngine(model, tokenizer, InjectionSettings(injection_points=(0, 5)), batch_size=2).run(PROBLEMS)
     for trace in traces:
         validate_trace(trace)
         original, alternative = trace["prompts"]["original"]["ids"], trace["prompts"]["alternative"]["ids"]
@@ -65,7 +66,7 @@ def test_engine_traces_on_smollm2(smollm2):
 
 def test_replace_at_zero_is_the_oracle_on_smollm2(smollm2):
     model, tokenizer = smollm2
-    settings = EngineSettings(injection_points=(0, 4), strategy="replace", track_attention=False, track_hidden=False)
+    settings = InjectionSettings(injection_points=(0, 4), strategy="replace", track_attention=False, track_hidden=False)
     for trace in InjectionEngine(model, tokenizer, settings, batch_size=2).run(PROBLEMS):
         validate_trace(trace)
         assert trace["conditions"]["injection@0"]["ids"] == trace["conditions"]["oracle"]["ids"]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from kvinject.adaptation_tasks import math_data
-from kvinject.adaptation_tasks.mawps_builder import SetSpec, build_augmented_set
-from kvinject.adaptation_tasks.mawps_sources import SOURCE_ENV_VAR, MawpsSourceError, read_mawps_source
+from kvinject.adaptation_tasks.adaptation_math import data as math_data
+from kvinject.adaptation_tasks.adaptation_math.mawps_builder import SetSpec, build_augmented_set
+from kvinject.adaptation_tasks.adaptation_math.mawps_sources import SOURCE_ENV_VAR, MawpsSourceError, read_mawps_source
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
 FIXTURE_SOURCES = {

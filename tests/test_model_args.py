@@ -13,7 +13,7 @@ def test_defaults_are_the_7b_study():
     args = parse_model_args({})
     assert args == ModelArgs()
     assert args.pretrained == DEFAULT_PRETRAINED == "Qwen/Qwen2.5-Math-7B"
-    assert args.injection_points == (5, 10, 15)
+    assert args.injection.injection_points == (5, 10, 15)
     assert args.trust_remote_code is False
 
 
@@ -57,12 +57,12 @@ def test_key_value_and_json_forms_agree():
     from_string = parse_model_args({"injection_points": "3;7", "track_hidden": "false", "batch_size": "4"})
     from_json = parse_model_args({"injection_points": [7, 3], "track_hidden": False, "batch_size": 4})
     assert from_cli == from_string == from_json
-    assert from_json.injection_points == (3, 7)
+    assert from_json.injection.injection_points == (3, 7)
 
 
 def test_single_point_and_auto_batch_size():
     args = parse_model_args({"injection_points": 8, "batch_size": "auto:4"})
-    assert args.injection_points == (8,)
+    assert args.injection.injection_points == (8,)
     assert args.batch_size == "auto"
 
 

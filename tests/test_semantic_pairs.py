@@ -4,8 +4,8 @@ from collections import Counter
 
 import pytest
 
-from kvinject.adaptation_tasks import build_semantic
-from kvinject.adaptation_tasks.semantic_answers import normalise
+from kvinject.adaptation_tasks.adaptation_semantic import build_pairs as build_semantic
+from kvinject.adaptation_tasks.adaptation_semantic.answers import normalise
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import pytest
 from lm_eval.tasks import TaskManager
 
 import kvinject.metrics
-from kvinject.adaptation_tasks import math_data
+from kvinject.adaptation_tasks.adaptation_math import data as math_data
 from kvinject.adaptation_tasks.docs import MalformedDocError
-from kvinject.adaptation_tasks.mawps_sources import SOURCE_ENV_VAR
+from kvinject.adaptation_tasks.adaptation_math.mawps_sources import SOURCE_ENV_VAR
 
 TASKS_DIR = Path(kvinject.adaptation_tasks.__file__).parent
 MAWPS_SOURCE = os.environ.get(SOURCE_ENV_VAR)
@@ -108,7 +108,7 @@ def test_plain_string_output_asks_for_the_kvinject_model(semantic_task):
 def test_math_matcher_is_the_one_named_in_the_yaml(task_manager, monkeypatch, tmp_path):
     monkeypatch.setenv(SOURCE_ENV_VAR, str(Path(__file__).parent / "fixtures" / "tasks" / "svamp_cv"))
     monkeypatch.setenv("KVINJECT_CACHE", str(tmp_path))
-    from kvinject.adaptation_tasks.mawps_builder import SetSpec, build_augmented_set
+    from kvinject.adaptation_tasks.adaptation_math.mawps_builder import SetSpec, build_augmented_set
 
     monkeypatch.setattr(math_data, "build_augmented_set", lambda problems: build_augmented_set(problems, SetSpec(8, 2)))
     task = task_manager.load(["adaptation_math"])["tasks"]["adaptation_math"]
@@ -142,7 +142,7 @@ def test_malformed_math_doc_names_doc_and_field(change, field, monkeypatch):
 
 def test_malformed_semantic_doc_names_doc_and_field(semantic_task):
     from kvinject.adaptation_tasks.docs import validate_doc
-    from kvinject.adaptation_tasks.semantic_data import SEMANTIC_SCHEMA
+    from kvinject.adaptation_tasks.adaptation_semantic.data import SEMANTIC_SCHEMA
 
     doc = dict(next(iter(semantic_task.test_docs())), alternative_aliases=[])
     with pytest.raises(MalformedDocError, match=f"'{doc['id']}'.*'alternative_aliases'"):

@@ -3,7 +3,7 @@
 Timed with ``--benchmark-enable`` (setup.cfg disables timing, so the unit run executes it once)."""
 import pytest
 
-from kvinject.model_adapters.engine import EngineSettings, InjectionEngine, Problem
+from kvinject.model_adapters.engine import InjectionSettings, InjectionEngine, Problem
 
 PROBLEMS = [
     Problem(f"doc-{i}", f"Question {i}: Ann has {i + 3} coins and loses 2. How many?",
@@ -14,7 +14,7 @@ PROBLEMS = [
 
 @pytest.mark.benchmark(group="engine")
 def test_injection_throughput(benchmark, tiny_model_builder, tiny_tokenizer):
-    engine = InjectionEngine(tiny_model_builder("qwen2"), tiny_tokenizer, EngineSettings(), batch_size=8)
+    engine = InjectionEngine(tiny_model_builder("qwen2"), tiny_tokenizer, InjectionSettings(), batch_size=8)
     traces = benchmark.pedantic(engine.run, args=(PROBLEMS,), rounds=3, iterations=1, warmup_rounds=1)
     generated = sum(len(c["ids"]) - len(c.get("pre_ids", [])) for t in traces for c in t["conditions"].values())
     # Baseline and oracle generate 48 tokens per doc; each branch 48 - N (no EOS, so all hit the budget).

@@ -5,7 +5,7 @@ import json
 
 import datasets
 
-from kvinject.adaptation_tasks.build_semantic import OUTPUT_PATH, QUOTAS
+from kvinject.adaptation_tasks.adaptation_semantic.build_pairs import OUTPUT_PATH, QUOTAS
 from kvinject.adaptation_tasks.docs import DocSchema, validated_test_split
 
 SEMANTIC_SCHEMA = DocSchema(

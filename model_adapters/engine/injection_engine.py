@@ -1,7 +1,7 @@
 """The injection engine: every condition of every problem, greedily, with counterfactual scores.
 
 Contract: docs/architecture.md section 2 (API) and section 3 (the trace, schema version 1, built and
-checked in kv_trace: ``SCHEMA_VERSION``, ``validate_trace``). For a batch of problems:
+checked in kvinject/trace_schema.py: ``SCHEMA_VERSION``, ``validate_trace``). For a batch of problems:
 
 1. baseline (original prompt) and oracle (alternative prompt) decode together, both starting from
    one cache of their common prompt prefix (prefilled once; each still feeds at least its last prompt
@@ -10,12 +10,12 @@ checked in kv_trace: ``SCHEMA_VERSION``, ``validate_trace``). For a batch of pro
 2. every injection@N and noise@N branch continues from that fork in one batch: ``append`` feeds the
    injected (or control) ids after the N tokens; ``replace`` swaps the prompt region for the
    alternative prompt's cache (or a prefilled length-matched control prompt), re-rotates the N
-   generated tokens' keys to their shifted positions (kv_rope) and re-feeds the last token so the
+   generated tokens' keys to their shifted positions (rope.py) and re-feeds the last token so the
    first post-injection prediction is made in the new context (at N=0 this is the oracle exactly);
 3. the post-injection tokens of every branch are teacher-forced through the run, old and new
-   contexts, reusing the forked caches (kv_scoring), and reduced to per-token series.
+   contexts, reusing the forked caches (scoring.py), and reduced to per-token series.
 
-The tokenizer only needs the small ``EngineTokenizer`` protocol (kv_tokens). Prompts get the
+The tokenizer only needs the small ``EngineTokenizer`` protocol (tokens.py). Prompts get the
 tokenizer's special tokens as in lm-eval's HFLM; the injected segment is tokenised on its own.
 """
 from __future__ import annotations
@@ -23,13 +23,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from kvinject.model_adapters.kv_decoding import DecodeResult, DecodeRow, extend_caches, greedy_decode
-from kvinject.model_adapters.injection_modes import NOISE_KINDS, STRATEGIES
-from kvinject.model_adapters.kv_noise import control_seed, control_segment, non_special_ids
-from kvinject.model_adapters.kv_rope import check_rerotatable, rerotate_keys
-from kvinject.model_adapters.kv_rows import RowCache
-from kvinject.model_adapters.kv_scoring import ScoringContext, ScoringTriple, score_triples
-from kvinject.model_adapters.kv_tokens import (
+from kvinject.model_adapters.engine.decoding import DecodeResult, DecodeRow, extend_caches, greedy_decode
+from kvinject.model_adapters.injection_settings import InjectionSettings
+from kvinject.model_adapters.engine.noise import control_seed, control_segment, non_special_ids
+from kvinject.model_adapters.engine.rope import check_rerotatable, rerotate_keys
+from kvinject.model_adapters.engine.row_cache import RowCache
+from kvinject.model_adapters.engine.scoring import ScoringContext, ScoringTriple, score_triples
+from kvinject.model_adapters.engine.tokens import (
     EngineTokenizer,
     StopRule,
     decode_generated,
@@ -38,43 +38,17 @@ from kvinject.model_adapters.kv_tokens import (
     eos_ids,
     truncate_at_stop,
 )
-from kvinject.model_adapters.kv_trace import (
-    SCHEMA_VERSION,
+from kvinject.trace_schema import (
     SEGMENTS,
     build_trace,
     condition,
     empty_series,
     injection_condition,
-    validate_trace,
 )
 
-__all__ = ["EngineSettings", "Problem", "InjectionEngine", "EngineTokenizer", "SCHEMA_VERSION", "validate_trace"]
+__all__ = ["Problem", "InjectionEngine", "EngineTokenizer"]
 
 SINK, ORIGINAL_PROMPT, GENERATED_BEFORE, INJECTED, GENERATED_AFTER = range(len(SEGMENTS))
-
-
-@dataclasses.dataclass(frozen=True)
-class EngineSettings:
-    injection_points: tuple[int, ...] = (5, 10, 15)  # generated tokens before the injection (0 allowed)
-    strategy: str = "append"
-    noise: str = "random"
-    track_attention: bool = True
-    track_hidden: bool = True
-    seed: int = 1234
-
-    def __post_init__(self):
-        points = tuple(self.injection_points)
-        if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in points):
-            raise ValueError(f"injection_points={points!r}: expected integers >= 0")
-        if len(set(points)) != len(points):
-            raise ValueError(f"injection_points={points!r}: points must be distinct")
-        object.__setattr__(self, "injection_points", points)
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy={self.strategy!r}: expected one of {', '.join(STRATEGIES)}")
-        if self.noise not in NOISE_KINDS:
-            raise ValueError(f"noise={self.noise!r}: expected one of {', '.join(NOISE_KINDS)}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
-            raise ValueError(f"seed={self.seed!r}: expected an integer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +88,7 @@ class _Branch:
 
 
 class InjectionEngine:
-    def __init__(self, model, tokenizer: EngineTokenizer, settings: EngineSettings, batch_size: int = 1):
+    def __init__(self, model, tokenizer: EngineTokenizer, settings: InjectionSettings, batch_size: int = 1):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")
         if settings.strategy == "replace":
@@ -301,12 +275,8 @@ class InjectionEngine:
                     pre_ids=branch.pre_ids, post_ids=run.new_ids, series=series, **fields,
                 )
         problem = doc.problem
-        trace_settings = {
-            "injection_points": list(settings.injection_points), "strategy": settings.strategy,
-            "noise": settings.noise, "track_attention": settings.track_attention,
-            "track_hidden": settings.track_hidden, "seed": settings.seed,
-            "max_new_tokens": problem.max_new_tokens, "stop_sequences": list(problem.stop_sequences),
-        }
+        trace_settings = {**settings.as_dict(), "max_new_tokens": problem.max_new_tokens,
+                          "stop_sequences": list(problem.stop_sequences)}
         prompts = {
             "original": {"text": problem.original_prompt, "ids": list(doc.original_ids)},
             "alternative": {"text": problem.alternative_prompt, "ids": list(doc.alternative_ids)},

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from kvinject.model_adapters.kv_rows import RowCache
+from kvinject.model_adapters.engine.row_cache import RowCache
 
 # Families checked against their modeling code: keys cached after apply_rotary_pos_emb with rotate_half.
 REROTATABLE_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3"})

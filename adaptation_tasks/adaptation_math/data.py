@@ -13,8 +13,8 @@ from fractions import Fraction
 import datasets
 
 from kvinject.adaptation_tasks.docs import DocSchema, validated_test_split
-from kvinject.adaptation_tasks.mawps_builder import BUILDER_VERSION, VARIATION_TYPES, build_augmented_set
-from kvinject.adaptation_tasks.mawps_sources import DEFAULT_SOURCE, SOURCE_ENV_VAR, read_mawps_source
+from kvinject.adaptation_tasks.adaptation_math.mawps_builder import BUILDER_VERSION, VARIATION_TYPES, build_augmented_set
+from kvinject.adaptation_tasks.adaptation_math.mawps_sources import DEFAULT_SOURCE, SOURCE_ENV_VAR, read_mawps_source
 from kvinject.paths import user_cache_dir
 
 

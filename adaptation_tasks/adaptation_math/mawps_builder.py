@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from kvinject.adaptation_tasks.expression import (
+from kvinject.adaptation_tasks.adaptation_math.expression import (
     BinOp,
     Const,
     Expr,
@@ -23,8 +23,8 @@ from kvinject.adaptation_tasks.expression import (
     render,
     used_slots,
 )
-from kvinject.adaptation_tasks.mawps_sources import SourceProblem
-from kvinject.adaptation_tasks.mawps_text import render_problem, split_question
+from kvinject.adaptation_tasks.adaptation_math.mawps_sources import SourceProblem
+from kvinject.adaptation_tasks.adaptation_math.mawps_text import render_problem, split_question
 
 BUILDER_VERSION = "1"  # bump whenever a change to this module changes the built set
 SEED = 20240611

@@ -1,4 +1,7 @@
-"""The trace of one problem: schema version 1, its builders and ``validate_trace``.
+"""The trace of one problem, schema version 1: its constants, builders and ``validate_trace``.
+
+The one home of the schema: the engine writes traces with these builders, the metrics read them
+with these constants, and the test fixtures are built and validated here too.
 
 The schema is specified in docs/architecture.md section 3 (one JSON-serialisable dict per doc with
 the settings, both prompts and one entry per condition: baseline, oracle, injection@N, noise@N).
@@ -12,6 +15,8 @@ SCHEMA_VERSION = 1
 # Attention segments of the run context; the scorer labels each token with its index here.
 SEGMENTS = ("sink", "original_prompt", "generated_before", "injected", "generated_after")
 STOP_REASONS = ("stop_sequence", "eos", "max_new_tokens")
+STRATEGIES = ("append", "replace")  # append the new problem to the cache / swap the prompt's cache
+NOISE_KINDS = ("random", "shuffle")  # seeded random non-special tokens / the injected tokens shuffled
 SCALAR_SERIES = ("logp_run", "logp_old", "logp_new", "kl_run_new", "kl_run_old", "kl_old_new", "entropy_run")
 SETTINGS_KEYS = ("injection_points", "strategy", "noise", "track_attention", "track_hidden", "seed",
                  "max_new_tokens", "stop_sequences")
@@ -135,8 +140,8 @@ def _validate_injection(entry, path: str, point: int, settings: dict, noise: boo
         _fail(f"{path}.pre_ids", f"expected {point} ids (the injection point)")
     if entry["ids"] != pre + post:
         _fail(f"{path}.ids", "expected pre_ids + post_ids")
-    if noise and _require(entry, "noise_kind", path, str) not in ("random", "shuffle"):
-        _fail(f"{path}.noise_kind", "expected 'random' or 'shuffle'")
+    if noise and _require(entry, "noise_kind", path, str) not in NOISE_KINDS:
+        _fail(f"{path}.noise_kind", f"expected one of {NOISE_KINDS}")
     _validate_series(_require(entry, "series", path, dict), f"{path}.series", len(post), settings)
 
 

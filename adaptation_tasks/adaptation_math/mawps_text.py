@@ -5,7 +5,7 @@ import re
 from fractions import Fraction
 from typing import Mapping
 
-from kvinject.adaptation_tasks.expression import format_number
+from kvinject.adaptation_tasks.adaptation_math.expression import format_number
 
 _DETOKENISE = (
     (re.compile(r"\s+([.,?!;:%)\]])"), r"\1"),

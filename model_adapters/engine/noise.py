@@ -10,7 +10,7 @@ import hashlib
 
 import torch
 
-from kvinject.model_adapters.injection_modes import NOISE_KINDS
+from kvinject.trace_schema import NOISE_KINDS
 
 
 def control_seed(seed: int, doc_id: str, point: int) -> int:

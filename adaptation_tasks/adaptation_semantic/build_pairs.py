@@ -1,4 +1,4 @@
-"""Build adaptation_tasks/data/semantic_pairs.json from registry packages (run: python -m kvinject.adaptation_tasks.build_semantic).
+"""Build adaptation_tasks/adaptation_semantic/data/semantic_pairs.json from registry packages (run: python -m kvinject.adaptation_tasks.adaptation_semantic.build_pairs).
 
 Each pair asks the same kind of question about two subjects whose short answers cannot be confused:
 after normalisation no alias of one answer equals or contains an alias of the other. Subjects with
@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from kvinject.adaptation_tasks.semantic_answers import normalise
+from kvinject.adaptation_tasks.adaptation_semantic.answers import normalise
 
 BUILDER_VERSION = "1"
 SEED = 20240611

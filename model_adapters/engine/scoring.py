@@ -14,9 +14,9 @@ import dataclasses
 
 import torch
 
-from kvinject.model_adapters.kv_divergence import cosine_similarity, entropy, kl_divergence, log_probs
-from kvinject.model_adapters.kv_rows import PaddedBatch, RowCache
-from kvinject.model_adapters.kv_trace import SEGMENTS, empty_series
+from kvinject.model_adapters.engine.divergence import cosine_similarity, entropy, kl_divergence, log_probs
+from kvinject.model_adapters.engine.row_cache import PaddedBatch, RowCache
+from kvinject.trace_schema import SEGMENTS, empty_series
 
 NO_SEGMENT = -1  # pad slots and contexts whose attention is not reported
 

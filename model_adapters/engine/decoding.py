@@ -12,8 +12,8 @@ import dataclasses
 
 import torch
 
-from kvinject.model_adapters.kv_rows import PaddedBatch, RowCache
-from kvinject.model_adapters.kv_tokens import StopRule
+from kvinject.model_adapters.engine.row_cache import PaddedBatch, RowCache
+from kvinject.model_adapters.engine.tokens import StopRule
 
 
 @dataclasses.dataclass(frozen=True)
