@@ -1,0 +1,46 @@
+"""``kvinject <command>``: the tools around an lm-eval run.
+
+``python -m kvinject <lm_eval arguments>`` (and ``kvinject-lm-eval``) still run lm-eval itself.
+Each command lives in ``kvinject/commands/<name>.py`` with ``add_arguments(parser)`` and
+``run(args) -> int``; only the invoked command's module is imported, so ``kvinject --help`` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "report": "leaderboards, adaptation curves and per-problem JSON from lm-eval output folders",
+    "single": "analyse one problem (original and alternative text) and print a readable summary",
+    "analyze": "the original study's flags (--dataset --num_problems --injection_points ...) run through lm-eval",
+    "prm": "(deprecated, kept for comparison with the original study) score reasoning steps with a PRM judge",
+    "train": "fine-tune a model to follow mid-generation updates on a training split of an adaptation task",
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    listing = "\n".join(f"  {name:<9}{text}" for name, text in COMMANDS.items())
+    parser = argparse.ArgumentParser(
+        prog="kvinject",
+        description="Tools around kvinject's lm-eval runs. Run an evaluation with `lm_eval --model kvinject ...`.",
+        epilog=f"commands:\n{listing}\n\n`kvinject <command> --help` gives a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("command", choices=list(COMMANDS), metavar="command")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in COMMANDS:
+        _top_parser().parse_args(argv[:1])  # prints the help, or names the unknown command, and exits
+    name = argv[0]
+    module = importlib.import_module(f"kvinject.commands.{name}")
+    parser = argparse.ArgumentParser(prog=f"kvinject {name}", description=COMMANDS[name])
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(argv[1:])) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `kvinject` command (see kvinject/cli.py): each has add_arguments(parser) and run(args) -> int."""
