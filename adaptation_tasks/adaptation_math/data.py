@@ -1,21 +1,27 @@
 """lm-eval `custom_dataset` for adaptation_math: build (or reuse) the augmented MAWPS set and validate it.
 
 The source comes from KVINJECT_MAWPS_SOURCE (default: the Hub's MU-NLPC/Calc-mawps). The built set is
-cached in kvinject.paths.user_cache_dir() ($KVINJECT_CACHE, else ~/.cache/kvinject), keyed by source
-checksum and builder version, so a changed source or builder never serves a stale set.
+cached in kvinject.paths.user_cache_dir() ($KVINJECT_CACHE, else ~/.cache/kvinject), keyed by the source
+checksum and a hash of the builder's own code, so a changed source or builder never serves a stale set
+(no hand-kept version number to forget).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from fractions import Fraction
+from pathlib import Path
 
 import datasets
 
 from kvinject.adaptation_tasks.docs import DocSchema, validated_test_split
-from kvinject.adaptation_tasks.adaptation_math.mawps_builder import BUILDER_VERSION, VARIATION_TYPES, build_augmented_set
+from kvinject.adaptation_tasks.adaptation_math.mawps_builder import VARIATION_TYPES, build_augmented_set
 from kvinject.adaptation_tasks.adaptation_math.mawps_sources import DEFAULT_SOURCE, SOURCE_ENV_VAR, read_mawps_source
 from kvinject.paths import user_cache_dir
+
+# Everything that decides the built set: the readers, the text rendering, the arithmetic and the builder.
+BUILDER_MODULES = ("mawps_sources.py", "mawps_text.py", "expression.py", "added_step.py", "mawps_builder.py")
 
 
 def _is_number(text: str) -> bool:
@@ -42,9 +48,17 @@ def load_math_dataset(**_metadata) -> datasets.DatasetDict:
     return validated_test_split(augmented_math_set(source), MATH_SCHEMA)
 
 
+def builder_fingerprint() -> str:
+    """sha256 over the source of the modules that build the set."""
+    digest = hashlib.sha256()
+    for name in BUILDER_MODULES:
+        digest.update(name.encode() + b"\0" + (Path(__file__).parent / name).read_bytes())
+    return digest.hexdigest()
+
+
 def augmented_math_set(source: str) -> list[dict]:
     mawps = read_mawps_source(source)
-    cache_file = user_cache_dir() / f"adaptation_math-v{BUILDER_VERSION}-{mawps.checksum[:16]}.json"
+    cache_file = user_cache_dir() / f"adaptation_math-{builder_fingerprint()[:12]}-{mawps.checksum[:16]}.json"
     if cache_file.is_file():
         try:
             return json.loads(cache_file.read_text(encoding="utf-8"))

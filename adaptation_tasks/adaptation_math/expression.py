@@ -84,6 +84,21 @@ def used_slots(expr: Expr) -> tuple[int, ...]:
     return tuple(sorted(set(used_slots(expr.left)) | set(used_slots(expr.right))))
 
 
+def constants(expr: Expr) -> tuple[Fraction, ...]:
+    """The numbers the equation uses that the text does not state (e.g. 100 for a percentage)."""
+    if isinstance(expr, Const):
+        return (expr.value,)
+    if isinstance(expr, Slot):
+        return ()
+    return constants(expr.left) + constants(expr.right)
+
+
+def operators(expr: Expr) -> set[str]:
+    if not isinstance(expr, BinOp):
+        return set()
+    return {expr.op} | operators(expr.left) | operators(expr.right)
+
+
 def render(expr: Expr, values: Mapping[int, Fraction]) -> str:
     """Infix text with only the parentheses the precedence rules need."""
     if isinstance(expr, Slot):

@@ -132,6 +132,11 @@ def _calc_mawps_problem(row: dict) -> SourceProblem:
 _NUMBER_IN_TEXT = re.compile(r"(?<![\w.])(\d{1,3}(?:,\d{3})+|\d+)(\.\d+)?(?![\w]|\.\d)")
 
 
+def numbers_in_text(text: str) -> list[Fraction]:
+    """The numbers written in a text, in reading order (what a reader of the problem sees)."""
+    return [Fraction(match.group(0).replace(",", "")) for match in _NUMBER_IN_TEXT.finditer(text)]
+
+
 def _literal_problem(source_id: str, text: str, equation: str, answer: object) -> SourceProblem:
     segments: list[str | int] = []
     numbers: dict[int, Fraction] = {}
