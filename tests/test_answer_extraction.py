@@ -21,6 +21,17 @@ MATH_DOC = {"original_answer": "504", "alternative_answer": "540"}
         ("\\boxed{\\text{42 apples}} and then 7 more words", "42"),
         ("I am not sure how to solve this.", None),
         ("Partial work: \\boxed{12", "12"),  # box cut off by the token budget: fall back to the last number
+        ("The answer is 8 * 5 = 40.", "40"),  # an equation chain: its result, not its first number
+        ("So we get \\boxed{8 \\times 5 = 40}.", "40"),
+        ("\\boxed{8 \\times 5}", "40"),  # a bare product in the box is evaluated
+        ("The answer is: 12 + 30 = 42 apples, since 42 > 40.", "42"),
+        ("Total: \\boxed{13{,}710}", "13710"),  # LaTeX thousands separators
+        ("She pays $13\\,710$ in total.", "13710"),
+        ("The answer is 1\\,250\\,000.", "1250000"),
+        ("\\boxed{7 \\cdot 6 = 42}", "42"),
+        ("The answer is $\\frac{3}{4}$ of the cake.", "3/4"),
+        ("The answer is 540.", "540"),
+        ("8 \\div 2 = 4, so the answer is 4.", "4"),
     ],
 )
 def test_math_extraction(output, expected):

@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from kvinject.adaptation_tasks.adaptation_semantic import build_pairs as build_semantic
-from kvinject.adaptation_tasks.adaptation_semantic.answers import normalise
+from kvinject.adaptation_tasks.adaptation_semantic.answers import match_semantic_answer, normalise
 
 
 @pytest.fixture(scope="module")
@@ -55,3 +55,45 @@ def test_rebuild_is_byte_identical(committed):
     rebuilt = build_semantic.render_json(build_semantic.build_pairs())
     assert json.loads(rebuilt)["sources"] == committed["sources"], "registry package versions differ from the committed build"
     assert rebuilt == build_semantic.OUTPUT_PATH.read_text(encoding="utf-8")
+
+
+def test_stale_disputed_and_duplicate_subjects_are_absent(committed):
+    facts = {(p[f"{side}_subject"], p[f"{side}_answer"]) for p in committed["pairs"] for side in ("original", "alternative")}
+    subjects = {subject for subject, _ in facts}
+    assert not subjects & {"Palestine", "Western Sahara", "Hong Kong", "Tokelau", "Montserrat", "Zimbabwe",
+                           "British Indian Ocean Territory", "Burma", "Republic of Macedonia"}
+    answers = {answer for _, answer in facts}
+    assert not answers & {"Nur-Sultan", "Plymouth", "City of Victoria", "US Dollar" if "Zimbabwe" in subjects else ""}
+    rebuilt = build_semantic.collect_facts()
+    assert {fact.answer for fact in rebuilt["country_capital"] if fact.subject == "Kazakhstan"} == {"Astana"}
+    assert not {"Burma", "Palestine"} & {fact.subject for kind in rebuilt.values() for fact in kind}
+
+
+def test_every_currency_is_accepted_by_its_common_english_name(committed):
+    from babel.numbers import get_currency_name
+    import iso4217
+
+    code_of = {currency.currency_name: currency.code for currency in iso4217.Currency}
+    for pair in committed["pairs"]:
+        if pair["question_type"] != "country_currency":
+            continue
+        for side in ("original", "alternative"):
+            code = code_of[pair[f"{side}_answer"]]
+            for name in (get_currency_name(code, locale="en"), get_currency_name(code, count=2, locale="en")):
+                doc = {"original_aliases": pair[f"{side}_aliases"], "alternative_aliases": ["Atlantis crown"]}
+                assert match_semantic_answer(f" It is the {name}. The answer is the {name}.", doc)["old"], (pair["id"], name)
+
+
+def test_saint_and_apostrophe_spellings_are_accepted(committed):
+    for pair in committed["pairs"]:
+        for side in ("original", "alternative"):
+            aliases = [normalise(alias) for alias in pair[f"{side}_aliases"]]
+            for alias in pair[f"{side}_aliases"]:
+                if alias.startswith("St. "):
+                    assert normalise("Saint " + alias[4:]) in aliases
+                if alias.startswith("Saint "):
+                    assert normalise("St. " + alias[6:]) in aliases
+                if "'" in alias:
+                    assert normalise(alias.replace("'", "")) in aliases
+    assert build_semantic._spellings(["Sana'a"]) == ("Sana'a", "Sanaa")
+    assert "St. Paul" in build_semantic._spellings(["Saint Paul"])

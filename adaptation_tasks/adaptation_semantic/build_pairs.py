@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -16,10 +17,10 @@ from pathlib import Path
 
 from kvinject.adaptation_tasks.adaptation_semantic.answers import normalise
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 SEED = 20240611
 OUTPUT_PATH = Path(__file__).parent / "data" / "semantic_pairs.json"
-SOURCE_PACKAGES = ("countryinfo", "iso4217", "periodictable", "us")
+SOURCE_PACKAGES = ("babel", "countryinfo", "iso4217", "periodictable", "us")
 
 # question type -> (pairs, identical controls among them): 500 pairs, 120 controls (24%)
 QUOTAS = {
@@ -31,8 +32,8 @@ QUOTAS = {
     "us_state_capital": (50, 12),
 }
 QUESTION_TEMPLATES = {
-    "country_capital": "What is the capital of {subject}?",
-    "country_currency": "What is the official currency of {subject}?",
+    "country_capital": "What is the capital of {place}?",
+    "country_currency": "What is the official currency of {place}?",
     "element_symbol": "What is the chemical symbol of {subject}?",
     "atomic_number": "What is the atomic number of {subject}?",
     "element_name": "Which chemical element has the symbol {subject}?",
@@ -43,22 +44,43 @@ EXCLUDED_COUNTRIES = frozenset({
     "Bolivia", "South Africa", "Netherlands", "Sri Lanka", "Côte d'Ivoire", "Ivory Coast", "Benin",
     "Eswatini", "Swaziland", "Israel", "Malaysia", "Tanzania", "Nauru",
 })
+# Reviewed against each government's own statements, 2026-11 (data/SOURCES.md):
+# no capital or a disputed one (Palestine, Western Sahara; Hong Kong and Tokelau have none; the British Indian Ocean
+# Territory has no civilian one; Montserrat's Plymouth was abandoned in 1997; the French Southern and
+# Antarctic Lands are run from Réunion), no single currency (Zimbabwe), a second name of a listed
+# country (Burma = Myanmar).
+EXCLUDED_COUNTRIES |= {
+    "Palestine", "Western Sahara", "Hong Kong", "Tokelau", "British Indian Ocean Territory", "Montserrat",
+    "French Southern and Antarctic Lands", "Zimbabwe", "Burma",
+}
 EXCLUDED_CAPITALS = frozenset({"Kingston"})  # names two capitals (Jamaica, Norfolk Island)
+# Renamed after the package's data was written: Nur-Sultan -> Astana (Sept 2022); Republic of Macedonia
+# -> North Macedonia (Feb 2019).
+CAPITAL_CORRECTIONS = {"Kazakhstan": "Astana"}
+COUNTRY_RENAMES = {"Republic of Macedonia": "North Macedonia"}
+# Names read with "the" in a question ("the capital of the Isle of Man")
+_NEEDS_ARTICLE = re.compile(
+    r"^(?:Isle of|Republic of|Federated States|Democratic Republic|United |Czech Republic|Dominican Republic|"
+    r"Central African)|(?:Islands|Philippines|Maldives)$"
+)
 CAPITAL_ALIASES = {
     "Kyiv": ["Kiev"],
     "Ulaanbaatar": ["Ulan Bator"],
     "Naypyidaw": ["Nay Pyi Taw", "Naypyitaw"],
     "Bern": ["Berne"],
     "Washington, D.C.": ["Washington"],
+    "Washington D.C.": ["Washington, D.C.", "Washington"],
 }
+# Common English names beyond the ISO 4217 name and the CLDR names (babel): reviewed by hand.
 CURRENCY_ALIASES = {
-    "USD": ["United States dollar", "American dollar"],
-    "GBP": ["British pound", "pound"],
+    "USD": ["United States dollar", "U.S. dollar", "American dollar"],
+    "GBP": ["pound sterling", "pound"],
     "CNY": ["renminbi", "yuan"],
-    "JPY": ["Japanese yen"],
-    "EUR": ["euros"],
-    "INR": ["Indian rupee"],
-    "RUB": ["Russian ruble", "Russian rouble"],
+    "RUB": ["Russian rouble"],
+    "XOF": ["CFA franc"],
+    "XAF": ["CFA franc"],
+    "KRW": ["Korean won"],
+    "KGS": ["Kyrgyzstani som"],
 }
 # ISO codes that are also English words would match ordinary prose, so they are not used as aliases.
 WORDLIKE_CODES = frozenset({"ALL", "TOP", "CUP", "MOP", "PEN", "TRY", "SOS", "BOB", "MAD", "GEL", "AMD", "DOP"})
@@ -116,7 +138,9 @@ def _country_facts() -> dict[str, list[Fact]]:
     state_names = {state.name for state in us.states.STATES}
     records = []
     for country in countryinfo.all_countries():
-        name, capital = country.name(), country.capital()
+        name = country.name()
+        capital = CAPITAL_CORRECTIONS.get(name, country.capital())
+        name = COUNTRY_RENAMES.get(name, name)
         if not isinstance(capital, str) or not capital or "/" in capital:
             continue
         if "(" in name or "," in name:  # "Holy See (Vatican City State)" reads badly in a question
@@ -129,13 +153,38 @@ def _country_facts() -> dict[str, list[Fact]]:
     capitals, currencies = [], []
     for name, capital, codes in sorted(records):
         if capital_count[normalise(capital)] == 1:
-            capitals.append(Fact(name, capital, (capital, *CAPITAL_ALIASES.get(capital, []))))
+            capitals.append(Fact(name, capital, _spellings([capital, *CAPITAL_ALIASES.get(capital, [])])))
         if _is_current(codes):
             code = codes[0]
             currency = iso4217.Currency(code).currency_name
-            aliases = [currency, *CURRENCY_ALIASES.get(code, [])] + ([] if code in WORDLIKE_CODES else [code])
-            currencies.append(Fact(name, currency, tuple(aliases)))
+            aliases = [currency, *_english_currency_names(code), *CURRENCY_ALIASES.get(code, [])]
+            currencies.append(Fact(name, currency, _spellings(aliases + ([] if code in WORDLIKE_CODES else [code]))))
     return {"country_capital": capitals, "country_currency": currencies}
+
+
+def _english_currency_names(code: str) -> list[str]:
+    """The CLDR English name and its plural ("East Caribbean Dollar", "East Caribbean dollars")."""
+    from babel.numbers import get_currency_name
+
+    return [get_currency_name(code, locale="en"), get_currency_name(code, count=2, locale="en")]
+
+
+def _spellings(names: list[str]) -> tuple[str, ...]:
+    """The names with the usual other spellings: St./Saint, and without apostrophes ("Sanaa" for "Sana'a"),
+    without repeats after normalisation (the first name stays first)."""
+    variants = []
+    for name in names:
+        variants.append(name)
+        for short, long in (("St. ", "Saint "), ("St. ", "Saint-")):
+            if name.startswith(short):
+                variants.append(long + name[len(short):])
+            if name.startswith(long):
+                variants += [short + name[len(long):], "St " + name[len(long):]]
+    variants += [re.sub(r"['’ʻ]", "", variant) for variant in variants if re.search(r"['’ʻ]", variant)]
+    unique: dict[str, str] = {}
+    for variant in variants:
+        unique.setdefault(normalise(variant), variant)
+    return tuple(unique.values())
 
 
 def _is_current(codes: list[str]) -> bool:
@@ -165,7 +214,7 @@ def _element_facts() -> dict[str, list[Fact]]:
 def _state_facts() -> list[Fact]:
     import us
 
-    return [Fact(state.name, state.capital, (state.capital,)) for state in sorted(us.states.STATES, key=str)]
+    return [Fact(state.name, state.capital, _spellings([state.capital])) for state in sorted(us.states.STATES, key=str)]
 
 
 def _pairs_of_type(question_type: str, facts: list[Fact], count: int, controls: int) -> list[dict]:
@@ -194,13 +243,17 @@ def _pair(question_type: str, original: Fact, alternative: Fact, identical: bool
         "question_type": question_type,
         "original_subject": original.subject,
         "alternative_subject": alternative.subject,
-        "original_question": template.format(subject=original.subject),
-        "alternative_question": template.format(subject=alternative.subject),
+        "original_question": template.format(subject=original.subject, place=_place(original.subject)),
+        "alternative_question": template.format(subject=alternative.subject, place=_place(alternative.subject)),
         "original_answer": original.answer,
         "alternative_answer": alternative.answer,
         "original_aliases": list(original.aliases),
         "alternative_aliases": list(alternative.aliases),
     }
+
+
+def _place(name: str) -> str:
+    return f"the {name}" if _NEEDS_ARTICLE.search(name) else name
 
 
 def main() -> None:
