@@ -93,3 +93,74 @@ def test_semantic_classification(output, new, old):
 def test_normalisation_removes_case_punctuation_and_accents():
     assert normalise("  Brasília, D.C. ") == "brasilia d c"
     assert match_semantic_answer("Yaounde", {"original_aliases": ["Yaoundé"], "alternative_aliases": ["Lima"]})["old"]
+
+
+# Realistic outputs against realistic pairs: new (alternative), old (original), both, neither, and prose
+# whose ordinary words look like one-word answers.
+CAPITALS = {"original_aliases": ["Berlin"], "alternative_aliases": ["Paris"]}
+SAINTS = {"original_aliases": ["St. George's", "Saint George's", "St. Georges"], "alternative_aliases": ["Saint Paul", "St. Paul", "St Paul"]}
+YEMEN = {"original_aliases": ["Sana'a", "Sanaa"], "alternative_aliases": ["Sarajevo"]}
+WON = {"original_aliases": ["Won", "South Korean Won", "Korean won", "KRW"], "alternative_aliases": ["Yen", "Japanese Yen", "JPY"]}
+XCD = {"original_aliases": ["East Caribbean Dollar", "East Caribbean dollars", "XCD"], "alternative_aliases": ["US Dollar", "US dollars", "United States dollar", "U.S. dollar", "USD"]}
+CFA = {"original_aliases": ["CFA Franc BCEAO", "West African CFA Franc", "CFA franc", "XOF"], "alternative_aliases": ["Icelandic Krona", "Icelandic Króna", "ISK"]}
+URANIUM = {"original_aliases": ["U"], "alternative_aliases": ["W"]}
+TIN = {"original_aliases": ["Tin"], "alternative_aliases": ["Lead"]}
+STATES = {"original_aliases": ["Washington D.C.", "Washington"], "alternative_aliases": ["Ottawa"]}
+CONTROL = {"original_aliases": ["Canberra"], "alternative_aliases": ["Canberra"]}
+
+
+@pytest.mark.parametrize(
+    "doc, output, new, old",
+    [
+        (CAPITALS, " Paris is the capital of France. The answer is Paris.", True, False),
+        (CAPITALS, " Germany's capital is Berlin. The answer is Berlin.", False, True),
+        (CAPITALS, " The answer is Paris, not Berlin.", True, False),
+        (CAPITALS, " The answer is Berlin, not Paris.", False, True),
+        (CAPITALS, " The answer is Paris rather than Berlin.", True, False),
+        (CAPITALS, " Both Berlin and Paris are capitals. The answer is Berlin and Paris.", True, True),
+        (CAPITALS, " I think it is Madrid. The answer is Madrid.", False, False),
+        (CAPITALS, " Berlin was the old answer, but for France it is Paris", True, False),
+        (CAPITALS, " Paris, not Berlin.", True, False),
+        (CAPITALS, "", False, False),
+        (SAINTS, " Grenada's capital is St. George's. The answer is St. George's.", False, True),
+        (SAINTS, " The answer is Saint George's.", False, True),
+        (SAINTS, " The answer is St. Paul. It lies on the Mississippi.", True, False),
+        (SAINTS, " The answer is St Paul.", True, False),
+        (SAINTS, " Minnesota's capital is Saint Paul.", True, False),
+        (YEMEN, " The answer is Sanaa.", False, True),
+        (YEMEN, " The answer is Sana'a.", False, True),
+        (YEMEN, " The answer is Sarajevo.", True, False),
+        (WON, " The answer is the South Korean won.", False, True),
+        (WON, " The answer is Won.", False, True),
+        (WON, " Korea won the match 3-1 and uses a new currency. The answer is the Japanese yen.", True, False),
+        (WON, " South Korea won independence in 1945 and its currency", False, False),  # "won" the verb
+        (WON, " Won", False, True),  # an exact short answer
+        (WON, " The answer is yen.", True, False),
+        (XCD, " The answer is the East Caribbean dollar.", False, True),
+        (XCD, " The answer is East Caribbean dollars (XCD).", False, True),
+        (XCD, " The answer is the U.S. dollar.", True, False),
+        (XCD, " The answer is the United States dollar.", True, False),
+        (XCD, " The answer is USD.", True, False),
+        (XCD, " The answer is the Canadian dollar.", False, False),
+        (CFA, " The answer is the West African CFA franc.", False, True),
+        (CFA, " The answer is the CFA franc.", False, True),
+        (CFA, " The answer is the Icelandic króna.", True, False),
+        (CFA, " The answer is the Icelandic krona.", True, False),
+        (URANIUM, " The answer is U.", False, True),
+        (URANIUM, " The answer is U (uranium).", False, True),
+        (URANIUM, " The answer is: U.S. dollar.", False, False),  # "U" inside "U.S." is no symbol
+        (URANIUM, " Uranium is used in the U.S. and W is tungsten", False, False),  # letters in prose
+        (URANIUM, " The answer is W.", True, False),
+        (TIN, " It could lead to confusion, but tin is Sn. The answer is Tin.", False, True),
+        (TIN, " Metals such as tin and lead were known in antiquity", False, False),  # common words in prose
+        (TIN, " The answer is lead.", True, False),
+        (STATES, " The answer is Washington, D.C.", False, True),
+        (STATES, " The answer is Washington, D.C. It is on the Potomac.", False, True),
+        (STATES, " The answer is Ottawa.", True, False),
+        (CONTROL, " The answer is Canberra.", True, True),
+        (CONTROL, " Sydney is larger, but the answer is Sydney.", False, False),
+    ],
+)
+def test_semantic_matcher_on_realistic_outputs(doc, output, new, old):
+    result = match_semantic_answer(output, doc)
+    assert (result["new"], result["old"]) == (new, old), result
