@@ -15,6 +15,7 @@ from kvinject.adaptation_tasks.adaptation_math import data as math_data
 from kvinject.adaptation_tasks.adaptation_math.added_step import step_question
 from kvinject.adaptation_tasks.adaptation_math.mawps_builder import SetSpec, build_augmented_set, make_variant
 from kvinject.adaptation_tasks.adaptation_math.expression import evaluate, render
+from kvinject.adaptation_tasks.adaptation_math.mawps_text import render_problem
 from kvinject.adaptation_tasks.adaptation_math.mawps_sources import SOURCE_ENV_VAR, MawpsSourceError, read_mawps_source
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
@@ -133,6 +134,7 @@ def assert_text_reads_naturally(docs):
         for text in (doc["original_question"], doc["alternative_question"]):
             assert " ." not in text and " ," not in text and " ?" not in text, text
             assert ".0 " not in text and not text.endswith(".0"), text
+            assert " ' " not in text and not re.search(r"(?<![\w'])'\s", text), text  # no "' whack a mole '"
 
 
 @pytest.mark.parametrize("source", FIXTURE_SOURCES.values(), ids=FIXTURE_SOURCES.keys())
@@ -189,6 +191,15 @@ def test_a_repeated_number_gives_a_correct_alternative(source, start):
 )
 def test_added_steps_only_on_questions_about_a_count_the_step_changes(story, question, accepted):
     assert (step_question(story, question) is not None) == accepted
+
+
+def test_rendering_removes_tokenisation_spaces():
+    segments = ("at the arcade , Jerry won ", 0, " tickets playing ' whack a mole ' with the Wagners ' son and a ' ", 1,
+                " Mustang . How many didn't he use ?")
+    assert render_problem(segments, {0: Fraction(29), 1: Fraction(52)}) == (
+        "At the arcade, Jerry won 29 tickets playing 'whack a mole' with the Wagners' son and a '52 Mustang. "
+        "How many didn't he use?"
+    )
 
 
 def test_changed_numbers_are_recorded_and_appear_in_the_text():

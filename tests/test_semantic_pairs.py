@@ -97,3 +97,13 @@ def test_saint_and_apostrophe_spellings_are_accepted(committed):
                     assert normalise(alias.replace("'", "")) in aliases
     assert build_semantic._spellings(["Sana'a"]) == ("Sana'a", "Sanaa")
     assert "St. Paul" in build_semantic._spellings(["Saint Paul"])
+
+
+def test_place_names_that_take_an_article_get_it(committed):
+    import re
+
+    for pair in committed["pairs"]:
+        for side in ("original", "alternative"):
+            question = pair[f"{side}_question"]
+            assert not re.search(r" of (?:Isle of|United|Czech|Dominican|Central African|Republic of|[A-Z]\w+ Islands\?)", question), question
+    assert build_semantic._place("Isle of Man") == "the Isle of Man" and build_semantic._place("France") == "France"

@@ -1,4 +1,4 @@
-"""Turn a MAWPS problem back into natural text: numbers in, tokenisation artefacts (" .", "$ 5") out."""
+"""Turn a MAWPS problem back into natural text: numbers in, tokenisation artefacts (" .", "$ 5", "' a b '") out."""
 from __future__ import annotations
 
 import re
@@ -11,6 +11,9 @@ _DETOKENISE = (
     (re.compile(r"\s+([.,?!;:%)\]])"), r"\1"),
     (re.compile(r"([($\[])\s+"), r"\1"),
     (re.compile(r"\s+(n't|'s|'re|'ve|'ll|'m|'d)\b", re.IGNORECASE), r"\1"),
+    (re.compile(r"\b([A-Z][a-z]+s) '(?=\s)"), r"\1'"),  # the Wagners ' bill -> the Wagners' bill
+    (re.compile(r"(?<=\s)'\s+(?=\d\d\b)"), "'"),  # a model ' 52 Mustang -> a model '52 Mustang
+    (re.compile(r"(?<![\w'])'\s+([^']*?\S)\s+'(?![\w'])"), r"'\1'"),  # ' whack a mole ' -> 'whack a mole'
     (re.compile(r"\s{2,}"), " "),
 )
 
