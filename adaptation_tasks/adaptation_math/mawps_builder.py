@@ -82,6 +82,9 @@ def build_augmented_set(problems: list[SourceProblem], spec: SetSpec = SetSpec()
     docs = _select(multiplicative_first, "added_step", quotas["added_step"], used)
     mix = Counter(doc["operation_class"] for doc in docs)
     for variation in ("multiple_numbers", "single_number", "identical"):
+        if not mix:  # a set without added steps has no mix to copy
+            docs += _select(pool, variation, quotas[variation], used)
+            continue
         for operation, wanted in _proportional(mix, quotas[variation]).items():
             candidates = [problem for problem in pool if operation_class(problem.equation) == operation]
             docs += _select(candidates, variation, wanted, used)
