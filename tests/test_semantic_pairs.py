@@ -97,6 +97,7 @@ def test_saint_and_apostrophe_spellings_are_accepted(committed):
                     assert normalise(alias.replace("'", "")) in aliases
     assert build_semantic._spellings(["Sana'a"]) == ("Sana'a", "Sanaa")
     assert "St. Paul" in build_semantic._spellings(["Saint Paul"])
+    assert "San Marino" in build_semantic._spellings(["City of San Marino"])
 
 
 def test_place_names_that_take_an_article_get_it(committed):

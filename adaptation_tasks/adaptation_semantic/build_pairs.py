@@ -170,11 +170,13 @@ def _english_currency_names(code: str) -> list[str]:
 
 
 def _spellings(names: list[str]) -> tuple[str, ...]:
-    """The names with the usual other spellings: St./Saint, and without apostrophes ("Sanaa" for "Sana'a"),
+    """The names with the usual other spellings: St./Saint, "City of X" as X, without apostrophes ("Sanaa"),
     without repeats after normalisation (the first name stays first)."""
     variants = []
     for name in names:
         variants.append(name)
+        if name.startswith("City of "):  # "City of San Marino" is usually just "San Marino"
+            variants.append(name[len("City of "):])
         for short, long in (("St. ", "Saint "), ("St. ", "Saint-")):
             if name.startswith(short):
                 variants.append(long + name[len(short):])
