@@ -142,6 +142,8 @@ CONTROL = {"original_aliases": ["Canberra"], "alternative_aliases": ["Canberra"]
         (XCD, " The answer is the United States dollar.", True, False),
         (XCD, " The answer is USD.", True, False),
         (XCD, " The answer is the Canadian dollar.", False, False),
+        ({"original_aliases": ["Colombian Peso", "COP"], "alternative_aliases": ["Euro"]}, " A cop told me it is the peso", False, False),
+        ({"original_aliases": ["Colombian Peso", "COP"], "alternative_aliases": ["Euro"]}, " The answer is COP.", False, True),
         (CFA, " The answer is the West African CFA franc.", False, True),
         (CFA, " The answer is the CFA franc.", False, True),
         (CFA, " The answer is the Icelandic króna.", True, False),

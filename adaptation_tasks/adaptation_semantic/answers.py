@@ -20,7 +20,7 @@ _SENTENCE_END = re.compile(r"(?<!\b[A-Z])(?<!\bSt)(?<!\bMt)(?<!\bFt)(?<!\bDr)(?<
 _NEGATED_REST = re.compile(r",?\s+(?:and\s+)?(?:not|rather than|instead of)\s+[^,.;\n]*", re.IGNORECASE)
 # Reviewed list: one-word answers of the set that are also everyday English words.
 COMMON_WORD_ANSWERS = frozenset({
-    "won", "som", "sol", "pound", "dong", "yen", "real", "rand", "mark", "kina", "tala", "lek",
+    "won", "som", "sol", "pound", "dong", "yen", "real", "rand", "mark", "kina", "cop", "bam", "ron", "tala", "lek",
     "tin", "gold", "iron", "lead", "silver", "copper", "mercury", "zinc", "carbon", "neon", "oxygen",
     "concord", "providence", "phoenix", "male", "victoria", "stanley", "jackson", "lincoln", "madison",
     "dover", "columbia", "salem", "augusta", "helena", "pierre", "austin", "richmond", "charleston",
