@@ -5,7 +5,8 @@ score is P(good) - P(bad), the two answer tokens' next-token probabilities renor
 pair: with logits g and b, P(good) = e^g / (e^g + e^b), so the score is tanh((g - b) / 2), in [-1, 1].
 Each answer must be one token when tokenised as a segment (checked at construction). Prompts are
 encoded like the engine's (tokens.encode_prompt), right-padded in batches; each row's prediction
-is read at its own last token, so padding never changes a score.
+is read at its own last token, so padding never changes a score. The model must accept
+``logits_to_keep`` as a tensor of positions (every transformers causal LM does).
 """
 from __future__ import annotations
 
@@ -63,10 +64,15 @@ class PRMJudge:
             for row, ids in enumerate(encoded):
                 input_ids[row, : len(ids)] = torch.tensor(ids)
                 attention_mask[row, : len(ids)] = 1
+            # Only the rows' last positions are needed: computing the vocabulary logits of every
+            # position would dominate the cost (batch x length x vocabulary).
+            last = [len(ids) - 1 for ids in encoded]
+            keep = sorted(set(last))
             with torch.inference_mode():
-                logits = self.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-            last = torch.tensor([len(ids) - 1 for ids in encoded], device=logits.device)
-            pair = logits[torch.arange(len(encoded), device=logits.device), last][:, self.answer_ids].double()
+                logits = self.model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                                    logits_to_keep=torch.tensor(keep, device=device)).logits
+            column = torch.tensor([keep.index(position) for position in last], device=logits.device)
+            pair = logits[torch.arange(len(encoded), device=logits.device), column][:, self.answer_ids].double()
             scores.extend(torch.tanh((pair[:, 0] - pair[:, 1]) / 2).tolist())
             if progress is not None:
                 progress.update(len(encoded))

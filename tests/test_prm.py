@@ -33,11 +33,11 @@ class FavouringJudgeModel(torch.nn.Module):
         super().__init__()
         self.vocab_size, self.favoured, self.margin = vocab_size, favoured, margin
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, logits_to_keep):
         generator = torch.Generator().manual_seed(int(input_ids.sum()))
         logits = torch.randn(*input_ids.shape, self.vocab_size, generator=generator)
         logits[..., self.favoured] += self.margin
-        return SimpleNamespace(logits=logits)
+        return SimpleNamespace(logits=logits[:, logits_to_keep])
 
 
 PROMPTS = ["Question: What is 3 + 5? Answer:", "Question: What is 40 - 2? Answer:", "Q: 2 * 3?"]
@@ -128,7 +128,7 @@ def smollm2_results(tmp_path_factory):
         pytest.skip("KVINJECT_MAWPS_SOURCE is not set (CI points it at ../shared/data/mawps/svamp/cv_mawps)")
     output = tmp_path_factory.mktemp("smollm2-results")
     command = [str(Path(sys.executable).parent / "lm_eval"), "--model", "kvinject", "--model_args",
-               f"pretrained=smollm2-135m,injection_points=1:2,trace_dir={output / 'live'}", "--tasks", "adaptation_math",
+               "pretrained=smollm2-135m,injection_points=1:2", "--tasks", "adaptation_math",
                "--limit", "2", "--gen_kwargs", "max_gen_toks=16", "--output_path", str(output)]
     subprocess.run(command, check=True, capture_output=True, text=True)
     return output
@@ -139,7 +139,7 @@ def test_kvinject_prm_scores_a_real_run_end_to_end(smollm2_results, capsys):
     from kvinject.cli import main
 
     assert main(["prm", str(smollm2_results), "--judge", "smollm2-135m", "--resamples", "100"]) == 0
-    [written] = [p for p in smollm2_results.rglob("prm_*.json") if "live" not in p.parts]
+    [written] = list(smollm2_results.rglob("prm_*.json"))
     result = json.loads(written.read_text())
     assert result["deprecated"]
     docs = result["docs"]["adaptation_math"]

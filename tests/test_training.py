@@ -128,6 +128,8 @@ def test_kvinject_train_trains_on_training_docs_only_and_refuses_other_settings_
     common = ["train", "--output", str(output), "--task", "adaptation_semantic", "--model-args",
               f"pretrained={local_model_dir}", "--injection-point", "1", "--max-new-tokens", "4",
               "--max-train-docs", "3", "--max-steps", "2", "--batch-size", "2", "--eval-fraction", "0.5"]
+    assert main(common + ["--split-only"]) == 0  # measure the base model on the held-out docs first
+    assert (output / EVAL_SAMPLES_FILE).exists() and not (output / "examples.jsonl").exists()
     assert main(common) == 0
     split = load_split(output)
     examples = read_examples(output / "examples.jsonl")
@@ -137,3 +139,15 @@ def test_kvinject_train_trains_on_training_docs_only_and_refuses_other_settings_
     assert (output / "model" / "model.safetensors").exists()
     with pytest.raises(ValueError, match="injection_point: saved 1, now 2"):
         main(common[:-8] + ["--injection-point", "2"] + common[-6:])
+
+
+def test_a_model_marked_gguf_quantized_trains_and_saves_without_the_marker(local_model_dir, tmp_path):
+    """Offline aliases load dequantised GGUF weights that transformers still marks as quantized."""
+    from types import SimpleNamespace
+
+    model, tokenizer, examples = _tiny_examples(local_model_dir)
+    model.hf_quantizer = SimpleNamespace(quantization_config=SimpleNamespace(quant_method="gguf"), is_trainable=False)
+    model.is_quantized = True
+    model.config.quantization_config = {"quant_method": "gguf", "gguf_file": "x.gguf", "dequantize": False}
+    fine_tune(model, tokenizer, examples, TrainConfig(**{**FAST, "max_steps": 1}), tmp_path)
+    assert "quantization_config" not in json.loads((tmp_path / "model" / "config.json").read_text())

@@ -37,6 +37,18 @@ def _collator(tokenizer):
     return DataCollatorForSeq2Seq(padding_tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
 
 
+def _drop_gguf_marker(model) -> None:
+    """A model loaded from a GGUF file (or the offline aliases' converted copies) holds dequantised
+    float tensors, yet transformers still marks it quantized (quant_method gguf): Trainer then refuses
+    it and save_pretrained would write the marker into the trained model's config. Drop the marker."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and str(getattr(quantizer.quantization_config, "quant_method", "")).lower().endswith("gguf"):
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+
+
 def _trainable(model, config: TrainConfig):
     if config.method == "full":
         return model
@@ -63,6 +75,7 @@ def fine_tune(model, tokenizer, examples: Sequence[TrainingExample], config: Tra
     if not examples:
         raise ValueError("no training examples (every training doc was skipped?)")
     set_seed(config.seed)  # before LoRA's random initialisation
+    _drop_gguf_marker(model)
     model.train()
     trainable = _trainable(model, config)
     arguments = TrainingArguments(

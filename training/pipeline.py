@@ -62,8 +62,9 @@ def read_examples(path: Path) -> list[TrainingExample]:
         return [TrainingExample(**json.loads(line)) for line in handle if line.strip()]
 
 
-def run_training(config: TrainConfig, output: Path, callbacks=()) -> dict:
-    """Run (or resume) a training run in ``output``; returns the training log."""
+def run_training(config: TrainConfig, output: Path, callbacks=(), split_only: bool = False) -> dict | None:
+    """Run (or resume) a training run in ``output``; returns the training log. ``split_only``: write the
+    config and the split (so the base model can be measured on the held-out docs first) and stop."""
     from kvinject.model_adapters.loading import load_model_and_tokenizer
     from kvinject.model_adapters.model_args import parse_model_args
     from lm_eval.utils import simple_parse_args_string
@@ -74,6 +75,8 @@ def run_training(config: TrainConfig, output: Path, callbacks=()) -> dict:
     task, docs = load_task_docs(config.task)
     split = split_by_doc_id(config.task, [doc["id"] for doc in docs], config.eval_fraction, config.split_seed)
     save_split(split, output, config.eval_samples_limit)
+    if split_only:
+        return None
     train_ids = list(split.train_ids)[: config.max_train_docs]
     by_id = {str(doc["id"]): doc for doc in docs}
     train_docs = [by_id[doc_id] for doc_id in train_ids]

@@ -22,6 +22,8 @@ _HELP = {
 def add_arguments(parser) -> None:
     parser.add_argument("--output", required=True, type=Path,
                         help="run folder (config, split, checkpoints, model/); an existing run there resumes")
+    parser.add_argument("--split-only", action="store_true",
+                        help="write the config, split.json and eval_samples.json, then stop (measure the base model first)")
     for field in dataclasses.fields(TrainConfig):
         default = field.default
         kind = {int: int, float: float}.get(type(default), str)
@@ -37,7 +39,11 @@ def run(args) -> int:
     from kvinject.training.pipeline import run_training
 
     config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    log = run_training(config, args.output)
+    log = run_training(config, args.output, split_only=args.split_only)
+    if log is None:
+        print(f"split written: {args.output / 'split.json'}; held-out docs for lm_eval --samples: "
+              f"{args.output / 'eval_samples.json'}")
+        return 0
     losses = training_losses(log)
     if losses:
         print(f"training loss: step {losses[0][0]} {losses[0][1]:.4f} -> step {losses[-1][0]} {losses[-1][1]:.4f}")
