@@ -120,10 +120,15 @@ def test_an_interrupted_run_resumes_from_its_last_checkpoint_and_ends_where_an_u
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
-def test_kvinject_train_trains_on_training_docs_only_and_refuses_other_settings_in_the_same_folder(local_model_dir, tmp_path):
+def test_kvinject_train_trains_on_training_docs_only_and_refuses_other_settings_in_the_same_folder(local_model_dir, tmp_path, monkeypatch):
+    import functools
+
     from kvinject.cli import main
+    from kvinject.training import pipeline
     from kvinject.training.pipeline import read_examples
 
+    # The task index and docs are built once (lm-eval takes ~15 s a time); the second command reuses them.
+    monkeypatch.setattr(pipeline, "load_task_docs", functools.lru_cache(pipeline.load_task_docs))
     output = tmp_path / "run"
     common = ["train", "--output", str(output), "--task", "adaptation_semantic", "--model-args",
               f"pretrained={local_model_dir}", "--injection-point", "1", "--max-new-tokens", "4",
