@@ -139,7 +139,9 @@ def test_kvinject_prm_scores_a_real_run_end_to_end(smollm2_results, capsys):
     from kvinject.cli import main
 
     assert main(["prm", str(smollm2_results), "--judge", "smollm2-135m", "--resamples", "100"]) == 0
+    [traces] = list(smollm2_results.rglob("traces_*.jsonl*"))
     [written] = list(smollm2_results.rglob("prm_*.json"))
+    assert written.name == "prm_smollm2-135m_" + traces.name.split(".jsonl")[0] + ".json"
     result = json.loads(written.read_text())
     assert result["deprecated"]
     docs = result["docs"]["adaptation_math"]

@@ -2,7 +2,7 @@
 
 Scores each reasoning step of every condition in the run's traces (``traces_*.jsonl*`` under
 RESULTS_DIR) as P(good) - P(bad) from a causal-LM judge, and writes beside each traces file
-``prm_<judge>_<traces name>.json`` (every step's score, per-doc mean/min, per-condition summaries
+``prm_<judge>_<traces file name without .jsonl[.gz]>.json`` (e.g. ``prm_smollm2-135m_traces_<date>.json``) (every step's score, per-doc mean/min, per-condition summaries
 with bootstrap intervals over docs) and prints a table per task. See README "Legacy PRM scorer".
 """
 from __future__ import annotations
@@ -68,7 +68,8 @@ def run(args) -> int:
             scores = score_records(records, judge, progress)
         summaries = {task: condition_summaries(docs, args.resamples, args.confidence, args.seed)
                      for task, docs in scores.items()}
-        out = path.parent / f"prm_{_file_label(judge_args.pretrained)}_{path.name.split('.')[0]}.json"
+        traces_stem = re.sub(r"\.jsonl(\.[A-Za-z0-9]+)?$", "", path.name)  # keeps the run's full date id
+        out = path.parent / f"prm_{_file_label(judge_args.pretrained)}_{traces_stem}.json"
         out.write_text(json.dumps({
             "deprecated": DEPRECATION,
             "traces": path.name,
