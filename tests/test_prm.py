@@ -168,3 +168,17 @@ def test_smollm2_discrimination_of_correct_and_wrong_arithmetic_steps_is_measure
         print(f"\nSmolLM2-135M PRM discrimination: AUC {auc:.2f}, mean score correct {correct.mean():+.3f}, "
               f"wrong {wrong.mean():+.3f}, correct > wrong in {int(np.sum(correct > wrong))}/10 pairs")
     assert len(correct) == len(wrong) == 10 and 0 <= auc <= 1
+
+
+def test_condition_interval_covers_the_true_mean_step_score_at_about_its_level():
+    """Estimand: the mean over docs of a doc's mean step score. Simulated docs whose step scores are
+    2 * Beta(4, 2) - 1 (true mean 1/3, in [-1, 1]); 200 replicates of 30 docs: the 95% bootstrap
+    interval should cover 1/3 in about 95% of them (binomial sd 1.5 points)."""
+    rng = np.random.default_rng(0)
+    covered = 0
+    for replicate in range(200):
+        per_doc = {f"d{i}": {"injection@5": step_summary(2 * rng.beta(4, 2, size=rng.integers(1, 6)) - 1)}
+                   for i in range(30)}
+        low, high = condition_summaries(per_doc, resamples=300, seed=replicate)[0]["mean_interval"]
+        covered += low <= 1 / 3 <= high
+    assert 0.89 <= covered / 200 <= 0.99
