@@ -103,7 +103,10 @@ def comparison_settings(run: Run, task: str) -> dict:
     (from the traces), the generation, few-shot, prompt and metric settings of the task, and the
     measurement --model_args (all but MODEL_IDENTITY_ARGS)."""
     results, config = run.results, run.results.get("configs", {}).get(task, {})
-    traces = run.traces(task)
+    try:
+        traces, unreadable = run.traces(task), None
+    except ValueError as error:   # the table comes from the results JSON; say why settings are unknown
+        traces, unreadable = [], str(error)
     settings = {
         "generation_kwargs": config.get("generation_kwargs"),
         "num_fewshot": results.get("n-shot", {}).get(task, config.get("num_fewshot")),
@@ -116,6 +119,8 @@ def comparison_settings(run: Run, task: str) -> dict:
         "system_instruction": results.get("system_instruction"),
         "fewshot_as_multiturn": results.get("fewshot_as_multiturn"),
     }
+    if unreadable:
+        settings["traces"] = unreadable
     trace_keys = set(traces[0]["settings"]) if traces else set()
     for key, value in sorted(run.model_args.items()):
         if key not in MODEL_IDENTITY_ARGS and key not in trace_keys:

@@ -69,7 +69,13 @@ class Run:
     @cached_property
     def trace_records(self) -> list[dict]:
         """Every ``{"task", "trace"}`` record of the run, in the order written (read once)."""
-        return [record for path in self.trace_paths for record in read_traces(path)]
+        records = []
+        for path in self.trace_paths:
+            try:
+                records += read_traces(path)
+            except (OSError, ValueError, EOFError) as error:   # JSONDecodeError is a ValueError
+                raise ValueError(f"cannot read traces {path}: {error}") from error
+        return records
 
     def traces(self, task: str) -> list[dict]:
         return [record["trace"] for record in self.trace_records if record.get("task") == task]

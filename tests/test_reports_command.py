@@ -45,3 +45,12 @@ def test_report_imports_no_torch():
             "per_problem, plotting, runs\nprint(sorted(m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_an_unreadable_trace_file_costs_its_task_not_the_leaderboard(tmp_path, capsys):
+    folder = write_run(tmp_path / "out", "model-a", {"adaptation_score@1,none": 0.5}, [simple_trace()])
+    trace_file = next(folder.glob("traces_*.jsonl"))
+    trace_file.write_text(trace_file.read_text()[:-40] + "\n")   # cut short, as by a crash
+    assert cli.main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "r")]) == 1
+    assert f"cannot read traces {trace_file}" in capsys.readouterr().err
+    assert "0.500" in (tmp_path / "r" / "leaderboard.md").read_text()

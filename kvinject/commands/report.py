@@ -46,11 +46,8 @@ def _points(text: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvinject.metrics import AdaptationSettings
-    from kvinject.reports.curves import task_curves
     from kvinject.reports.leaderboard import build_leaderboard, model_labels
-    from kvinject.reports.per_problem import LabelThresholds, problem_reports
-    from kvinject.reports.plotting import draw_curves
+    from kvinject.reports.per_problem import LabelThresholds
     from kvinject.reports.runs import find_runs
 
     try:
@@ -72,25 +69,41 @@ def run(args: argparse.Namespace) -> int:
         if not run.trace_paths:
             print(f"kvinject report: {run.results_path}: no traces beside it; leaderboard only", file=sys.stderr)
     tasks = sorted({task for run in traced for task in run.tasks})
+    failures = 0
     for task in tasks:
-        task_runs = [run for run in traced if task in run.tasks and run.traces(task)]
-        if not task_runs:
-            continue
-        config = task_runs[0].results["configs"][task]
-        settings = AdaptationSettings.from_mapping((config.get("metadata") or {}).get("adaptation"))
-        curves = task_curves({labels[run]: run.traces(task) for run in task_runs}, settings,
-                             args.bootstrap_resamples, args.confidence_level, args.seed)
-        if curves:
-            models = ", ".join(labels[run] for run in task_runs)
-            written += draw_curves(curves, f"Adaptation after a KV-cache injection: {task} ({models})",
-                                   out / "curves" / task, settings.adapted_threshold, args.confidence_level)
-        for run in task_runs:
-            folder = out / "problems" / _safe(labels[run]) / task
-            folder.mkdir(parents=True, exist_ok=True)
-            for report in problem_reports(run, task, thresholds):
-                path = folder / f"{report['problem_index']:05d}_{_safe(report['doc_id'])}.json"
-                path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-                written.append(path)
+        try:
+            written += _curves_and_problems(task, traced, labels, thresholds, args, out)
+        except (ValueError, TypeError, KeyError) as error:   # one bad trace costs its task, not the report
+            print(f"kvinject report: {task}: {error}", file=sys.stderr)
+            failures += 1
     print(board.markdown())
     print(f"wrote {len(written)} files under {out}")
-    return 0
+    return 1 if failures else 0
+
+
+def _curves_and_problems(task, runs, labels, thresholds, args, out: Path) -> list[Path]:
+    from kvinject.metrics import AdaptationSettings
+    from kvinject.reports.curves import task_curves
+    from kvinject.reports.per_problem import problem_reports
+    from kvinject.reports.plotting import draw_curves
+
+    task_runs = [run for run in runs if task in run.tasks and run.traces(task)]
+    if not task_runs:
+        return []
+    config = task_runs[0].results["configs"][task]
+    settings = AdaptationSettings.from_mapping((config.get("metadata") or {}).get("adaptation"))
+    curves = task_curves({labels[run]: run.traces(task) for run in task_runs}, settings,
+                         args.bootstrap_resamples, args.confidence_level, args.seed)
+    written = []
+    if curves:
+        models = ", ".join(labels[run] for run in task_runs)
+        written += draw_curves(curves, f"Adaptation after a KV-cache injection: {task} ({models})",
+                               out / "curves" / task, settings.adapted_threshold, args.confidence_level)
+    for run in task_runs:
+        folder = out / "problems" / _safe(labels[run]) / task
+        folder.mkdir(parents=True, exist_ok=True)
+        for report in problem_reports(run, task, thresholds):
+            path = folder / f"{report['problem_index']:05d}_{_safe(report['doc_id'])}.json"
+            path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            written.append(path)
+    return written
