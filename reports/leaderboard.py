@@ -175,7 +175,7 @@ class Leaderboard:
 
     def latex(self) -> str:
         header = ["model", "task", "group", "rank", "docs", *self.columns]
-        lines = [r"\begin{table}", r"\centering", r"\small",
+        lines = [r"% needs \usepackage{booktabs}", r"\begin{table}", r"\centering", r"\small",
                  r"\begin{tabular}{" + "l" * 5 + "r" * len(self.columns) + "}", r"\toprule",
                  " & ".join(map(_latex_escape, header)) + r" \\", r"\midrule"]
         for row in self.rows:
