@@ -1,0 +1,109 @@
+"""``kvinject report DIR... --out OUT``: leaderboard, adaptation curves and per-problem JSON.
+
+Reads lm-eval output folders (results_<date>.json and the traces beside them) and writes
+    OUT/leaderboard.md, leaderboard.tex, leaderboard.csv
+    OUT/curves/<task>.png and .svg         (needs traces)
+    OUT/problems/<model>/<task>/<index>.json   one per problem, the original study's format (needs traces)
+Nothing here loads a model; see reports/README.md for every rule.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("folders", nargs="+", metavar="DIR",
+                        help="lm-eval --output_path folders (or model folders inside them); searched recursively")
+    parser.add_argument("--out", required=True, help="folder for the report (created)")
+    parser.add_argument("--sort_by", default=None,
+                        help="leaderboard measure to rank by, e.g. adaptation_score@5 (default: the first column)")
+    parser.add_argument("--points", default=None,
+                        help="injection points shown in the leaderboard, e.g. 5,10 (default: all)")
+    parser.add_argument("--digits", type=int, default=3, help="decimals in the Markdown and LaTeX tables")
+    parser.add_argument("--label_thresholds", default=None,
+                        help="JSON object overriding the per-problem label thresholds, e.g. "
+                             "'{\"excellent_latency\": 3}' (see reports/README.md)")
+    parser.add_argument("--bootstrap_resamples", type=int, default=1000, help="for the curves' intervals")
+    parser.add_argument("--confidence_level", type=float, default=0.95, help="of the curves' intervals")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the curves' bootstrap")
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "model"
+
+
+def _points(text: str | None):
+    if text is None:
+        return None
+    try:
+        return {int(part) for part in re.split(r"[,:; ]+", text.strip()) if part}
+    except ValueError:
+        raise SystemExit(f"kvinject report: --points {text!r}: expected integers such as 5,10") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from kvinject.reports.leaderboard import build_leaderboard, model_labels
+    from kvinject.reports.per_problem import LabelThresholds
+    from kvinject.reports.runs import find_runs
+
+    try:
+        thresholds = LabelThresholds.from_mapping(json.loads(args.label_thresholds or "{}"))
+        runs = find_runs(args.folders)
+        board = build_leaderboard(runs, args.sort_by, points=_points(args.points), digits=args.digits)
+    except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
+        print(f"kvinject report: {error}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for suffix, text in (("md", board.markdown()), ("tex", board.latex()), ("csv", board.csv())):
+        (out / f"leaderboard.{suffix}").write_text(text, encoding="utf-8")
+    written = [out / "leaderboard.md", out / "leaderboard.tex", out / "leaderboard.csv"]
+
+    labels = model_labels(runs)
+    traced = [run for run in runs if run.trace_paths]
+    for run in runs:
+        if not run.trace_paths:
+            print(f"kvinject report: {run.results_path}: no traces beside it; leaderboard only", file=sys.stderr)
+    tasks = sorted({task for run in traced for task in run.tasks})
+    failures = 0
+    for task in tasks:
+        try:
+            written += _curves_and_problems(task, traced, labels, thresholds, args, out)
+        except (ValueError, TypeError, KeyError) as error:   # one bad trace costs its task, not the report
+            print(f"kvinject report: {task}: {error}", file=sys.stderr)
+            failures += 1
+    print(board.markdown())
+    print(f"wrote {len(written)} files under {out}")
+    return 1 if failures else 0
+
+
+def _curves_and_problems(task, runs, labels, thresholds, args, out: Path) -> list[Path]:
+    from kvinject.metrics import AdaptationSettings
+    from kvinject.reports.curves import task_curves
+    from kvinject.reports.per_problem import problem_reports
+    from kvinject.reports.plotting import draw_curves
+
+    task_runs = [run for run in runs if task in run.tasks and run.traces(task)]
+    if not task_runs:
+        return []
+    config = task_runs[0].results["configs"][task]
+    settings = AdaptationSettings.from_mapping((config.get("metadata") or {}).get("adaptation"))
+    curves = task_curves({labels[run]: run.traces(task) for run in task_runs}, settings,
+                         args.bootstrap_resamples, args.confidence_level, args.seed)
+    written = []
+    if curves:
+        models = ", ".join(labels[run] for run in task_runs)
+        written += draw_curves(curves, f"Adaptation after a KV-cache injection: {task} ({models})",
+                               out / "curves" / task, settings.adapted_threshold, args.confidence_level)
+    for run in task_runs:
+        folder = out / "problems" / _safe(labels[run]) / task
+        folder.mkdir(parents=True, exist_ok=True)
+        for report in problem_reports(run, task, thresholds):
+            path = folder / f"{report['problem_index']:05d}_{_safe(report['doc_id'])}.json"
+            path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+            written.append(path)
+    return written

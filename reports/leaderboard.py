@@ -1,0 +1,315 @@
+"""The leaderboard: one row per model x task, the headline measures per injection point.
+
+Every value is read from the results JSON as lm-eval wrote it, never recomputed. Measures are
+found generically: a result key ``<metric>[@<N>],<filter>`` is a measure; ``<metric>_ci_low[@<N>]``
+/ ``<metric>_ci_high[@<N>]`` (or the suffix after ``@<N>``) are its interval and
+``<metric>[@<N>]_stderr`` its standard error. Which metrics make the table is HEADLINE_MEASURES.
+
+Rows are ranked only against rows whose settings match (same task, docs, injection settings,
+generation and metric settings; see `comparison_settings`); rows that differ form separate groups
+and the table says which settings differ.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import re
+
+from .runs import Run
+
+# The measures shown, in this order; each appears once per injection point the runs report.
+# Change this list to change the table (names are result-key metrics, see metrics/README.md).
+HEADLINE_MEASURES = (
+    "injection_accuracy",
+    "adaptation_score",
+    "adaptation_point",
+    "detection_latency",
+    "attention_shift",
+)
+FILTER = "none"  # lm-eval's filter name for tasks without filters
+INTERVAL_SUFFIXES = {"_ci_low": "ci_low", "_ci_high": "ci_high"}
+STDERR_SUFFIX = "_stderr"
+# --model_args that name the model or where/how fast it runs, not what is measured; every other
+# argument (and any unknown one) is a measurement setting that must match for rows to be compared.
+MODEL_IDENTITY_ARGS = frozenset({
+    "pretrained", "revision", "gguf_file", "dtype", "device", "load_in_4bit", "trust_remote_code",
+    "attn_implementation", "batch_size", "max_batch_size", "trace_dir",
+})
+
+_NAME = re.compile(
+    r"^(?P<metric>[A-Za-z0-9_]+?)(?P<pre>_ci_low|_ci_high|_stderr)?"
+    r"(?:@(?P<point>[0-9]+))?(?P<post>_ci_low|_ci_high|_stderr)?$"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Measure:
+    """One measure of one task as the results JSON has it (None where the JSON has no value)."""
+
+    metric: str
+    point: int | None
+    value: float
+    ci_low: float | None = None
+    ci_high: float | None = None
+    stderr: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.metric if self.point is None else f"{self.metric}@{self.point}"
+
+
+def parse_measure_name(name: str) -> tuple[str, int | None, str | None] | None:
+    """(metric, injection point, companion) of a result name without its filter, or None.
+
+    companion: None for the measure itself, "ci_low", "ci_high" or "stderr"; a name with two
+    companions (e.g. the stderr of an interval end) is not a measure and gives None.
+    """
+    match = _NAME.match(name)
+    if match is None or (match["pre"] and match["post"]):
+        return None
+    suffix = match["pre"] or match["post"]
+    companion = "stderr" if suffix == STDERR_SUFFIX else INTERVAL_SUFFIXES.get(suffix)
+    return match["metric"], None if match["point"] is None else int(match["point"]), companion
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def read_measures(task_results: dict, filter_name: str = FILTER) -> dict[str, Measure]:
+    """Every measure of one task's results block, keyed by its name (``<metric>@<N>``)."""
+    parts: dict[tuple[str, int | None], dict] = {}
+    for key, value in task_results.items():
+        name, _, key_filter = key.rpartition(",")
+        parsed = parse_measure_name(name) if key_filter == filter_name else None
+        if parsed is None or _number(value) is None:
+            continue
+        metric, point, companion = parsed
+        parts.setdefault((metric, point), {})[companion or "value"] = _number(value)
+    measures = {}
+    for (metric, point), found in parts.items():
+        if "value" in found:
+            measure = Measure(metric, point, found["value"], found.get("ci_low"), found.get("ci_high"),
+                              found.get("stderr"))
+            measures[measure.name] = measure
+    return measures
+
+
+def comparison_settings(run: Run, task: str) -> dict:
+    """What must match for two rows to be compared: the docs, the effective injection settings
+    (from the traces), the generation, few-shot, prompt and metric settings of the task, and the
+    measurement --model_args (all but MODEL_IDENTITY_ARGS)."""
+    results, config = run.results, run.results.get("configs", {}).get(task, {})
+    try:
+        traces, unreadable = run.traces(task), None
+    except ValueError as error:   # the table comes from the results JSON; say why settings are unknown
+        traces, unreadable = [], str(error)
+    settings = {
+        "generation_kwargs": config.get("generation_kwargs"),
+        "num_fewshot": results.get("n-shot", {}).get(task, config.get("num_fewshot")),
+        "metric settings (metadata.adaptation)": (config.get("metadata") or {}).get("adaptation"),
+        "task version": results.get("versions", {}).get(task),
+        "docs": sorted(t["doc_id"] for t in traces) if traces
+        else results.get("n-samples", {}).get(task, {}).get("effective"),
+        "injection settings (trace)": sorted({json.dumps(t["settings"], sort_keys=True) for t in traces}),
+        "chat template applied": results.get("chat_template") is not None,
+        "system_instruction": results.get("system_instruction"),
+        "fewshot_as_multiturn": results.get("fewshot_as_multiturn"),
+    }
+    if unreadable:
+        settings["traces"] = unreadable
+    trace_keys = set(traces[0]["settings"]) if traces else set()
+    for key, value in sorted(run.model_args.items()):
+        if key not in MODEL_IDENTITY_ARGS and key not in trace_keys:
+            settings[f"model arg {key}"] = value
+    return settings
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    model: str
+    task: str
+    group: str          # rows share a group letter iff their comparison settings match
+    rank: int | None    # 1 = best by the sort measure within the group; None without a value
+    n_docs: int | None
+    results_file: str
+    measures: dict[str, Measure]
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaderboard:
+    rows: list[Row]
+    columns: list[str]          # measure names, e.g. "adaptation_score@5"
+    sort_by: str
+    notes: list[str]
+    digits: int = 3
+
+    # ------------------------------------------------------------------------------ formats
+    def _cell(self, measure: Measure | None) -> str:
+        if measure is None:
+            return "–"
+        text = _fixed(measure.value, self.digits)
+        if measure.ci_low is not None and measure.ci_high is not None:
+            return f"{text} [{_fixed(measure.ci_low, self.digits)}, {_fixed(measure.ci_high, self.digits)}]"
+        if measure.stderr is not None:
+            return f"{text} ± {_fixed(measure.stderr, self.digits)}"
+        return text
+
+    def _caption(self) -> str:
+        return (f"One row per model x task, ranked by {self.sort_by} within each group of rows run with the "
+                f"same settings. Cells: value [interval] as in the results JSON (± a standard error where "
+                f"no interval was reported), rounded to {self.digits} decimals; leaderboard.csv has them exactly.")
+
+    def markdown(self) -> str:
+        header = ["model", "task", "group", "rank", "docs", *self.columns]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row in self.rows:
+            cells = [row.model, row.task, row.group, _text(row.rank), _text(row.n_docs),
+                     *(self._cell(row.measures.get(column)) for column in self.columns)]
+            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+        notes = "\n".join(f"- {note}" for note in self.notes)
+        return f"{self._caption()}\n\n" + "\n".join(lines) + (f"\n\n{notes}" if notes else "") + "\n"
+
+    def latex(self) -> str:
+        header = ["model", "task", "group", "rank", "docs", *self.columns]
+        lines = [r"% needs \usepackage{booktabs}", r"\begin{table}", r"\centering", r"\small",
+                 r"\begin{tabular}{" + "l" * 5 + "r" * len(self.columns) + "}", r"\toprule",
+                 " & ".join(map(_latex_escape, header)) + r" \\", r"\midrule"]
+        for row in self.rows:
+            cells = [row.model, row.task, row.group, _text(row.rank), _text(row.n_docs),
+                     *(self._cell(row.measures.get(column)) for column in self.columns)]
+            lines.append(" & ".join(map(_latex_escape, cells)) + r" \\")
+        caption = " ".join([self._caption(), *self.notes])
+        lines += [r"\bottomrule", r"\end{tabular}", r"\caption{" + _latex_escape(caption) + "}",
+                  r"\end{table}"]
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        """Exact values: Python writes floats with repr, which reads back to the same double."""
+        header = ["model", "task", "group", "rank", "n_docs", "results_file"]
+        for column in self.columns:
+            header += [column, f"{column}_ci_low", f"{column}_ci_high", f"{column}_stderr"]
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(header)
+        for row in self.rows:
+            cells = [row.model, row.task, row.group, _text(row.rank, ""), _text(row.n_docs, ""), row.results_file]
+            for column in self.columns:
+                measure = row.measures.get(column)
+                cells += ["", "", "", ""] if measure is None else [
+                    _text(measure.value, ""), _text(measure.ci_low, ""), _text(measure.ci_high, ""),
+                    _text(measure.stderr, "")]
+            writer.writerow(cells)
+        return out.getvalue()
+
+
+def _fixed(value: float, digits: int) -> str:
+    return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _text(value, missing: str = "–") -> str:
+    return missing if value is None else repr(value) if isinstance(value, float) else str(value)
+
+
+_LATEX_SPECIALS = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                   "±": r"$\pm$", "–": "--"}
+
+
+def _latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIALS.get(char, char) for char in str(text))
+
+
+# ---------------------------------------------------------------------------------- building
+
+
+def model_labels(runs: list[Run]) -> dict[Run, str]:
+    """The model name, plus the model args that tell apart runs of the same model."""
+    labels = {}
+    for run in runs:
+        same = [other for other in runs if other.model_name == run.model_name]
+        if len(same) == 1:
+            labels[run] = run.model_name
+            continue
+        differing = sorted(key for key in {k for other in same for k in other.model_args}
+                           if key != "pretrained" and len({str(o.model_args.get(key)) for o in same}) > 1)
+        detail = ",".join(f"{key}={run.model_args.get(key)}" for key in differing) or run.date_id
+        labels[run] = f"{run.model_name} ({detail})"
+    return labels
+
+
+def _settings_groups(entries: list[tuple[Run, str]]) -> tuple[dict, list[str]]:
+    """Group letter per (run, task) and notes naming the settings that differ between groups."""
+    groups: dict[tuple, dict] = {}
+    letters, notes = {}, []
+    for run, task in entries:
+        settings = comparison_settings(run, task)
+        signature = (task, json.dumps(settings, sort_keys=True, default=str))
+        if signature not in groups:
+            groups[signature] = {"letter": None, "settings": settings, "task": task}
+        letters[(run, task)] = signature
+    by_task: dict[str, list] = {}
+    for signature, group in groups.items():
+        by_task.setdefault(group["task"], []).append(group)
+    for task, task_groups in by_task.items():
+        for index, group in enumerate(task_groups):
+            group["letter"] = chr(ord("A") + index) if index < 26 else f"G{index}"
+        if len(task_groups) > 1:
+            reference = task_groups[0]
+            for other in task_groups[1:]:
+                differing = sorted(key for key in {*reference["settings"], *other["settings"]}
+                                   if reference["settings"].get(key) != other["settings"].get(key))
+                notes.append(f"{task}: groups {reference['letter']} and {other['letter']} are not compared: "
+                             f"their settings differ in {', '.join(differing)}.")
+        else:
+            notes.append(f"{task}: every row was run with the same settings (group {task_groups[0]['letter']}).")
+    return {key: groups[signature]["letter"] for key, signature in letters.items()}, notes
+
+
+def build_leaderboard(runs: list[Run], sort_by: str | None = None, headline=HEADLINE_MEASURES,
+                      points=None, digits: int = 3) -> Leaderboard:
+    """The leaderboard of every (run, task); sort_by is a measure name such as ``adaptation_score@5``
+    (default: the first column). Best first, by the direction the results JSON records for that
+    key (higher_is_better); rows without it last. points: the injection points shown (default all)."""
+    entries = [(run, task) for run in runs for task in run.tasks]
+    measures = {(run, task): read_measures(run.results["results"][task]) for run, task in entries}
+    present = {name: m for found in measures.values() for name, m in found.items()}
+    columns = sorted((name for name, m in present.items()
+                      if m.metric in headline and (points is None or m.point is None or m.point in points)),
+                     key=lambda name: (headline.index(present[name].metric), present[name].point or 0))
+    sort_by = sort_by or (columns[0] if columns else "")
+    notes = []
+    missing = [metric for metric in headline if not any(m.metric == metric for m in present.values())]
+    if missing:
+        notes.append(f"headline measures not in any results JSON: {', '.join(missing)}.")
+    if sort_by and sort_by not in present:
+        raise ValueError(f"sort measure {sort_by!r} is in no results JSON; measures found: "
+                         f"{', '.join(sorted(present))}")
+    groups, group_notes = _settings_groups(entries)
+    labels = model_labels(runs)
+
+    def higher_is_better(run: Run, task: str) -> bool:
+        return bool(run.results.get("higher_is_better", {}).get(task, {}).get(sort_by, True))
+
+    def order(entry):
+        run, task = entry
+        measure = measures[entry].get(sort_by)
+        value = None if measure is None or math.isnan(measure.value) else measure.value
+        signed = 0.0 if value is None else (-value if higher_is_better(run, task) else value)
+        return task, groups[entry], value is None, signed, labels[run]
+
+    rows, seen = [], {}
+    for entry in sorted(entries, key=order):
+        run, task = entry
+        _, group, missing, signed, _ = order(entry)
+        # competition ranking within the group: equal values share a rank ("1224")
+        earlier = seen.setdefault((task, group), [])
+        rank = None if missing else 1 + sum(1 for value in earlier if value < signed)
+        if not missing:
+            earlier.append(signed)
+        n_docs = run.results.get("n-samples", {}).get(task, {}).get("effective")
+        rows.append(Row(labels[run], task, groups[entry], rank, n_docs, str(run.results_path), measures[entry]))
+    return Leaderboard(rows, columns, sort_by, notes + group_notes, digits)
