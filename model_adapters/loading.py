@@ -56,7 +56,7 @@ def _require_gguf(arg: str) -> None:
         raise ModelArgsError(f"model arg {arg} needs the gguf package: pip install 'kvinject[gguf]'")
 
 
-def _weights_location(args: ModelArgs):
+def weights_location(args: ModelArgs):
     """(folder or hub id, gguf file name or None) for ``pretrained``."""
     if args.pretrained in OFFLINE_MODELS:
         gguf = OFFLINE_MODELS[args.pretrained].gguf_path()
@@ -86,7 +86,7 @@ def load_model_and_tokenizer(args: ModelArgs):
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    location, gguf_file = _weights_location(args)
+    location, gguf_file = weights_location(args)
     common = {"revision": args.revision, "trust_remote_code": args.trust_remote_code}
     if gguf_file:
         common["gguf_file"] = gguf_file
