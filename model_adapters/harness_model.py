@@ -176,7 +176,7 @@ class KVInjectLM(LM):
             "dtype": str(self.model.dtype),
             "device": self.device,
             "engine_batch_size": self.batch_size,
-            "trace_file": str(self.trace_log.path),
+            "trace_file": str((self._merged_log or self.trace_log).path),
             "result_store": str(self.store.path) if self.store else None,
             "docs_reused_from_store": self.docs_reused,
             "docs_computed": self.docs_computed,
@@ -204,6 +204,11 @@ class KVInjectLM(LM):
         if traces:
             logger.warning("kvinject: %d of %d docs reused from the result store %s", len(traces), len(distinct), self.store.path)
         pending = [i for i in distinct if i not in traces]
+        for i in pending:  # tokenised checks (context length, empty segments) before any compute
+            try:
+                self.engine.check([problems[i]])
+            except ValueError as error:
+                raise DocError(f"task {requests[i].task_name}, {error}") from None
         logged = 0
 
         def log_ready():  # reused and computed docs reach the trace file in request order
