@@ -39,11 +39,26 @@ def guard_evaluate(evaluate):
     return checked_evaluate
 
 
+def named_callables(value):
+    """``value`` with every function replaced by its import path. lm-eval writes a function left in
+    a task config (e.g. ``fewshot_config.samples``) as ``str(f)``, which holds a memory address and
+    would make two identical runs' results files differ."""
+    if isinstance(value, dict):
+        return {key: named_callables(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [named_callables(item) for item in value]
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
+    return value
+
+
 def save_traces_beside_results(save_results_aggregated):
     """After lm-eval writes results_<date>.json, copy the run's trace files next to it."""
 
     @functools.wraps(save_results_aggregated)
     def save(self, results, samples=None):
+        if "configs" in results:
+            results = {**results, "configs": named_callables(results["configs"])}
         save_results_aggregated(self, results, samples)
         from kvinject.model_adapters.trace_log import open_trace_logs
 

@@ -18,6 +18,7 @@ def main(out, task, limit, model_args, gen_kwargs=None):
     from lm_eval.tasks import TaskManager
 
     from kvinject.adaptation_tasks import TASKS_DIR
+    from kvinject.harness_checks import named_callables
 
     results = lm_eval.simple_evaluate(
         model="kvinject",
@@ -36,6 +37,7 @@ def main(out, task, limit, model_args, gen_kwargs=None):
     ]
     trace_lines = Path(results["config"]["trace_file"]).read_text(encoding="utf-8").splitlines()
     payload = {key: value for key, value in results.items() if key != "samples"}
+    payload["configs"] = named_callables(payload["configs"])  # as the results file gets them
     payload.update(samples=sorted(samples, key=lambda s: s["doc_id"]), trace_lines=trace_lines)
     Path(out).write_text(json.dumps(payload, default=str, sort_keys=True), encoding="utf-8")
 
