@@ -1,9 +1,13 @@
 """Data parallelism for ``torchrun`` / ``accelerate launch``: one model copy per process.
 
-lm-eval splits the docs by ``rank`` and ``world_size``, pads the ranks to equal length with copies
-of their last request, and gathers per-doc results on rank 0 with the model's ``all_gather``,
-``gather_object`` and ``barrier`` (lm_eval/evaluator.py). Both launchers set WORLD_SIZE, RANK and
-LOCAL_RANK; the process group uses NCCL on GPUs and gloo on CPU.
+The adapter splits the docs itself and tells lm-eval it is one process (rank 0 of 1). lm-eval
+0.4.13's own split cannot be used: it gathers per-doc metrics on rank 0 only under the metric names
+rank 0 has seen (lm_eval/evaluator.py ``evaluate``), so a metric that only some docs produce (e.g.
+``control_false_positive_rate``, from identical-control docs) raises KeyError when a rank has none,
+or is silently dropped when rank 0 has none. Instead every process builds all requests, computes
+its share of the docs, and all processes exchange the traces; lm-eval then scores the same docs in
+the same order as one process would, and writes results from ``LOCAL_RANK`` 0 only (its TP mode).
+Both launchers set WORLD_SIZE, RANK and LOCAL_RANK; the process group uses NCCL on GPUs and gloo on CPU.
 """
 from __future__ import annotations
 
@@ -35,29 +39,12 @@ class ProcessGroup:
                 return f"cuda:{self.local_rank}"
         return device
 
-    def all_gather(self, tensor):
-        """The tensors of every rank, concatenated along a leading dimension (rank order)."""
-        if self.world_size <= 1:
-            return tensor
-        import torch
-        import torch.distributed as dist
-
-        flat = tensor.reshape(-1)
-        parts = [torch.zeros_like(flat) for _ in range(self.world_size)]
-        dist.all_gather(parts, flat)
-        return torch.cat(parts)
-
-    def gather_object(self, obj, dst: int = 0):
+    def all_gather_object(self, obj) -> list:
+        """Every rank's ``obj``, in rank order, on every rank."""
         if self.world_size <= 1:
             return [obj]
         import torch.distributed as dist
 
-        gathered = [None] * self.world_size if self.rank == dst else None
-        dist.gather_object(obj, gathered, dst=dst)
+        gathered = [None] * self.world_size
+        dist.all_gather_object(gathered, obj)
         return gathered
-
-    def barrier(self) -> None:
-        if self.world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()

@@ -119,8 +119,7 @@ class KVInjectLM(LM):
     def __init__(self, **model_args):
         super().__init__()
         args = parse_model_args(model_args)  # before any weights load
-        self.processes = ProcessGroup()
-        self._rank, self._world_size = self.processes.rank, self.processes.world_size
+        self.processes = ProcessGroup()  # lm-eval sees one process: the adapter splits the docs itself
         self.args = dataclasses.replace(args, device=self.processes.device_for(args.device))
         self.model, self.tokenizer, self._device = load_model_and_tokenizer(self.args)
         if not eos_ids(self.tokenizer, self.model):
@@ -128,8 +127,8 @@ class KVInjectLM(LM):
         self.settings = self.args.injection
         self.batch_size = self._batch_size()
         self.engine = InjectionEngine(self.model, self.tokenizer, self.settings, batch_size=self.batch_size)
-        # With several processes each rank spools its own traces; rank 0 publishes them merged.
-        self.trace_log = TraceLog(self.args.trace_dir, published=self.world_size == 1)
+        # With several processes each spools the traces it computes; rank 0 publishes all of them.
+        self.trace_log = TraceLog(self.args.trace_dir, published=self.processes.world_size == 1)
         self._merged_log = None
         self.fingerprint = digest(run_fingerprint(self.args, weights_location(self.args)[0], self.model, self.device))
         self.store = self.open_result_store(self.args.result_store)
@@ -141,15 +140,6 @@ class KVInjectLM(LM):
             return None
         self.store = ResultStore(path or user_cache_dir() / "results.sqlite")
         return self.store
-
-    def all_gather(self, tensor):
-        return self.processes.all_gather(tensor)
-
-    def gather_object(self, obj, dst=0):
-        return self.processes.gather_object(obj, dst)
-
-    def barrier(self) -> None:
-        self.processes.barrier()
 
     def _batch_size(self) -> int:
         if self.args.batch_size != "auto":
@@ -180,7 +170,7 @@ class KVInjectLM(LM):
             "result_store": str(self.store.path) if self.store else None,
             "docs_reused_from_store": self.docs_reused,
             "docs_computed": self.docs_computed,
-            "world_size": self.world_size,
+            "world_size": self.processes.world_size,
         }
 
     def generate_until(self, requests, disable_tqdm: bool = False):
@@ -190,7 +180,7 @@ class KVInjectLM(LM):
         problems = [
             problem_from_request(self.args, r.task_name, r.doc, r.args[0], r.args[1]) for r in requests
         ]
-        # lm-eval pads data-parallel ranks with copies of their last request: run and log each doc once.
+        # A request repeated in the list (repeats > 1) is run and logged once.
         first = {}
         for i, request in enumerate(requests):
             first.setdefault(id(request), i)
@@ -209,20 +199,24 @@ class KVInjectLM(LM):
                 self.engine.check([problems[i]])
             except ValueError as error:
                 raise DocError(f"task {requests[i].task_name}, {error}") from None
-        logged = 0
+        mine = pending[self.processes.rank :: self.processes.world_size]
+        # One process: the spool is the run's trace file, reused and computed docs in request order.
+        # Several: each spools the docs it computes, and rank 0 writes the trace file at the end.
+        spool_order = distinct if self.processes.world_size == 1 else mine
+        spooled = 0
 
-        def log_ready():  # reused and computed docs reach the trace file in request order
-            nonlocal logged
-            while logged < len(distinct) and distinct[logged] in traces:
-                self.trace_log.append(requests[distinct[logged]].task_name, traces[distinct[logged]])
-                logged += 1
+        def spool_ready():
+            nonlocal spooled
+            while spooled < len(spool_order) and spool_order[spooled] in traces:
+                self.trace_log.append(requests[spool_order[spooled]].task_name, traces[spool_order[spooled]])
+                spooled += 1
             self.trace_log.flush()
 
-        log_ready()
-        progress = tqdm(total=len(distinct), initial=len(traces), disable=disable_tqdm or self.rank != 0, desc="kvinject docs")
+        spool_ready()
+        progress = tqdm(total=len(mine), disable=disable_tqdm or self.processes.rank != 0, desc="kvinject docs")
         done = 0
-        while done < len(pending):
-            batch = pending[done : done + self.batch_size]
+        while done < len(mine):
+            batch = mine[done : done + self.batch_size]
             computed = self._compute(requests, problems, batch, finished=len(traces))
             if computed is None:  # out of memory: retry with the smaller batch size
                 continue
@@ -231,17 +225,19 @@ class KVInjectLM(LM):
             traces.update(zip(batch, computed))
             done += len(batch)
             self.docs_computed += len(batch)
-            log_ready()
+            spool_ready()
             progress.update(len(batch))
         progress.close()
+        if self.processes.world_size > 1:
+            for computed_elsewhere in self.processes.all_gather_object({i: traces[i] for i in mine}):
+                traces.update(computed_elsewhere)
+            self._publish_all_traces(requests, distinct, traces)
         outputs = []
         for request in requests:
             trace = traces[first[id(request)]]
             outputs.append(TracedGeneration(trace["conditions"]["baseline"]["text"], trace))
         for i in distinct:
             self.cache_hook.add_partial("generate_until", requests[i].args, outputs[i])
-        if self.world_size > 1:
-            self._publish_merged_traces([(requests[i].task_name, requests[i].doc_id, traces[i]) for i in distinct])
         return outputs
 
     def _compute(self, requests, problems, batch: list[int], finished: int):
@@ -281,20 +277,13 @@ class KVInjectLM(LM):
                 ) from None
         return traces
 
-    def _publish_merged_traces(self, records: list) -> None:
-        """Rank 0 writes every rank's traces into one file, in the order one process would have."""
-        gathered = self.gather_object(records)
-        if self.rank != 0:
+    def _publish_all_traces(self, requests, distinct: list[int], traces: dict) -> None:
+        if self.processes.rank != 0:
             return
-        task_order = {}
-        for rank_records in gathered:  # rank 0 holds doc 0 of every task, so it fixes the task order
-            for task, _, _ in rank_records:
-                task_order.setdefault(task, len(task_order))
-        merged = sorted((r for rank_records in gathered for r in rank_records), key=lambda r: (task_order[r[0]], r[1]))
         if self._merged_log is None:
             self._merged_log = TraceLog(self.args.trace_dir)
-        for task, _, trace in merged:
-            self._merged_log.append(task, trace)
+        for i in distinct:
+            self._merged_log.append(requests[i].task_name, traces[i])
         self._merged_log.flush()
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):

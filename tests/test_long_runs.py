@@ -17,7 +17,7 @@ import pytest
 
 DRIVER = Path(__file__).parent / "evaluation_run.py"
 TASK = "adaptation_semantic"
-LIMIT = 7  # odd: with two processes lm-eval pads rank 1 with a copy of its last doc
+LIMIT = 7  # odd: the two processes of the data-parallel test get unequal shares
 GEN_KWARGS = "max_gen_toks=40"
 TIMESTAMPS = ("date", "start_time", "end_time", "total_evaluation_time_seconds")
 
@@ -103,10 +103,10 @@ def test_two_processes_give_the_per_doc_results_of_one(reference, local_model_di
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
     run = evaluate(tmp_path / "run.json", model_args(local_model_dir, tmp_path, result_store="none"), torchrun)
     assert run["config"]["world_size"] == 2
-    assert run["samples"] == reference["samples"]  # every doc once, padding copies dropped
-    assert run["trace_lines"] == reference["trace_lines"]  # both ranks' traces, in one process's order
-    for metric in ("baseline_accuracy,none", "adaptation_score@1,none", "adaptation_gap@3,none"):
-        assert run["results"][TASK][metric] == pytest.approx(reference["results"][TASK][metric], abs=1e-12)
+    assert run["config"]["docs_computed"] in (LIMIT // 2, LIMIT - LIMIT // 2)  # rank 0's share
+    assert run["samples"] == reference["samples"]
+    assert run["results"] == reference["results"]
+    assert run["trace_lines"] == reference["trace_lines"]  # both processes' traces, in one process's order
 
 
 def test_use_cache_never_serves_results_of_other_injection_points(local_model_dir, tmp_path):
