@@ -2,6 +2,7 @@
 import importlib.util
 import logging
 import warnings
+from pathlib import Path
 
 from kvinject.model_adapters.model_args import ModelArgs, ModelArgsError
 from kvinject.model_adapters.offline_models import OFFLINE_MODELS, safetensors_copy_of_gguf
@@ -62,9 +63,11 @@ def weights_location(args: ModelArgs):
         gguf = OFFLINE_MODELS[args.pretrained].gguf_path()
         _require_gguf(f"pretrained={args.pretrained}")  # the first load converts the GGUF file
         return str(safetensors_copy_of_gguf(gguf)), None
+    if args.pretrained.startswith(("/", "./", "../", "~")) and not Path(args.pretrained).expanduser().is_dir():
+        raise ModelArgsError(f"model arg pretrained={args.pretrained}: no such model folder")
     if args.gguf_file:
         _require_gguf("gguf_file")
-    return args.pretrained, args.gguf_file
+    return str(Path(args.pretrained).expanduser()) if args.pretrained.startswith("~") else args.pretrained, args.gguf_file
 
 
 def _quantization_config(args: ModelArgs, device: str):
