@@ -64,10 +64,17 @@ def weights_location(args: ModelArgs):
         _require_gguf(f"pretrained={args.pretrained}")  # the first load converts the GGUF file
         return str(safetensors_copy_of_gguf(gguf)), None
     if args.pretrained.startswith(("/", "./", "../", "~")) and not Path(args.pretrained).expanduser().is_dir():
-        raise ModelArgsError(f"model arg pretrained={args.pretrained}: no such model folder")
+        raise FileNotFoundError(_cannot_load(args.pretrained, "no such model folder"))
     if args.gguf_file:
         _require_gguf("gguf_file")
     return str(Path(args.pretrained).expanduser()) if args.pretrained.startswith("~") else args.pretrained, args.gguf_file
+
+
+def _cannot_load(pretrained: str, reason) -> str:
+    return (
+        f"cannot load pretrained={pretrained}: {reason}\nWithout a connection to the Hugging Face Hub, give "
+        f"a local folder, or one of the offline models: {', '.join(OFFLINE_MODELS)}"
+    )
 
 
 def _quantization_config(args: ModelArgs, device: str):
@@ -96,10 +103,7 @@ def load_model_and_tokenizer(args: ModelArgs):
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **common)
     except OSError as error:  # the Hub is unreachable, or the id or folder does not exist
-        raise OSError(
-            f"cannot load pretrained={args.pretrained}: {error}\nWithout a connection to the Hugging Face "
-            f"Hub, give a local folder, or one of the offline models: {', '.join(OFFLINE_MODELS)}"
-        ) from error
+        raise OSError(_cannot_load(args.pretrained, error)) from error
     quantization = _quantization_config(args, device)
     model_kwargs = dict(common, dtype=dtype)
     if quantization is not None:

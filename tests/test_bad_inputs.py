@@ -48,7 +48,7 @@ def test_load_in_4bit_without_cuda_is_refused():
 
 
 def test_missing_model_folder_is_named():
-    with pytest.raises(ModelArgsError, match=r"pretrained=/no/such/model: no such model folder"):
+    with pytest.raises(FileNotFoundError, match=r"cannot load pretrained=/no/such/model: no such model folder\nWithout"):
         loading.load_model_and_tokenizer(parse_model_args({"pretrained": "/no/such/model"}))
 
 
