@@ -131,14 +131,13 @@ class KVInjectLM(LM):
         self.trace_log = TraceLog(self.args.trace_dir, published=self.processes.world_size == 1)
         self._merged_log = None
         self.fingerprint = digest(run_fingerprint(self.args, weights_location(self.args)[0], self.model, self.device))
-        self.store = self.open_result_store(self.args.result_store)
+        self.open_result_store(self.args.result_store)
         self.docs_reused = self.docs_computed = 0
 
     def open_result_store(self, path: str | None):
         """Use the per-doc store at ``path`` (default: the user cache; "none": no store)."""
-        if path is not None and path.lower() in ("none", "off", "false"):
-            return None
-        self.store = ResultStore(path or user_cache_dir() / "results.sqlite")
+        off = path is not None and path.lower() in ("none", "off", "false")
+        self.store = None if off else ResultStore(path or user_cache_dir() / "results.sqlite")
         return self.store
 
     def _batch_size(self) -> int:
