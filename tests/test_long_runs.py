@@ -4,7 +4,6 @@ Every run here is a real lm-eval evaluation of a tiny random Llama saved as a lo
 process tests start tests/evaluation_run.py (lm-eval's simple_evaluate) in a subprocess.
 """
 import json
-import os
 import random
 import signal
 import sqlite3
