@@ -12,6 +12,8 @@ interpreter start. It must stay cheap and import only the standard library: it p
 - ``lm_eval.evaluator``: refuse, before any generation, to run an adaptation task with a model that
   cannot inject (it would generate for every doc and only fail at scoring time).
 - ``lm_eval.loggers.evaluation_tracker``: write the run's traces beside lm-eval's results file.
+- ``lm_eval.api.model``: ``--use_cache PATH`` with ``--model kvinject`` uses kvinject's result store at
+  ``PATH.kvinject.sqlite`` (keyed by model, settings and doc) instead of lm-eval's request-text cache.
 
 Newer lm-eval versions that read the ``lm_eval.models`` / ``lm_eval.tasks`` entry points themselves
 (see setup.cfg) are detected, and the matching hook steps aside. ``KVINJECT_LMEVAL_DISABLE=1`` turns
@@ -70,7 +72,14 @@ def _on_evaluation_tracker(tracker_module):
     tracker_class.save_results_aggregated = save_traces_beside_results(tracker_class.save_results_aggregated)
 
 
+def _on_model_api(model_module):
+    from kvinject.harness_checks import route_cache_to_result_store
+
+    route_cache_to_result_store(model_module.CachingLM)
+
+
 _HOOKS = {
+    "lm_eval.api.model": _on_model_api,
     "lm_eval.api.registry": _on_registry,
     "lm_eval.tasks.manager": _on_task_manager,
     "lm_eval.evaluator": _on_evaluator,

@@ -1,7 +1,12 @@
 """Wrappers the start-up hook puts around two lm-eval functions (see kvinject/_autoload.py)."""
 import functools
+import logging
+import re
 import shutil
 from pathlib import Path
+
+
+logger = logging.getLogger(__name__)
 
 
 def _leaf_tasks(task_dict):
@@ -34,11 +39,26 @@ def guard_evaluate(evaluate):
     return checked_evaluate
 
 
+def named_callables(value):
+    """``value`` with every function replaced by its import path. lm-eval writes a function left in
+    a task config (e.g. ``fewshot_config.samples``) as ``str(f)``, which holds a memory address and
+    would make two identical runs' results files differ."""
+    if isinstance(value, dict):
+        return {key: named_callables(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [named_callables(item) for item in value]
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{getattr(value, '__module__', '?')}.{value.__qualname__}"
+    return value
+
+
 def save_traces_beside_results(save_results_aggregated):
     """After lm-eval writes results_<date>.json, copy the run's trace files next to it."""
 
     @functools.wraps(save_results_aggregated)
     def save(self, results, samples=None):
+        if "configs" in results:
+            results = {**results, "configs": named_callables(results["configs"])}
         save_results_aggregated(self, results, samples)
         from kvinject.model_adapters.trace_log import open_trace_logs
 
@@ -52,3 +72,32 @@ def save_traces_beside_results(save_results_aggregated):
             shutil.copyfile(log.path, folder / f"traces_{self.date_id}{suffix}.jsonl")
 
     return save
+
+
+def result_store_path_for_cache(cache_db: str) -> str:
+    """``--use_cache PATH`` -> ``PATH.kvinject.sqlite``, one file for all ranks (lm-eval names its
+    cache ``PATH_rank<N>.db``), so a run can resume with another number of processes."""
+    return re.sub(r"_rank\d+\.db$", "", cache_db) + ".kvinject.sqlite"
+
+
+def route_cache_to_result_store(caching_class):
+    """lm-eval's CachingLM keys a response by the request text alone, not by the model, its args or
+    the doc (upstream issues #2715, #4063), so it would serve a trace computed under other injection
+    settings. For kvinject it becomes a pass-through and the adapter's own result store, keyed by
+    everything that changes a trace, does the caching at the path --use_cache names."""
+    original_init, original_getattr = caching_class.__init__, caching_class.__getattr__
+
+    def __init__(self, lm, cache_db):
+        if not hasattr(lm, "open_result_store"):  # another model: lm-eval's own cache
+            return original_init(self, lm, cache_db)
+        self.lm, self.cache_db, self.dbdict = lm, cache_db, None
+        store = lm.open_result_store(result_store_path_for_cache(cache_db))
+        logger.warning("kvinject: --use_cache reuses per-doc results from the result store %s", store.path)
+
+    def __getattr__(self, attr):
+        lm = self.__dict__.get("lm")
+        if hasattr(lm, "open_result_store"):
+            return getattr(lm, attr)
+        return original_getattr(self, attr)
+
+    caching_class.__init__, caching_class.__getattr__ = __init__, __getattr__

@@ -4,14 +4,22 @@ For each ``generate_until`` request it builds the alternative prompt and the inj
 the doc (contract: docs/architecture.md section 1), runs the injection engine, and returns the
 baseline text carrying the doc's trace, which the adaptation task turns into metrics.
 """
+import dataclasses
+import json
 import logging
 
 from lm_eval.api.model import LM
 
+from kvinject.model_adapters.distributed import ProcessGroup
 from kvinject.model_adapters.engine import InjectionEngine, Problem
-from kvinject.model_adapters.loading import load_model_and_tokenizer
+from kvinject.model_adapters.engine.tokens import eos_ids
+from kvinject.model_adapters.loading import load_model_and_tokenizer, weights_location
 from kvinject.model_adapters.model_args import ModelArgs, parse_model_args
+from kvinject.model_adapters.result_store import ResultStore
+from kvinject.model_adapters.run_fingerprint import digest, doc_key, run_fingerprint
 from kvinject.model_adapters.trace_log import TraceLog
+from kvinject.paths import user_cache_dir
+from kvinject.trace_schema import validate_trace
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +43,13 @@ class DocError(ValueError):
     """A doc or request cannot be run; the message names the task, the doc id and the field."""
 
 
+def no_eos_message(pretrained: str) -> str:
+    return (
+        f"the tokenizer of pretrained={pretrained} has no EOS token and the model's generation_config names "
+        "none: generations stop only at the task's stop sequences (until) or after max_gen_toks tokens"
+    )
+
+
 def _doc_field(task: str, doc_id, doc: dict, field: str) -> str:
     value = doc.get(field)
     if not isinstance(value, str) or not value.strip():
@@ -42,7 +57,7 @@ def _doc_field(task: str, doc_id, doc: dict, field: str) -> str:
     return value
 
 
-def _generation_settings(task: str, doc_id, gen_kwargs: dict) -> tuple[int, tuple[str, ...]]:
+def _generation_settings(task: str, doc_id, gen_kwargs: dict, points: tuple[int, ...]) -> tuple[int, tuple[str, ...]]:
     kwargs = dict(gen_kwargs)
     if kwargs.pop("do_sample", False):
         raise DocError(f"task {task}, doc {doc_id}: kvinject decodes greedily; remove do_sample=true")
@@ -52,6 +67,11 @@ def _generation_settings(task: str, doc_id, gen_kwargs: dict) -> tuple[int, tupl
     max_gen_toks = int(kwargs.pop("max_gen_toks", DEFAULT_MAX_GEN_TOKS))
     if max_gen_toks < 1:
         raise DocError(f"task {task}, doc {doc_id}: max_gen_toks must be >= 1 (got {max_gen_toks})")
+    if max_gen_toks <= max(points):
+        raise DocError(
+            f"task {task}, doc {doc_id}: max_gen_toks={max_gen_toks} leaves no tokens after the largest injection "
+            f"point {max(points)}; raise max_gen_toks (--gen_kwargs max_gen_toks=N) or lower injection_points"
+        )
     unknown = set(kwargs) - _IGNORED_GEN_KWARGS
     if unknown:
         raise DocError(f"task {task}, doc {doc_id}: unsupported generation_kwargs {sorted(unknown)}")
@@ -69,7 +89,7 @@ def problem_from_request(args: ModelArgs, task: str, doc: dict, context: str, ge
             f"task {task}, doc {doc_id}: the prompt does not contain field 'original_question' verbatim, "
             "so the alternative prompt cannot be built; check the task's doc_to_text"
         )
-    max_new_tokens, stop_sequences = _generation_settings(task, doc_id, gen_kwargs)
+    max_new_tokens, stop_sequences = _generation_settings(task, doc_id, gen_kwargs, args.injection.injection_points)
     return Problem(
         doc_id=str(doc_id),
         original_prompt=context,
@@ -98,12 +118,27 @@ class KVInjectLM(LM):
 
     def __init__(self, **model_args):
         super().__init__()
-        self.args = parse_model_args(model_args)  # before any weights load
+        args = parse_model_args(model_args)  # before any weights load
+        self.processes = ProcessGroup()  # lm-eval sees one process: the adapter splits the docs itself
+        self.args = dataclasses.replace(args, device=self.processes.device_for(args.device))
         self.model, self.tokenizer, self._device = load_model_and_tokenizer(self.args)
+        if not eos_ids(self.tokenizer, self.model):
+            logger.warning(no_eos_message(self.args.pretrained))
         self.settings = self.args.injection
         self.batch_size = self._batch_size()
         self.engine = InjectionEngine(self.model, self.tokenizer, self.settings, batch_size=self.batch_size)
-        self.trace_log = TraceLog(self.args.trace_dir)
+        # With several processes each spools the traces it computes; rank 0 publishes all of them.
+        self.trace_log = TraceLog(self.args.trace_dir, published=self.processes.world_size == 1)
+        self._merged_log = None
+        self.fingerprint = digest(run_fingerprint(self.args, weights_location(self.args)[0], self.model, self.device))
+        self.open_result_store(self.args.result_store)
+        self.docs_reused = self.docs_computed = 0
+
+    def open_result_store(self, path: str | None):
+        """Use the per-doc store at ``path`` (default: the user cache; "none": no store)."""
+        off = path is not None and path.lower() in ("none", "off", "false")
+        self.store = None if off else ResultStore(path or user_cache_dir() / "results.sqlite")
+        return self.store
 
     def _batch_size(self) -> int:
         if self.args.batch_size != "auto":
@@ -130,7 +165,11 @@ class KVInjectLM(LM):
             "dtype": str(self.model.dtype),
             "device": self.device,
             "engine_batch_size": self.batch_size,
-            "trace_file": str(self.trace_log.path),
+            "trace_file": str((self._merged_log or self.trace_log).path),
+            "result_store": str(self.store.path) if self.store else None,
+            "docs_reused_from_store": self.docs_reused,
+            "docs_computed": self.docs_computed,
+            "world_size": self.processes.world_size,
         }
 
     def generate_until(self, requests, disable_tqdm: bool = False):
@@ -140,28 +179,111 @@ class KVInjectLM(LM):
         problems = [
             problem_from_request(self.args, r.task_name, r.doc, r.args[0], r.args[1]) for r in requests
         ]
-        outputs = []
-        progress = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="kvinject docs")
-        for start in range(0, len(requests), self.batch_size):
-            batch = range(start, min(start + self.batch_size, len(requests)))
+        # A request repeated in the list (repeats > 1) is run and logged once.
+        first = {}
+        for i, request in enumerate(requests):
+            first.setdefault(id(request), i)
+        distinct = sorted(set(first.values()))
+        keys = {i: doc_key(self.fingerprint, problems[i]) for i in distinct}
+        traces = {}
+        if self.store is not None:
+            stored = self.store.get_many([keys[i] for i in distinct])
+            traces = {i: stored[keys[i]] for i in distinct if keys[i] in stored}
+        self.docs_reused += len(traces)
+        if traces:
+            logger.warning("kvinject: %d of %d docs reused from the result store %s", len(traces), len(distinct), self.store.path)
+        pending = [i for i in distinct if i not in traces]
+        for i in pending:  # tokenised checks (context length, empty segments) before any compute
             try:
-                traces = self.engine.run([problems[i] for i in batch])
-            except Exception as error:
-                ids = ", ".join(problems[i].doc_id for i in batch)
-                raise RuntimeError(
-                    f"kvinject failed on doc(s) {ids} of task {requests[batch[0]].task_name}; traces of the "
-                    f"{start} docs before them are in {self.trace_log.path}"
-                ) from error
-            for i, trace in zip(batch, traces):
-                request = requests[i]
-                self.trace_log.append(request.task_name, trace)
-                output = TracedGeneration(trace["conditions"]["baseline"]["text"], trace)
-                self.cache_hook.add_partial("generate_until", request.args, output)
-                outputs.append(output)
+                self.engine.check([problems[i]])
+            except ValueError as error:
+                raise DocError(f"task {requests[i].task_name}, {error}") from None
+        mine = pending[self.processes.rank :: self.processes.world_size]
+        # One process: the spool is the run's trace file, reused and computed docs in request order.
+        # Several: each spools the docs it computes, and rank 0 writes the trace file at the end.
+        spool_order = distinct if self.processes.world_size == 1 else mine
+        spooled = 0
+
+        def spool_ready():
+            nonlocal spooled
+            while spooled < len(spool_order) and spool_order[spooled] in traces:
+                self.trace_log.append(requests[spool_order[spooled]].task_name, traces[spool_order[spooled]])
+                spooled += 1
             self.trace_log.flush()
+
+        spool_ready()
+        progress = tqdm(total=len(mine), disable=disable_tqdm or self.processes.rank != 0, desc="kvinject docs")
+        done = 0
+        while done < len(mine):
+            batch = mine[done : done + self.batch_size]
+            computed = self._compute(requests, problems, batch, finished=len(traces))
+            if computed is None:  # out of memory: retry with the smaller batch size
+                continue
+            if self.store is not None:
+                self.store.put_many([(keys[i], trace) for i, trace in zip(batch, computed)])
+            traces.update(zip(batch, computed))
+            done += len(batch)
+            self.docs_computed += len(batch)
+            spool_ready()
             progress.update(len(batch))
         progress.close()
+        if self.processes.world_size > 1:
+            for computed_elsewhere in self.processes.all_gather_object({i: traces[i] for i in mine}):
+                traces.update(computed_elsewhere)
+            self._publish_all_traces(requests, distinct, traces)
+        outputs = []
+        for request in requests:
+            trace = traces[first[id(request)]]
+            outputs.append(TracedGeneration(trace["conditions"]["baseline"]["text"], trace))
+        for i in distinct:
+            self.cache_hook.add_partial("generate_until", requests[i].args, outputs[i])
         return outputs
+
+    def _compute(self, requests, problems, batch: list[int], finished: int):
+        """The traces of the docs at ``batch``; None when batch_size=auto had to shrink the batch."""
+        import torch
+
+        try:
+            traces = self.engine.run([problems[i] for i in batch])
+        except torch.OutOfMemoryError:
+            if self.args.batch_size != "auto" or len(batch) == 1:
+                raise RuntimeError(
+                    f"kvinject ran out of memory on doc(s) {', '.join(problems[i].doc_id for i in batch)} with "
+                    f"batch_size={len(batch)}; use batch_size=auto or a smaller batch_size (finished docs are kept "
+                    "in the result store and reused when the run is restarted)"
+                ) from None
+            self.batch_size = self.engine.batch_size = max(1, len(batch) // 2)
+            logger.warning("kvinject: out of memory with %d docs per batch; retrying with %d", len(batch), self.batch_size)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            return None
+        except Exception as error:
+            ids = ", ".join(problems[i].doc_id for i in batch)
+            where = f" and in the result store {self.store.path}" if self.store is not None else ""
+            raise RuntimeError(
+                f"kvinject failed on doc(s) {ids} of task {requests[batch[0]].task_name}; traces of the "
+                f"{finished} docs before them are in {self.trace_log.path}{where}"
+            ) from error
+        # Through JSON and back, so a computed trace is exactly what a resumed run reads from the store.
+        traces = [json.loads(json.dumps(trace, ensure_ascii=False)) for trace in traces]
+        for i, trace in zip(batch, traces):
+            try:
+                validate_trace(trace)
+            except ValueError as error:
+                raise DocError(
+                    f"task {requests[i].task_name}, doc {problems[i].doc_id}: the model's outputs give an invalid "
+                    f"trace ({error}); non-finite values mean NaN or inf logits, try dtype=float32"
+                ) from None
+        return traces
+
+    def _publish_all_traces(self, requests, distinct: list[int], traces: dict) -> None:
+        if self.processes.rank != 0:
+            return
+        if self._merged_log is None:
+            self._merged_log = TraceLog(self.args.trace_dir)
+        for i in distinct:
+            self._merged_log.append(requests[i].task_name, traces[i])
+        self._merged_log.flush()
 
     def loglikelihood(self, requests, disable_tqdm: bool = False):
         raise NotImplementedError(

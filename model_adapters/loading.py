@@ -2,6 +2,7 @@
 import importlib.util
 import logging
 import warnings
+from pathlib import Path
 
 from kvinject.model_adapters.model_args import ModelArgs, ModelArgsError
 from kvinject.model_adapters.offline_models import OFFLINE_MODELS, safetensors_copy_of_gguf
@@ -56,15 +57,24 @@ def _require_gguf(arg: str) -> None:
         raise ModelArgsError(f"model arg {arg} needs the gguf package: pip install 'kvinject[gguf]'")
 
 
-def _weights_location(args: ModelArgs):
+def weights_location(args: ModelArgs):
     """(folder or hub id, gguf file name or None) for ``pretrained``."""
     if args.pretrained in OFFLINE_MODELS:
         gguf = OFFLINE_MODELS[args.pretrained].gguf_path()
         _require_gguf(f"pretrained={args.pretrained}")  # the first load converts the GGUF file
         return str(safetensors_copy_of_gguf(gguf)), None
+    if args.pretrained.startswith(("/", "./", "../", "~")) and not Path(args.pretrained).expanduser().is_dir():
+        raise FileNotFoundError(_cannot_load(args.pretrained, "no such model folder"))
     if args.gguf_file:
         _require_gguf("gguf_file")
-    return args.pretrained, args.gguf_file
+    return str(Path(args.pretrained).expanduser()) if args.pretrained.startswith("~") else args.pretrained, args.gguf_file
+
+
+def _cannot_load(pretrained: str, reason) -> str:
+    return (
+        f"cannot load pretrained={pretrained}: {reason}\nWithout a connection to the Hugging Face Hub, give "
+        f"a local folder, or one of the offline models: {', '.join(OFFLINE_MODELS)}"
+    )
 
 
 def _quantization_config(args: ModelArgs, device: str):
@@ -86,17 +96,14 @@ def load_model_and_tokenizer(args: ModelArgs):
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
-    location, gguf_file = _weights_location(args)
+    location, gguf_file = weights_location(args)
     common = {"revision": args.revision, "trust_remote_code": args.trust_remote_code}
     if gguf_file:
         common["gguf_file"] = gguf_file
     try:
         tokenizer = AutoTokenizer.from_pretrained(location, **common)
     except OSError as error:  # the Hub is unreachable, or the id or folder does not exist
-        raise OSError(
-            f"cannot load pretrained={args.pretrained}: {error}\nWithout a connection to the Hugging Face "
-            f"Hub, give a local folder, or one of the offline models: {', '.join(OFFLINE_MODELS)}"
-        ) from error
+        raise OSError(_cannot_load(args.pretrained, error)) from error
     quantization = _quantization_config(args, device)
     model_kwargs = dict(common, dtype=dtype)
     if quantization is not None:

@@ -44,6 +44,7 @@ class ModelArgs:
     injection: InjectionSettings = InjectionSettings()  # injection_points, strategy, noise, track_*, seed
     injection_template: str = DEFAULT_INJECTION_TEMPLATE  # injected text; {alternative} is the new problem
     trace_dir: str | None = None  # where traces are written as they are computed (default: user cache)
+    result_store: str | None = None  # per-doc results for resume (default: <cache>/results.sqlite; "none": off)
 
 
 def _as_bool(name: str, value: Any) -> bool:
@@ -134,6 +135,7 @@ _PARSERS = {
     "max_batch_size": lambda v: _as_int("max_batch_size", v, minimum=1),
     "injection_template": _as_template,
     "trace_dir": lambda v: _as_optional_str("trace_dir", v),
+    "result_store": lambda v: _as_optional_str("result_store", v),
 }
 # The injection settings are given as flat model args and validated by InjectionSettings itself.
 _INJECTION_PARSERS = {

@@ -17,11 +17,12 @@ _OPEN_LOGS = []
 class TraceLog:
     """Append-only JSONL of one model adapter's traces."""
 
-    def __init__(self, folder: str | os.PathLike | None = None):
+    def __init__(self, folder: str | os.PathLike | None = None, published: bool = True):
         base = Path(folder) if folder else user_cache_dir() / "traces"
         base.mkdir(parents=True, exist_ok=True)
         self.path = base / f"traces_{time.strftime('%Y%m%dT%H%M%S')}_{os.getpid()}_{len(_OPEN_LOGS)}.jsonl"
         self._handle = self.path.open("a", encoding="utf-8")
+        self.published = published  # False: a data-parallel rank's spool, merged into rank 0's file
         _OPEN_LOGS.append(self)
 
     def append(self, task: str, trace: dict) -> None:
@@ -33,7 +34,8 @@ class TraceLog:
 
 
 def open_trace_logs() -> list[TraceLog]:
-    return list(_OPEN_LOGS)
+    """The trace files of this process's runs, to be copied beside the results."""
+    return [log for log in _OPEN_LOGS if log.published]
 
 
 def read_traces(path: str | os.PathLike) -> list[dict]:

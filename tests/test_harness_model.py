@@ -24,7 +24,7 @@ def request(doc_id, question="What is 3 + 5?", alternative="What is 4 + 5?", gen
 @pytest.fixture(scope="module")
 def lm(local_model_dir, tmp_path_factory):
     return KVInjectLM(
-        pretrained=str(local_model_dir), injection_points="1:2", batch_size=1,
+        pretrained=str(local_model_dir), injection_points="1:2", batch_size=1, result_store="none",
         trace_dir=str(tmp_path_factory.mktemp("traces")),
     )
 

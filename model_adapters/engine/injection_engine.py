@@ -109,6 +109,11 @@ class InjectionEngine:
             traces.extend(self._run_batch(docs[start : start + self.batch_size]))
         return traces
 
+    def check(self, problems: Sequence[Problem]) -> None:
+        """Raise the ValueError ``run`` would raise for a bad problem, without computing anything."""
+        for problem in problems:
+            self._prepare(problem)
+
     # ------------------------------------------------------------------------------ preparation
 
     def _prepare(self, problem: Problem) -> _Doc:
@@ -141,8 +146,21 @@ class InjectionEngine:
             )
             for point in self.settings.injection_points
         }
+        self._check_context_length(doc, original_ids, alternative_ids, injected_ids, problem.max_new_tokens)
         stop = StopRule(self.tokenizer, self.eos_ids, tuple(stops))
         return _Doc(problem, original_ids, alternative_ids, injected_ids, controls, stop)
+
+    def _check_context_length(self, doc: str, original_ids, alternative_ids, injected_ids, max_new_tokens: int):
+        # Positions past the model's trained range give garbage (or index errors), not a measurement.
+        limit = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        run = len(original_ids) + (len(injected_ids) if self.settings.strategy == "append" else 0)
+        needed = max(run, len(alternative_ids)) + max_new_tokens
+        if isinstance(limit, int) and needed > limit:
+            raise ValueError(
+                f"{doc}: needs {needed} positions (prompt {len(original_ids)}, alternative prompt "
+                f"{len(alternative_ids)}, injected {len(injected_ids)}, max_new_tokens {max_new_tokens}) but the "
+                f"model's context is {limit}; shorten the prompt (fewer few-shot examples) or lower max_gen_toks"
+            )
 
     # ------------------------------------------------------------------------------ one batch
 
