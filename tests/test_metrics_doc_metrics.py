@@ -159,7 +159,8 @@ def test_stabilization_for_k_tokens_is_configurable():
     assert _metrics({5: (flapping, NOISE)}, settings)["stabilization_share@5"]["run"] == {
         "time": 3, "status": "event"}
     stricter = AdaptationSettings(adapted_threshold=0.8, report="full")   # a_t = 0.75 is not adapted
-    assert _metrics({5: (flapping, NOISE)}, stricter)["adaptation_point_share@5"]["run"]["status"] == "censored"
+    stricter_values = _metrics({5: (flapping, NOISE)}, stricter)
+    assert stricter_values["adaptation_point_share@5"]["run"]["status"] == "censored"
 
 
 def test_untracked_attention_and_hidden_states_give_no_such_keys():

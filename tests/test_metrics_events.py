@@ -69,8 +69,8 @@ def test_without_adaptation_injection_does_not_differ_from_the_noise_control():
     the event measures of the two do not differ (p-value not small; seeded, under this null the
     p-value is uniform so a fixed seed makes the assertion deterministic, not a 5% gamble)."""
     rng = np.random.default_rng(12)
-    settings = AdaptationSettings(report="full", horizon_tokens=3, stabilization_tokens=2, bootstrap_resamples=50,
-                                  permutation_resamples=999)
+    settings = AdaptationSettings(report="full", horizon_tokens=3, stabilization_tokens=2,
+                                  bootstrap_resamples=50, permutation_resamples=999)
     docs = []
     for index in range(60):
         runs = [run_series(rng.exponential(size=12), rng.exponential(size=12) + 0.3) for _ in range(2)]

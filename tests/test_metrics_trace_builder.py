@@ -1,7 +1,8 @@
 """Builds valid schema-v1 traces (docs/architecture.md section 3) from arrays, for the metric tests.
 
 The engine produces the same schema with the same builders (kvinject.trace_schema); these helpers
-let a test state only the series it cares about, and every trace they build passes validate_trace. Imported by the other tests/test_metrics_*.py modules (pytest puts tests/ on sys.path).
+let a test state only the series it cares about, and every trace they build passes validate_trace.
+Imported by the other tests/test_metrics_*.py modules (pytest puts tests/ on sys.path).
 """
 
 from __future__ import annotations
