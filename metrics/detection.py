@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import numpy as np
 
@@ -47,8 +48,8 @@ def padded(series_list, horizon: int) -> np.ndarray:
 class Detection:
     """Per replicate r and run j (arrays of shape (R, n_runs)).
 
-    alarm: 1.0 alarm within the run's evaluated length, 0.0 none, NaN undecided (no noise run is as
-    long as the run); time: first alarm t (1-based) or the evaluated length; bound: the conformal
+    alarm: 1.0 alarm within the run's evaluated length, 0.0 none (always for a run with no token),
+    NaN undecided (no noise run is as long as the run); time: first alarm t (1-based) or the evaluated length; bound: the conformal
     false-alarm bound (m+1-k)/(m+1) of the threshold the run was compared with (NaN undecided).
     """
 
@@ -65,15 +66,17 @@ def detect(noise: np.ndarray, runs: np.ndarray, false_alarm_rate: float,
     noise_length = np.sum(~np.isnan(noise), axis=-1)              # (R, n)
     run_length = np.sum(~np.isnan(runs), axis=-1)                 # (R, m)
     if drift is None:
-        with np.errstate(invalid="ignore"):
+        with warnings.catch_warnings():   # no noise token at all: drift 0
+            warnings.simplefilter("ignore", RuntimeWarning)
             drift_r = np.nan_to_num(np.nanmean(noise.reshape(noise.shape[0], -1), axis=-1))
     else:
         drift_r = np.full(noise.shape[0], float(drift))
     # Padding contributes nothing; positions past a run's end are masked out below.
     noise_peaks = np.maximum.accumulate(cusum(np.nan_to_num(noise), drift_r[:, None]), axis=-1)
     run_paths = cusum(np.nan_to_num(runs), drift_r[:, None])
-    threshold = np.full(run_length.shape, np.nan)
-    bound = np.full(run_length.shape, np.nan)
+    # A run with no token cannot alarm: decided, threshold +inf, bound 0.
+    threshold = np.where(run_length == 0, np.inf, np.nan)
+    bound = np.where(run_length == 0, 0.0, np.nan)
     for length in np.unique(run_length):
         if length == 0:
             continue

@@ -122,8 +122,8 @@ METRICS: dict[str, MetricSpec] = {
         DETECTION, False, "share of identical-problem control injection runs on which the same "
         "detector alarms [share]", stats=("", CI_LOW, CI_HIGH), from_controls=True),
     "detection_vs_controls_pvalue": MetricSpec(
-        DETECTION, False, "two-sample permutation p-value, alarm rate of changed vs control "
-        "injection runs (uncorrected)", stats=("",), from_controls=True),
+        DETECTION, False, "Fisher exact p-value, alarm rate of changed vs control injection "
+        "runs (uncorrected)", stats=("",), from_controls=True),
 }
 
 # The default lm-eval table (report: headline): the main measures per injection point.
