@@ -56,9 +56,11 @@ def test_adaptation_score_is_finite_in_unit_interval_and_symmetric(old, data):
     assert np.allclose(adaptation_scores(new, old), 1.0 - scores)
 
 
-@given(st.floats(0, 1e300), st.floats(0, 1e300), st.floats(1e-3, 1e3))
+@given(st.floats(0, 1e300, allow_subnormal=False), st.floats(0, 1e300, allow_subnormal=False),
+       st.floats(1e-3, 1e3))
 def test_adaptation_score_is_scale_free_and_monotone(old, new, factor):
-    # The same divergences in another unit (bits vs nats) give the same score.
+    # The same divergences in another unit (bits vs nats) give the same score. Subnormal inputs
+    # are excluded: rescaling 5e-324 by 0.5 underflows to 0, a different input.
     assert adaptation_scores([old * factor], [new * factor])[0] == pytest.approx(
         adaptation_scores([old], [new])[0], abs=1e-9)
     assert adaptation_scores([old + 1.0], [new])[0] >= adaptation_scores([old], [new])[0] - 1e-12
