@@ -21,7 +21,6 @@ bootstrap resample (the calibration re-estimated inside it) and the simulation t
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 
 import numpy as np
@@ -99,7 +98,3 @@ def detect(noise: np.ndarray, runs: np.ndarray, false_alarm_rate: float,
     alarm = np.where(np.isnan(threshold), np.nan, alarmed.astype(float))
     return Detection(alarm=alarm, time=time, bound=bound, drift=drift_r)
 
-
-def supports(false_alarm_rate: float, noise_runs: int) -> bool:
-    """Whether n noise runs can support alpha: ceil((n+1)(1-alpha)) <= n, i.e. n >= 1/alpha - 1."""
-    return math.ceil((noise_runs + 1) * (1 - false_alarm_rate) - 1e-9) <= noise_runs

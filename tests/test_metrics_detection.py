@@ -14,7 +14,7 @@ import pytest
 
 from kvinject.metrics import AdaptationSettings, doc_metrics, metric_aggregation
 from kvinject.metrics.aggregations import _rate_intervals, detection_outcome
-from kvinject.metrics.detection import cusum, detect, supports
+from kvinject.metrics.detection import cusum, detect
 from test_metrics_trace_builder import build_answers, build_trace, run_series
 
 ALPHA = 0.05
@@ -54,7 +54,7 @@ def test_threshold_is_the_conformal_order_statistic():
 
 @pytest.mark.parametrize("noise_runs, supported", [(18, False), (19, True), (20, True)])
 def test_too_few_noise_runs_cannot_support_alpha(noise_runs, supported):
-    assert supports(ALPHA, noise_runs) is supported
+    assert (noise_runs >= 1 / ALPHA - 1 - 1e-9) is supported   # n >= 19 at alpha = 0.05
     rng = np.random.default_rng(noise_runs)
     found = detect(_runs(rng, 1, noise_runs, 10, 10), _runs(rng, 1, 5, 10, 10), ALPHA, None)
     rank = min(math.ceil((noise_runs + 1) * (1 - ALPHA) - 1e-9), noise_runs)
