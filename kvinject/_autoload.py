@@ -8,7 +8,8 @@ interpreter start. It must stay cheap and import only the standard library: it p
   built-in models are imported first, because lm-eval imports them only while its model registry is
   empty: registering ours first would hide ``--model hf``.
 - ``lm_eval.tasks.manager``: put our task folder *first* in every TaskManager's ``include_path``, so a
-  user's own ``--include_path`` still loads (and may override ours); register our metrics.
+  user's own ``--include_path`` still loads (and may override ours). (Our metrics need no
+  registration: AdaptationTask resolves each key's aggregation and direction itself.)
 - ``lm_eval.evaluator``: refuse, before any generation, to run an adaptation task with a model that
   cannot inject (it would generate for every doc and only fail at scoring time).
 - ``lm_eval.loggers.evaluation_tracker``: write the run's traces beside lm-eval's results file.
@@ -38,9 +39,7 @@ def _on_registry(registry):
 
 def _on_task_manager(manager):
     from kvinject.adaptation_tasks import TASKS_DIR
-    from kvinject.metrics import register_with_lm_eval
 
-    register_with_lm_eval()
     if hasattr(manager, "discover_plugin_task_paths") or getattr(manager.TaskManager, "_kvinject", False):
         return
     original_init = manager.TaskManager.__init__

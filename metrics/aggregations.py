@@ -2,14 +2,13 @@
 
 lm-eval calls each key's aggregation with the list of that key's per-doc values only, so a key
 that needs all documents (calibration, Kaplan-Meier, bootstrap, corrected tests) receives per-doc
-payloads, and work shared by several keys (the calibration behind detection_latency@N,
-detection_rate@N, ...; the test family behind every pvalue_*@N; the bootstrap behind _ci_low and
-_ci_high) is cached by the content of the list, so it runs once per run.
+payloads, and work shared by several keys (the detector behind every detection key of N; the
+test family behind every pvalue_*@N; the bootstrap behind _ci_low and _ci_high) is cached by the
+content of the list, so it runs once per run.
 
-Zero usable documents: a median, rate or interval over no document is NaN, a censored count 0, a
-p-value with fewer than two pairs 1.0 (no evidence). lm-eval never aggregates an empty list (a key
-exists only when some doc emitted it), and every doc that emits a key is usable for it, so a run
-with real docs reports no NaN.
+Zero usable documents: a share, median, rate or interval over no document is NaN (e.g.
+control_false_positive_rate@N of a run without identical controls), a count 0. lm-eval never
+aggregates an empty list (a key exists only when some doc emitted it).
 """
 
 from __future__ import annotations
@@ -21,48 +20,74 @@ import hashlib
 import json
 
 import numpy as np
+from scipy import stats
 
 from . import keys as K
-from .detection import Calibration, calibrate, detection_time
-from .harness import lm_eval_mean
+from .detection import detect, padded
+from .events import CENSORED, EVENT, NEVER, event
 from .resampling import (
     adjust_pvalues,
-    bootstrap_interval,
     bootstrap_mean_interval,
     paired_permutation_pvalue,
+    percentile_interval,
 )
 from .settings import AdaptationSettings
-from .survival import kaplan_meier_median
+from .survival import counts, kaplan_meier_median, share_by, unpack
 
 NAN = float("nan")
 _CACHE_SIZE = 128
+# Bootstrap replicates of the detector are computed in chunks of about this many floats.
+_CHUNK_FLOATS = 4_000_000
+
+
+def _plain_mean(values) -> float:
+    return sum(values) / len(values)
+
+
+def lm_eval_mean():
+    """lm-eval's registered `mean` aggregation when lm_eval is installed, else the same formula.
+
+    It must be lm-eval's own function object: lm-eval computes a standard error only for
+    aggregations it recognises by identity (`stderr_for_metric`). Imported lazily so that the
+    metrics import without lm_eval.
+    """
+    try:
+        from lm_eval.api.metrics import mean
+    except ImportError:
+        return _plain_mean
+    return mean
 
 
 def metric_aggregation(key: str, settings: AdaptationSettings | None = None):
     """The aggregation of a result key: callable(list of per-doc values) -> float."""
     settings = settings or AdaptationSettings()
     parsed = K.parse_key(key)
-    if parsed.derived == K.PVALUE:
+    if parsed.stat == K.PVALUE:
         own = K.format_key(parsed.metric, parsed.injection_point)
         return functools.partial(corrected_pvalue, own, settings=settings)
     kind = parsed.spec.kind
-    if parsed.layer is not None or (kind == K.MEAN and parsed.derived is None):
+    if kind == K.MEAN and (parsed.layer is not None or parsed.stat == ""):
         # lm-eval adds a standard error only when the aggregation *is* its own `mean`.
         return lm_eval_mean()
     if kind == K.MEAN:
-        return functools.partial(mean_interval_end, parsed.derived, settings=settings)
+        return functools.partial(mean_interval_end, parsed.stat, settings=settings)
+    if kind == K.COUNT:
+        return _count
     if kind == K.TIME_TO_EVENT:
-        return functools.partial(time_to_event_summary, parsed.derived, settings=settings)
-    return functools.partial(
-        detection_summary, parsed.spec.detection_summary, parsed.derived, settings=settings)
+        return functools.partial(time_to_event_summary, parsed.stat, settings=settings)
+    return functools.partial(detection_summary, parsed.metric, parsed.stat, settings=settings)
+
+
+def _count(values) -> float:
+    return float(len(values))
 
 
 def cached_on_content(function):
     """Memoise function(values, settings) on a digest of the values' JSON text.
 
-    Several keys aggregate the same per-doc values (a metric and its _ci_low/_ci_high; every
-    detection key of N; every p-value key), so the expensive part runs once per content. Keyed
-    on a digest so the cache does not hold the (possibly large) payloads themselves.
+    Several keys aggregate the same per-doc values (a metric and its intervals; every detection
+    key of N; every p-value key), so the expensive part runs once per content. Keyed on a digest
+    so the cache does not hold the (possibly large) payloads themselves.
     """
     cache: collections.OrderedDict = collections.OrderedDict()
 
@@ -82,15 +107,15 @@ def cached_on_content(function):
     return cached
 
 
-def _interval_end(interval: tuple[float, float], derived: str) -> float:
-    return interval[0] if derived == K.CI_LOW else interval[1]
+def _interval_end(interval: tuple[float, float], stat: str) -> float:
+    return interval[0] if stat.endswith(K.CI_LOW) else interval[1]
 
 
 # ---- means ------------------------------------------------------------------------------------
 
-def mean_interval_end(derived: str, values, settings: AdaptationSettings) -> float:
-    """Bootstrap interval end (CI_LOW / CI_HIGH) of the mean of per-doc floats; NaN if empty."""
-    return _interval_end(_mean_interval(values, settings), derived)
+def mean_interval_end(stat: str, values, settings: AdaptationSettings) -> float:
+    """Bootstrap interval end (ci_low / ci_high) of the mean of per-doc floats; NaN if empty."""
+    return _interval_end(_mean_interval(values, settings), stat)
 
 
 @cached_on_content
@@ -103,73 +128,136 @@ def _mean_interval(values, settings: AdaptationSettings) -> tuple[float, float]:
 
 # ---- times to an event ------------------------------------------------------------------------
 
-def _unpack_events(events) -> tuple[np.ndarray, np.ndarray]:
-    times = np.array([event["time"] for event in events], dtype=float)
-    observed = np.array([event["observed"] for event in events], dtype=bool)
-    return times, observed
+def time_to_event_summary(stat: str, values, settings: AdaptationSettings) -> float:
+    """Aggregation of per-doc {"run": event, "noise": event} (events.py).
 
-
-def time_to_event_summary(derived: str | None, values, settings: AdaptationSettings) -> float:
-    """Aggregation of per-doc {"time", "observed"} values: Kaplan-Meier median (tokens, derived
-    None), censored count (CENSORED) or bootstrap interval end of the median; NaN if empty."""
-    times, observed = _unpack_events(values)
-    if derived == K.CENSORED:
-        return float(np.sum(~observed))
-    if derived is None:
-        return kaplan_meier_median(times, observed)
-    return _interval_end(_median_interval(values, settings), derived)
+    share: Kaplan-Meier share of injection runs with the event within horizon_tokens;
+    share_ci_low/high: its cluster-bootstrap interval; median: KM median (inf: not reached);
+    censored / never: run counts; vs_noise: share of the injection runs - of the noise runs.
+    """
+    runs = [value["run"] for value in values]
+    if stat in ("censored", "never"):
+        return float(counts(runs)[CENSORED if stat == "censored" else NEVER])
+    if stat == "median":
+        return kaplan_meier_median(*unpack(runs))
+    if stat == "share":
+        return share_by(*unpack(runs), settings.horizon_tokens)
+    if stat == "vs_noise":
+        noise = [value["noise"] for value in values]
+        return (share_by(*unpack(runs), settings.horizon_tokens)
+                - share_by(*unpack(noise), settings.horizon_tokens))
+    return _interval_end(_share_interval(values, settings), stat)
 
 
 @cached_on_content
-def _median_interval(values, settings: AdaptationSettings) -> tuple[float, float]:
-    times, observed = _unpack_events(values)
+def _share_interval(values, settings: AdaptationSettings) -> tuple[float, float]:
+    times, observed = unpack([value["run"] for value in values])
     if not times.size:
         return NAN, NAN
-
-    def median_of(indices):
-        return kaplan_meier_median(times[indices], observed[indices])
-
-    return bootstrap_interval(median_of, times.size, settings.bootstrap_resamples,
-                              settings.confidence_level, settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    resamples = rng.integers(0, times.size, size=(settings.bootstrap_resamples, times.size))
+    shares = [share_by(times[rows], observed[rows], settings.horizon_tokens) for rows in resamples]
+    return percentile_interval(shares, settings.confidence_level)
 
 
 # ---- calibrated detection ---------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
 class DetectionOutcome:
-    """The calibrated detector and the detection time of every injection run."""
+    """The calibrated detector's decisions on every doc's injection run (doc order)."""
 
-    calibration: Calibration
-    events: tuple[dict, ...]   # {"time", "observed"} per injection run, in doc order
+    alarm: np.ndarray      # 1 / 0 / NaN undecided
+    time: np.ndarray
+    bound: np.ndarray
+    control: np.ndarray    # bool: identical-problem control
+    events: tuple          # {"time", "status"} of the decided changed-problem runs
+
+
+def _matrices(payloads, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    return (padded([p["noise"] for p in payloads], horizon),
+            padded([p["run"] for p in payloads], horizon))
 
 
 @cached_on_content
 def detection_outcome(payloads, settings: AdaptationSettings) -> DetectionOutcome:
-    """Calibrate on the noise runs of the per-doc detection payloads, then detect on their
-    injection runs."""
-    calibration = calibrate([payload["noise"] for payload in payloads], settings.false_alarm_rate,
-                            settings.cusum_drift)
-    return DetectionOutcome(
-        calibration, tuple(detection_time(payload["run"], calibration) for payload in payloads))
+    """Calibrate on the noise runs of every doc, then detect on every injection run."""
+    noise, runs = _matrices(payloads, settings.horizon_tokens)
+    found = detect(noise[None], runs[None], settings.false_alarm_rate, settings.cusum_drift)
+    alarm, time, bound = found.alarm[0], found.time[0], found.bound[0]
+    control = np.array([bool(p["control"]) for p in payloads])
+    events = []
+    for index, payload in enumerate(payloads):
+        if control[index] or np.isnan(alarm[index]):
+            continue
+        if alarm[index]:
+            events.append(event(time[index], EVENT))
+        elif len(payload["run"]) >= settings.horizon_tokens or payload["run_budget_hit"]:
+            events.append(event(time[index], CENSORED))   # unobserved past H / the budget
+        else:
+            events.append(event(time[index], NEVER))      # stopped by itself without an alarm
+    return DetectionOutcome(alarm, time, bound, control, tuple(events))
 
 
-def detection_summary(summary: str, derived: str | None, values,
-                      settings: AdaptationSettings) -> float:
-    """Aggregation of per-doc detection payloads {"run": [x_t], "noise": [x_t]}.
+def _rate(alarm: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """Alarm share among the decided runs of `members` along the last axis (NaN if none)."""
+    decided = members & ~np.isnan(alarm)
+    with np.errstate(invalid="ignore"):
+        return np.where(decided, alarm, 0.0).sum(axis=-1) / decided.sum(axis=-1)
 
-    summary "latency": the detection times (see time_to_event_summary); "rate": the share of
-    injection runs with an alarm. The bootstrap intervals hold the calibration fixed at its
-    full-sample value.
-    """
-    if not values:
-        return 0.0 if derived == K.CENSORED else NAN
-    events = detection_outcome(values, settings).events
-    if summary == "latency":
-        return time_to_event_summary(derived, events, settings)
-    alarms = [float(event["observed"]) for event in events]
-    if derived is None:
-        return float(np.mean(alarms))
-    return mean_interval_end(derived, alarms, settings)
+
+@cached_on_content
+def _rate_intervals(payloads, settings: AdaptationSettings) -> dict[bool, tuple[float, float]]:
+    """Cluster-bootstrap percentile intervals of the changed (False) and control (True) alarm
+    rates: each resample draws docs with replacement (their noise and injection runs together)
+    and re-estimates drift and threshold on the drawn noise runs."""
+    noise, runs = _matrices(payloads, settings.horizon_tokens)
+    control = np.array([bool(p["control"]) for p in payloads])
+    n_docs = len(payloads)
+    rng = np.random.default_rng(settings.seed)
+    chunk = max(1, _CHUNK_FLOATS // max(1, n_docs * settings.horizon_tokens))
+    rates = {False: [], True: []}
+    remaining = settings.bootstrap_resamples
+    while remaining > 0:
+        rows = rng.integers(0, n_docs, size=(min(chunk, remaining), n_docs))
+        remaining -= rows.shape[0]
+        found = detect(noise[rows], runs[rows], settings.false_alarm_rate, settings.cusum_drift)
+        for is_control in (False, True):
+            rates[is_control].append(_rate(found.alarm, control[rows] == is_control))
+    return {key: percentile_interval(np.concatenate(value), settings.confidence_level)
+            for key, value in rates.items()}
+
+
+def detection_summary(metric: str, stat: str, values, settings: AdaptationSettings) -> float:
+    """Aggregation of per-doc detection payloads (per_doc._detection_payload); see keys.METRICS."""
+    outcome = detection_outcome(values, settings)
+    if metric == "detection_latency":
+        if stat == "median":
+            return kaplan_meier_median(*unpack(outcome.events))
+        return float(counts(outcome.events)[CENSORED if stat == "censored" else NEVER])
+    decided = ~np.isnan(outcome.alarm)
+    if metric == "detection_false_alarm_bound":
+        return float(np.max(outcome.bound[decided])) if decided.any() else NAN
+    if metric == "detection_calibrated":
+        return float(decided.any() and np.max(outcome.bound[decided]) <= settings.false_alarm_rate + 1e-12)
+    if metric == "detection_vs_controls_pvalue":
+        return _controls_pvalue(outcome, settings)
+    is_control = metric == "control_false_positive_rate"
+    if stat == "":
+        return float(_rate(outcome.alarm, outcome.control == is_control))
+    return _interval_end(_rate_intervals(values, settings)[is_control], stat)
+
+
+def _controls_pvalue(outcome: DetectionOutcome, settings: AdaptationSettings) -> float:
+    """Two-sided Fisher exact p-value (the exact conditional permutation test of two binary
+    samples): alarm rate of changed vs control injection runs; NaN without both kinds."""
+    decided = ~np.isnan(outcome.alarm)
+    changed = outcome.alarm[decided & ~outcome.control]
+    controls = outcome.alarm[decided & outcome.control]
+    if not (changed.size and controls.size):
+        return NAN
+    table = [[changed.sum(), changed.size - changed.sum()],
+             [controls.sum(), controls.size - controls.sum()]]
+    return float(stats.fisher_exact(table).pvalue)
 
 
 # ---- paired tests, corrected across the family ------------------------------------------------
@@ -177,9 +265,9 @@ def detection_summary(summary: str, derived: str | None, values,
 def corrected_pvalue(own_key: str, values, settings: AdaptationSettings) -> float:
     """Corrected p-value of `own_key` (e.g. "oracle_convergence@5") in the test family.
 
-    values: per-doc {"<metric>@<N>": [injection value, noise value]}. Every (metric, N) with at
-    least two pairs is a test (sign-flip permutation, two-sided); settings.correction adjusts the
-    family. With fewer pairs there is no test: 1.0, not counted in the family.
+    values: per-doc {"<metric>@<N>": [injection value, noise value], ...} of the docs carrying
+    the key. Every (metric, N) with at least two pairs is a test (sign-flip permutation,
+    two-sided); settings.correction adjusts the family. With fewer pairs there is no test: 1.0.
     """
     return _family_pvalues(values, settings).get(own_key, 1.0)
 

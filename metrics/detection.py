@@ -1,66 +1,100 @@
-"""One-sided CUSUM change detector, calibrated on the noise@N runs of the same task.
+"""One-sided CUSUM change detector on a fixed horizon, calibrated conformally on the noise runs.
 
 The detector accumulates a per-token statistic x_t (the run's divergence from the old context, or
-its log-ratio; nats) after the injection point: S_t = max(0, S_{t-1} + x_t - drift), S_0 = 0, and
-raises an alarm at the first t with S_t > threshold. The noise runs are the null (an injection
-that carries no change of problem), so the threshold is the smallest value that at most
-`false_alarm_rate` of them exceed anywhere in their window.
+its log-ratio; nats) over the first H post-injection tokens (H = horizon_tokens):
+S_t = max(0, S_{t-1} + x_t - drift), S_0 = 0, and alarms at the first t <= L with S_t > threshold,
+where L = min(T, H) is the run's evaluated length.
+
+Calibration (the null is the noise@N runs: an injection that carries no change of problem):
+- a run of evaluated length L is compared with the peaks max_{t<=L} S_t of the noise runs that
+  have at least L tokens, so the null distribution of the statistic never depends on run length;
+- the threshold is the k-th smallest of those m peaks, k = ceil((m+1)(1-alpha)): a fresh null run
+  exchangeable with them alarms with probability <= (m+1-k)/(m+1) <= alpha (conformal);
+- when k > m (m < 1/alpha - 1) no threshold supports alpha: the largest peak is used, the bound
+  (m+1-k)/(m+1) = 1/(m+1) > alpha is reported, and the detection is flagged uncalibrated;
+- drift: a fixed setting, or the mean statistic over the noise runs' horizon tokens.
+
+Everything is vectorised over replicate axes, so the same code gives the point estimate, each
+bootstrap resample (the calibration re-estimated inside it) and the simulation tests.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import warnings
 
 import numpy as np
 
-from .events import first_time
+
+def cusum(statistic, drift) -> np.ndarray:
+    """Page's one-sided CUSUM paths along the last axis (nats, >= 0); drift broadcasts."""
+    # S_t = C_t - min(0, min_{s<=t} C_s) with C the cumulative sum of the increments: the
+    # recursion in closed form, so no Python loop over tokens.
+    cumulative = np.cumsum(np.asarray(statistic, dtype=float) - np.asarray(drift)[..., None], axis=-1)
+    return cumulative - np.minimum(np.minimum.accumulate(cumulative, axis=-1), 0.0)
+
+
+def padded(series_list, horizon: int) -> np.ndarray:
+    """(n_runs, horizon) array of each run's first `horizon` values, NaN past its end."""
+    matrix = np.full((len(series_list), horizon), np.nan)
+    for row, series in enumerate(series_list):
+        values = np.asarray(series, dtype=float)[:horizon]
+        matrix[row, :values.size] = values
+    return matrix
 
 
 @dataclasses.dataclass(frozen=True)
-class Calibration:
-    """drift and threshold in the statistic's units (nats); false alarms among the noise runs."""
+class Detection:
+    """Per replicate r and run j (arrays of shape (R, n_runs)).
 
-    drift: float
-    threshold: float
-    noise_runs: int
-    noise_alarms: int
-
-
-def cusum(statistic, drift: float) -> np.ndarray:
-    """Page's one-sided CUSUM path S_1..S_T (nats, >= 0) of a statistic series."""
-    # S_t = C_t - min(0, min_{s<=t} C_s) with C the cumulative sum of the increments: the
-    # recursion in closed form, so no Python loop over tokens.
-    cumulative = np.cumsum(np.asarray(statistic, dtype=float) - drift)
-    return cumulative - np.minimum(np.minimum.accumulate(cumulative), 0.0)
-
-
-def calibrate(noise_statistics, false_alarm_rate: float, drift: float | None) -> Calibration:
-    """Drift and threshold from the noise runs' statistic series (at least one run).
-
-    drift None: the mean of the statistic over all noise tokens (its finite values; 0 if there
-    are none), the textbook reference level: under the null the increments then average 0.
-    In-sample, at most floor(false_alarm_rate * n_runs) noise runs raise an alarm; for a new run
-    from the same distribution the alarm probability is at most that count / (n_runs + 1).
+    alarm: 1.0 alarm within the run's evaluated length, 0.0 none (always for a run with no token),
+    NaN undecided (no noise run is as long as the run); time: first alarm t (1-based) or the evaluated length; bound: the conformal
+    false-alarm bound (m+1-k)/(m+1) of the threshold the run was compared with (NaN undecided).
     """
-    runs = [np.asarray(series, dtype=float) for series in noise_statistics]
-    if not runs:
-        raise ValueError("calibration needs at least one noise run")
+
+    alarm: np.ndarray
+    time: np.ndarray
+    bound: np.ndarray
+    drift: np.ndarray   # (R,)
+
+
+def detect(noise: np.ndarray, runs: np.ndarray, false_alarm_rate: float,
+           drift: float | None) -> Detection:
+    """Calibrate on `noise` (R, n, H) and detect on `runs` (R, m, H); NaN pads past a run's end."""
+    noise, runs = np.asarray(noise, dtype=float), np.asarray(runs, dtype=float)
+    noise_length = np.sum(~np.isnan(noise), axis=-1)              # (R, n)
+    run_length = np.sum(~np.isnan(runs), axis=-1)                 # (R, m)
     if drift is None:
-        tokens = np.concatenate(runs)
-        tokens = tokens[np.isfinite(tokens)]
-        drift = float(tokens.mean()) if tokens.size else 0.0
-    peaks = np.sort([cusum(run, drift).max(initial=0.0) for run in runs])
-    allowed_alarms = math.floor(false_alarm_rate * len(runs))
-    threshold = float(peaks[len(runs) - allowed_alarms - 1])
-    return Calibration(
-        drift=float(drift),
-        threshold=threshold,
-        noise_runs=len(runs),
-        noise_alarms=int(np.sum(peaks > threshold)),
-    )
+        with warnings.catch_warnings():   # no noise token at all: drift 0
+            warnings.simplefilter("ignore", RuntimeWarning)
+            drift_r = np.nan_to_num(np.nanmean(noise.reshape(noise.shape[0], -1), axis=-1))
+    else:
+        drift_r = np.full(noise.shape[0], float(drift))
+    # Padding contributes nothing; positions past a run's end are masked out below.
+    noise_peaks = np.maximum.accumulate(cusum(np.nan_to_num(noise), drift_r[:, None]), axis=-1)
+    run_paths = cusum(np.nan_to_num(runs), drift_r[:, None])
+    # A run with no token cannot alarm: decided, threshold +inf, bound 0.
+    threshold = np.where(run_length == 0, np.inf, np.nan)
+    bound = np.where(run_length == 0, 0.0, np.nan)
+    for length in np.unique(run_length):
+        if length == 0:
+            continue
+        peaks = np.where(noise_length >= length, noise_peaks[..., length - 1], np.nan)
+        peaks = np.sort(peaks, axis=-1)                          # NaN (too short) sorts last
+        usable = np.sum(~np.isnan(peaks), axis=-1)               # m per replicate
+        rank = np.minimum(np.ceil((usable + 1) * (1 - false_alarm_rate) - 1e-9), usable).astype(int)
+        chosen = np.take_along_axis(peaks, np.maximum(rank - 1, 0)[:, None], axis=-1)[:, 0]
+        level = np.where(usable > 0, chosen, np.nan)
+        level_bound = np.where(usable > 0, (usable + 1 - rank) / (usable + 1), np.nan)
+        here = run_length == length
+        threshold = np.where(here, level[:, None], threshold)
+        bound = np.where(here, level_bound[:, None], bound)
+    positions = np.arange(runs.shape[-1])
+    within = positions < run_length[..., None]
+    with np.errstate(invalid="ignore"):
+        crossing = (run_paths > threshold[..., None]) & within
+    alarmed = crossing.any(axis=-1)
+    time = np.where(alarmed, crossing.argmax(axis=-1) + 1, run_length).astype(float)
+    alarm = np.where(np.isnan(threshold), np.nan, alarmed.astype(float))
+    return Detection(alarm=alarm, time=time, bound=bound, drift=drift_r)
 
-
-def detection_time(statistic, calibration: Calibration) -> dict:
-    """First t with S_t > threshold as {"time", "observed"}; censored at T if no alarm."""
-    return first_time(cusum(statistic, calibration.drift) > calibration.threshold)

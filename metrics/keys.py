@@ -1,11 +1,15 @@
-"""The catalogue of result keys: names, units, directions and the grammar of a key.
+"""The catalogue of result keys: names, units, directions, headline set and the grammar of a key.
 
-A key is `<metric>@<N>` for a metric of injection point N (any N), or `<metric>` for the two
-N-independent accuracies. Derived keys of a metric carry the same per-doc value as the metric:
-    <metric>_ci_low@N, <metric>_ci_high@N   bootstrap interval (settings.confidence_level)
-    <metric>_censored@N                     number of censored runs (time-to-event metrics only)
-    pvalue_<metric>@N                       corrected paired permutation p-value, injection vs noise
-    <metric>_layer<l>@N                     the metric of layer l alone (1-based; per-layer ones)
+A key is `[pvalue_]<metric>[_<stat>|_layer<l>]@<N>` (`baseline_accuracy`, `oracle_accuracy` have
+no `@N`). Each metric kind has its own statistics (`stat`, "" = the metric's own value):
+    MEAN           ""  lm-eval mean (with its stderr); ci_low, ci_high (bootstrap BCa)
+    COUNT          ""  number of docs
+    TIME_TO_EVENT  share (event within the horizon H, Kaplan-Meier), share_ci_low, share_ci_high,
+                   median (KM; inf = not reached), censored, never (run counts), vs_noise (share of
+                   injection runs - share of noise runs)
+    DETECTION      as listed per metric below (rate, intervals, latency, calibration)
+`pvalue_<metric>@N`: corrected paired sign-flip p-value, injection vs noise (paired metrics).
+`<metric>_layer<l>@N`: the metric of layer l alone (1-based; per-layer metrics).
 """
 
 from __future__ import annotations
@@ -13,10 +17,20 @@ from __future__ import annotations
 import dataclasses
 import re
 
-# How a metric's per-doc values are aggregated (see aggregations.py).
 MEAN = "mean"                    # per-doc float; lm-eval's own `mean` (it adds a standard error)
-TIME_TO_EVENT = "time_to_event"  # per-doc {"time", "observed"}; Kaplan-Meier median
-DETECTION = "detection"          # per-doc CUSUM series of the injection and noise runs
+COUNT = "count"                  # per-doc 1.0; summed
+TIME_TO_EVENT = "time_to_event"  # per-doc {"run": event, "noise": event}
+DETECTION = "detection"          # per-doc horizon statistic series of the injection and noise runs
+
+CI_LOW, CI_HIGH = "ci_low", "ci_high"
+PVALUE = "pvalue"
+_STATS = {
+    MEAN: ("", CI_LOW, CI_HIGH),
+    COUNT: ("",),
+    TIME_TO_EVENT: ("share", "share_ci_low", "share_ci_high", "median", "censored", "never",
+                    "vs_noise"),
+}
+_INTERVAL_STATS = {CI_LOW, CI_HIGH, "share_ci_low", "share_ci_high"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,13 +41,12 @@ class MetricSpec:
     per_injection_point: bool = True
     per_layer: bool = False
     paired_test: bool = False          # tested injection vs noise (pvalue_<metric>@N)
-    detection_summary: str | None = None  # DETECTION only: "latency" or "rate"
-    from_controls: bool = False  # carried by identical-problem controls instead of changed docs
+    stats: tuple[str, ...] | None = None   # DETECTION: its own statistics
+    from_controls: bool = False        # carried by identical-problem controls (and changed docs)
+    needs: str | None = None           # trace setting the metric needs (track_attention/_hidden)
 
-    @property
-    def censored(self) -> bool:
-        """Whether the metric is a time to an event, with right-censored runs."""
-        return self.kind == TIME_TO_EVENT or self.detection_summary == "latency"
+    def valid_stats(self) -> tuple[str, ...]:
+        return self.stats if self.stats is not None else _STATS[self.kind]
 
 
 METRICS: dict[str, MetricSpec] = {
@@ -42,11 +55,13 @@ METRICS: dict[str, MetricSpec] = {
     "oracle_accuracy": MetricSpec(
         MEAN, True, "oracle run (new prompt) answers the alternative [share]",
         per_injection_point=False),
+    "n_docs": MetricSpec(COUNT, True, "changed-problem docs injected at N: the denominator of "
+                         "every @N metric of changed docs [docs]"),
     "injection_accuracy": MetricSpec(
         MEAN, True, "injection@N run answers the alternative [share]", paired_test=True),
     "stuck_rate": MetricSpec(MEAN, False, "injection@N run answers the original [share]"),
     "adaptation_gap": MetricSpec(
-        MEAN, False, "oracle accuracy - injection@N accuracy [share difference, -1..1]"),
+        MEAN, False, "oracle accuracy - injection@N accuracy on the same doc [-1..1]"),
     "noise_specificity": MetricSpec(MEAN, True, "noise@N run keeps the original answer [share]"),
     "adaptation_score": MetricSpec(
         MEAN, True, "mean a_t over all post-injection tokens [0..1]", paired_test=True),
@@ -55,55 +70,80 @@ METRICS: dict[str, MetricSpec] = {
     "final_log_ratio": MetricSpec(
         MEAN, True, "mean log p_new - log p_old of the run's tokens, final W tokens [nats]",
         paired_test=True),
+    "kl_run_new": MetricSpec(
+        MEAN, False, "mean KL(run||new context) over the first H tokens [nats]", paired_test=True),
+    "kl_run_old": MetricSpec(
+        MEAN, True, "mean KL(run||old context) over the first H tokens [nats]", paired_test=True),
     "attention_injected": MetricSpec(
         MEAN, True, "attention mass on the injected segment, sink excluded, all post-injection "
-        "tokens, mean over layers [0..1]", per_layer=True, paired_test=True),
+        "tokens, mean over layers [0..1]", per_layer=True, paired_test=True,
+        needs="track_attention"),
     "attention_original": MetricSpec(
         MEAN, False, "attention mass on the original prompt, sink excluded, all post-injection "
-        "tokens, mean over layers [0..1]", per_layer=True),
+        "tokens, mean over layers [0..1]", per_layer=True, needs="track_attention"),
     "attention_shift": MetricSpec(
-        MEAN, True, "attention_injected of the injection run - of the noise run [-1..1]"),
+        MEAN, True, "attention_injected of the injection run - of the noise run [-1..1]",
+        needs="track_attention"),
     "final_attention_ratio": MetricSpec(
         MEAN, True, "injected / original-prompt attention mass over the final W tokens [ratio]",
-        paired_test=True),
+        paired_test=True, needs="track_attention"),
     "embedding_similarity": MetricSpec(
         MEAN, True, "cosine of the run's hidden state to the new context's, final W tokens, "
-        "last layer [-1..1]", per_layer=True, paired_test=True),
+        "last layer [-1..1]", per_layer=True, paired_test=True, needs="track_hidden"),
+    "embedding_contrast": MetricSpec(
+        MEAN, True, "cos(run, new) - cos(run, old) of the hidden states, final W tokens, last "
+        "layer [-2..2]", paired_test=True, needs="track_hidden"),
+    "embedding_contrast_mid": MetricSpec(
+        MEAN, True, "cos(run, new) - cos(run, old), final W tokens, middle layer (ceil(L / 2) of L) "
+        "[-2..2]", paired_test=True, needs="track_hidden"),
     "adaptation_point": MetricSpec(
-        TIME_TO_EVENT, False, "first t with a_t > adapted_threshold, KM median [tokens]"),
+        TIME_TO_EVENT, True, "first t with a_t > adapted_threshold and a KL gap > "
+        "adapted_min_kl_gap [share within H / tokens]", paired_test=True),
     "stabilization": MetricSpec(
-        TIME_TO_EVENT, False, "first t from which a_t > adapted_threshold holds, KM median "
-        "[tokens]"),
+        TIME_TO_EVENT, True, "first t from which the adaptation criterion holds [share within H "
+        "/ tokens]", paired_test=True),
     "attention_stabilization": MetricSpec(
-        TIME_TO_EVENT, False, "first t from which injected/original attention > "
-        "attention_ratio_threshold holds, KM median [tokens]"),
-    "detection_latency": MetricSpec(
-        DETECTION, False, "first t of a CUSUM alarm calibrated on the noise@N runs, KM median "
-        "[tokens]", detection_summary="latency"),
+        TIME_TO_EVENT, True, "first t from which injected/original attention > "
+        "attention_ratio_threshold holds [share within H / tokens]", paired_test=True,
+        needs="track_attention"),
     "detection_rate": MetricSpec(
-        DETECTION, True, "share of changed-problem injection runs with an alarm [share]",
-        detection_summary="rate"),
+        DETECTION, True, "share of changed-problem injection runs with a calibrated CUSUM alarm "
+        "within H [share]", paired_test=True, stats=("", CI_LOW, CI_HIGH)),
+    "detection_latency": MetricSpec(
+        DETECTION, False, "first alarm t, Kaplan-Meier median (inf: not reached) [tokens]; "
+        "censored / never counts", stats=("median", "censored", "never")),
+    "detection_false_alarm_bound": MetricSpec(
+        DETECTION, False, "conformal bound on a fresh null run's alarm probability [probability]",
+        stats=("",)),
+    "detection_calibrated": MetricSpec(
+        DETECTION, True, "1: the noise runs support false_alarm_rate; 0: calibration too small "
+        "(n < 1/alpha - 1), no alpha claimed [flag]", stats=("",)),
     "control_false_positive_rate": MetricSpec(
-        DETECTION, False, "share of identical-problem (control) injection runs with an alarm "
-        "[share]", detection_summary="rate", from_controls=True),
+        DETECTION, False, "share of identical-problem control injection runs on which the same "
+        "detector alarms [share]", stats=("", CI_LOW, CI_HIGH), from_controls=True),
+    "detection_vs_controls_pvalue": MetricSpec(
+        DETECTION, False, "Fisher exact p-value, alarm rate of changed vs control injection "
+        "runs (uncorrected)", stats=("",), from_controls=True),
 }
+
+# The default lm-eval table (report: headline): the main measures per injection point.
+HEADLINE = frozenset({
+    "baseline_accuracy", "oracle_accuracy", "n_docs", "injection_accuracy", "adaptation_gap",
+    "adaptation_point_share", "detection_rate", "detection_calibrated", "kl_run_new",
+    "embedding_contrast",
+})
 
 PAIRED_METRICS = tuple(name for name, spec in METRICS.items() if spec.paired_test)
 
-CI_LOW, CI_HIGH, CENSORED, PVALUE = "ci_low", "ci_high", "censored", "pvalue"
-
-_KEY = re.compile(
-    r"^(?P<pvalue>pvalue_)?(?P<metric>[a-z_]+?)"
-    r"(?:_layer(?P<layer>[1-9][0-9]*)|_(?P<derived>ci_low|ci_high|censored))?"
-    r"(?:@(?P<point>[0-9]+))?$"
-)
+_KEY = re.compile(r"^(?P<pvalue>pvalue_)?(?P<name>[a-z_]+?)(?:_layer(?P<layer>[1-9][0-9]*))?"
+                  r"(?:@(?P<point>[0-9]+))?$")
 
 
 @dataclasses.dataclass(frozen=True)
 class ParsedKey:
     metric: str
     injection_point: int | None = None
-    derived: str | None = None   # CI_LOW, CI_HIGH, CENSORED, PVALUE or None
+    stat: str = ""            # one of the kind's statistics, "" = the metric itself, or PVALUE
     layer: int | None = None
 
     @property
@@ -111,72 +151,94 @@ class ParsedKey:
         return METRICS[self.metric]
 
 
-def format_key(metric: str, injection_point: int | None = None, derived: str | None = None,
+def format_key(metric: str, injection_point: int | None = None, stat: str = "",
                layer: int | None = None) -> str:
-    name = f"pvalue_{metric}" if derived == PVALUE else metric
+    if stat == PVALUE:
+        name = f"pvalue_{metric}"
+    else:
+        name = f"{metric}_{stat}" if stat else metric
     if layer is not None:
         name += f"_layer{layer}"
-    elif derived in (CI_LOW, CI_HIGH, CENSORED):
-        name += f"_{derived}"
     return name if injection_point is None else f"{name}@{injection_point}"
+
+
+def _split(name: str) -> tuple[str, str] | None:
+    if name in METRICS:
+        return name, ""
+    for metric, spec in METRICS.items():
+        stat = name[len(metric) + 1:]
+        if name.startswith(metric + "_") and stat in spec.valid_stats():
+            return metric, stat
+    return None
 
 
 def parse_key(key: str) -> ParsedKey:
     """Parse and validate a result key; ValueError naming the key and the known metrics."""
     match = _KEY.match(key)
-    if match is None or match["metric"] not in METRICS:
+    split = _split(match["name"]) if match else None
+    if split is None or (match["pvalue"] and split[1]):
         raise ValueError(f"unknown adaptation result key {key!r}; metrics: {', '.join(METRICS)}")
-    spec = METRICS[match["metric"]]
-    derived = PVALUE if match["pvalue"] else match["derived"]
+    metric, stat = split
+    spec = METRICS[metric]
     parsed = ParsedKey(
-        metric=match["metric"],
+        metric=metric,
         injection_point=None if match["point"] is None else int(match["point"]),
-        derived=derived,
+        stat=PVALUE if match["pvalue"] else stat,
         layer=None if match["layer"] is None else int(match["layer"]),
     )
     problems = [
         (spec.per_injection_point != (parsed.injection_point is not None),
          "needs '@<N>'" if spec.per_injection_point else "takes no '@<N>'"),
-        (parsed.layer is not None and not spec.per_layer, "has no per-layer values"),
-        (bool(match["pvalue"]) and (match["derived"] or parsed.layer), "mixes suffixes"),
-        (derived == PVALUE and not spec.paired_test, "has no paired test"),
-        (derived == CENSORED and not spec.censored, "has no censoring"),
+        (parsed.layer is not None and (not spec.per_layer or stat), "has no such per-layer value"),
+        (parsed.stat == PVALUE and (not spec.paired_test or parsed.layer), "has no paired test"),
+        ("" not in spec.valid_stats() and parsed.stat == "", "needs a statistic suffix"),
     ]
     for failed, reason in problems:
         if failed:
-            raise ValueError(f"invalid adaptation result key {key!r}: {parsed.metric} {reason}")
+            raise ValueError(f"invalid adaptation result key {key!r}: {metric} {reason}")
     return parsed
 
 
 def metric_higher_is_better(key: str) -> bool:
-    """Direction of a key: its metric's; False for censored counts and p-values."""
+    """Direction of a key: its metric's; False for counts of censored/never runs and p-values,
+    True for the number of docs; an interval end has its metric's direction."""
     parsed = parse_key(key)
-    if parsed.derived in (CENSORED, PVALUE):
+    if parsed.stat in (PVALUE, "censored", "never"):
         return False
+    if parsed.stat == "median":
+        return not parsed.spec.higher_is_better if parsed.spec.kind == TIME_TO_EVENT else False
     return parsed.spec.higher_is_better
 
 
+def is_headline(key: str) -> bool:
+    parsed = parse_key(key)
+    return parsed.layer is None and format_key(parsed.metric, None, parsed.stat) in HEADLINE
+
+
 def carrier_keys(metric: str, injection_point: int | None, settings) -> list[str]:
-    """The metric's key and the derived keys that carry the same per-doc value."""
+    """The metric's keys that carry the same per-doc value, as the settings' report selects."""
     spec = METRICS[metric]
-    derived = [None]
-    if settings.confidence_intervals:
-        derived += [CI_LOW, CI_HIGH]
-    if spec.censored:
-        derived.append(CENSORED)
-    return [format_key(metric, injection_point, suffix) for suffix in derived]
+    keys = []
+    for stat in spec.valid_stats():
+        if stat in _INTERVAL_STATS and not settings.confidence_intervals:
+            continue
+        key = format_key(metric, injection_point, stat)
+        if settings.report == "full" or is_headline(key):
+            keys.append(key)
+    return keys
 
 
 def result_keys(injection_points, settings, n_layers: int = 0) -> list[str]:
     """Every key `doc_metrics` can emit for these injection points (per-layer keys for n_layers).
 
-    For a task that builds its aggregation and direction tables before seeing any trace; a run
-    reports the subset its docs produce (e.g. no attention keys without track_attention).
+    A run reports the subset its docs produce (e.g. no attention keys without track_attention).
     """
     keys = []
     for metric, spec in METRICS.items():
         for point in injection_points if spec.per_injection_point else [None]:
             keys += carrier_keys(metric, point, settings)
+            if settings.report != "full":
+                continue
             if spec.paired_test:
                 keys.append(format_key(metric, point, PVALUE))
             if spec.per_layer and settings.per_layer:

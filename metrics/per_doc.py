@@ -1,16 +1,18 @@
 """doc_metrics: the per-doc values of every result key, from one schema-v1 trace.
 
-Everything here needs one document only; what needs all documents (calibration, medians,
+Everything here needs one document only; what needs all documents (calibration, Kaplan-Meier,
 intervals, tests) happens in the aggregations, so some per-doc values are small payloads that
 carry what their aggregation needs (see keys.py and aggregations.py). All values are
 JSON-serialisable (lm-eval writes them to --log_samples).
 
 Which docs contribute what:
-- identical-problem controls (original and alternative prompt ids equal) give baseline_accuracy
-  and control_false_positive_rate@N only: the adaptation metrics would be 0.5 or undefined for
-  them. Changed-problem docs give every other key.
-- the detection keys carry the CUSUM statistic of the injection and the noise run, so that their
-  aggregation can calibrate on the noise runs of every doc carrying the key.
+- changed-problem docs give every key; n_docs@N counts them, so every @N accuracy, gap and mean
+  has the same denominator (minus docs whose inputs are absent, e.g. no answer).
+- identical-problem controls (original and alternative prompt ids equal) give only the detection
+  keys: their noise runs join the calibration and their injection runs are the control false
+  positives; the adaptation metrics would be 0.5 or undefined for them.
+- every doc carries the detection payload under every detection key, so each detection key is
+  computed by the same detector, calibrated on the noise runs of every doc.
 - a doc not injected at N (the baseline stopped before N tokens) gives no value for N.
 - a metric whose inputs are absent (attention or hidden states not tracked, no answer for a
   condition, an empty post-injection window for a window mean) gives no value.
@@ -20,12 +22,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from kvinject.trace_schema import SCHEMA_VERSION
+
 from . import keys as K
-from .events import first_time, stabilization_time
-from .series import adaptation_scores, final_window, log_ratios, non_sink_masses
+from .events import CENSORED, EVENT, first_time, stabilization_time
+from .series import adaptation_scores, clamped_cosines, final_window, log_ratios, non_sink_masses
 from .settings import AdaptationSettings
 
-SCHEMA_VERSION = 1
+BUDGET_STOP = "max_new_tokens"   # the only stop_reason that censors (see events.py)
 
 
 def doc_metrics(trace: dict, answers: dict, settings: AdaptationSettings | None = None) -> dict:
@@ -49,29 +53,30 @@ def doc_metrics(trace: dict, answers: dict, settings: AdaptationSettings | None 
 def _doc_metrics(trace: dict, answers: dict, settings: AdaptationSettings) -> dict:
     prompts = trace["prompts"]
     control = prompts["original"]["ids"] == prompts["alternative"]["ids"]
-    injection_points = trace["settings"]["injection_points"]
     values: dict = {}
-    _put(values, "baseline_accuracy", None, _matches(answers, "baseline", "old"), settings)
     if not control:
+        _put(values, "baseline_accuracy", None, _matches(answers, "baseline", "old"), settings)
         _put(values, "oracle_accuracy", None, _matches(answers, "oracle", "new"), settings)
-    paired: dict[str, list[float]] = {}
-    for point in injection_points:
+    pairs: dict[str, list[float]] = {}
+    for point in trace["settings"]["injection_points"]:
         run, noise = (trace["conditions"].get(f"{name}@{point}") for name in ("injection", "noise"))
         if not (run and noise and run["injected"] and noise["injected"]):
             continue
-        detection = {"run": _detection_statistic(run, settings),
-                     "noise": _detection_statistic(noise, settings)}
+        detection = _detection_payload(run, noise, control, settings)
         for metric, spec in K.METRICS.items():
-            if spec.kind == K.DETECTION and spec.from_controls == control:
+            if spec.kind == K.DETECTION:
                 _put(values, metric, point, detection, settings)
         if not control:
-            paired.update(_adaptation_values(values, run, noise, answers, point, settings))
-    if not control:
-        # Every changed-problem doc carries every p-value key with the same payload, so each
-        # p-value aggregation sees the whole family (metrics x N) and corrects it identically.
-        for metric in _testable_metrics(trace["settings"]):
-            for point in injection_points:
-                values[K.format_key(metric, point, K.PVALUE)] = paired
+            pairs.update(_adaptation_values(values, run, noise, answers, point, settings))
+            pair = _detection_pair(detection)
+            if pair is not None:
+                pairs[K.format_key("detection_rate", point)] = pair
+    if settings.report == "full":
+        # A doc carries pvalue_<metric>@N for each pair it has; the payload is its whole family
+        # so each p-value aggregation can correct across the family (aggregations.py).
+        for key in pairs:   # pair keys are "<metric>@<N>"
+            metric, _, point = key.partition("@")
+            values[K.format_key(metric, int(point), K.PVALUE)] = pairs
     return values
 
 
@@ -86,21 +91,39 @@ def _adaptation_values(values: dict, run: dict, noise: dict, answers: dict, poin
     if "attention_injected" in run_values and "attention_injected" in noise_values:
         run_values["attention_shift"] = (
             run_values["attention_injected"] - noise_values["attention_injected"])
+    _put(values, "n_docs", point, 1.0, settings)
     pairs = {}
     for metric, value in run_values.items():
-        _put(values, metric, point, value, settings)
+        spec = K.METRICS[metric]
         noise_value = noise_values.get(metric)
-        if K.METRICS[metric].paired_test and None not in (value, noise_value):
-            pairs[K.format_key(metric, point)] = [value, noise_value]
-    if settings.per_layer:
+        if spec.kind == K.TIME_TO_EVENT:
+            _put(values, metric, point, {"run": value, "noise": noise_value}, settings)
+            pair = [_within(value, settings.horizon_tokens), _within(noise_value, settings.horizon_tokens)]
+        else:
+            _put(values, metric, point, value, settings)
+            pair = [value, noise_value]
+        if spec.paired_test and None not in pair:
+            pairs[K.format_key(metric, point)] = pair
+    if settings.per_layer and settings.report == "full":
         for metric, per_layer in run_layers.items():
             for layer, value in enumerate(per_layer, start=1):
                 values[K.format_key(metric, point, layer=layer)] = value
     return pairs
 
 
+def _within(event: dict | None, horizon: int) -> float | None:
+    """1.0 / 0.0: the event happened at t <= horizon; None: unknown (censored before horizon)."""
+    if event is None:
+        return None
+    if event["status"] == EVENT:
+        return float(event["time"] <= horizon)
+    if event["status"] == CENSORED and event["time"] < horizon:
+        return None
+    return 0.0
+
+
 def _put(values: dict, metric: str, point: int | None, value, settings) -> None:
-    """Store a per-doc value under the metric's key and the derived keys that share it."""
+    """Store a per-doc value under the metric's keys that the report shows."""
     if value is None:
         return
     for key in K.carrier_keys(metric, point, settings):
@@ -125,13 +148,6 @@ def _answer_metrics(answers: dict, point: int) -> dict:
     }
 
 
-def _testable_metrics(trace_settings: dict) -> list[str]:
-    needs = {"attention_injected": "track_attention", "final_attention_ratio": "track_attention",
-             "embedding_similarity": "track_hidden"}
-    return [metric for metric in K.PAIRED_METRICS
-            if metric not in needs or trace_settings.get(needs[metric], False)]
-
-
 def _checked_series(condition: dict) -> dict:
     series = condition["series"]
     length = len(condition["post_ids"])
@@ -141,26 +157,44 @@ def _checked_series(condition: dict) -> dict:
     return series
 
 
-def _detection_statistic(condition: dict, settings: AdaptationSettings) -> list[float]:
-    """The run's CUSUM statistic per token, to 7 significant digits: the engine's divergences are
-    fp32 (about 7 digits), and the series is repeated under several keys in --log_samples."""
+def _statistic(condition: dict, settings: AdaptationSettings) -> list[float]:
+    """The run's detection statistic over the horizon, to 7 significant digits: the engine's
+    divergences are fp32 (about 7 digits), and the series is repeated under several keys."""
     series = _checked_series(condition)
     if settings.detection_statistic == "log_ratio":
         statistic = log_ratios(series["logp_new"], series["logp_old"])
     else:
         statistic = np.asarray(series["kl_run_old"], dtype=float)
-    return [float(f"{value:.7g}") for value in statistic]
+    return [float(f"{value:.7g}") for value in statistic[:settings.horizon_tokens]]
+
+
+def _detection_payload(run: dict, noise: dict, control: bool, settings) -> dict:
+    return {"run": _statistic(run, settings), "noise": _statistic(noise, settings),
+            "run_budget_hit": run["stop_reason"] == BUDGET_STOP, "control": control}
+
+
+def _detection_pair(payload: dict) -> list[float] | None:
+    """Mean detection statistic of the injection and the noise run over their common length:
+    the paired test of the detector's input (its null: the two runs are exchangeable)."""
+    common = min(len(payload["run"]), len(payload["noise"]))
+    if common == 0:
+        return None
+    return [float(np.mean(payload["run"][:common])), float(np.mean(payload["noise"][:common]))]
 
 
 def _run_metrics(condition: dict, settings: AdaptationSettings) -> tuple[dict, dict]:
     """One run's metric values {metric: float | event} and per-layer values {metric: [float]}."""
     series = _checked_series(condition)
-    window = settings.window_tokens
-    scores = adaptation_scores(series["kl_run_old"], series["kl_run_new"])
-    adapted = scores > settings.adapted_threshold
+    window, horizon = settings.window_tokens, settings.horizon_tokens
+    budget_hit = condition["stop_reason"] == BUDGET_STOP
+    kl_old = np.asarray(series["kl_run_old"], dtype=float)
+    kl_new = np.asarray(series["kl_run_new"], dtype=float)
+    scores = adaptation_scores(kl_old, kl_new)
+    # The minimum effect: a_t > threshold alone would count fp32 noise (1.2e-7 vs 1e-7) as adapted.
+    adapted = (scores > settings.adapted_threshold) & (kl_old - kl_new > settings.adapted_min_kl_gap)
     values = {
-        "adaptation_point": first_time(adapted),
-        "stabilization": stabilization_time(adapted, settings.stabilization_tokens),
+        "adaptation_point": first_time(adapted, budget_hit),
+        "stabilization": stabilization_time(adapted, settings.stabilization_tokens, budget_hit),
     }
     layers = {}
     if scores.size:
@@ -168,20 +202,26 @@ def _run_metrics(condition: dict, settings: AdaptationSettings) -> tuple[dict, d
         values["oracle_convergence"] = float(final_window(scores, window).mean())
         ratios = log_ratios(series["logp_new"], series["logp_old"])
         values["final_log_ratio"] = float(final_window(ratios, window).mean())
-    if "attention" in series and scores.size:
-        attention_values, layers = _attention_metrics(series["attention"], settings)
+        values["kl_run_new"] = float(np.clip(kl_new[:horizon], 0, None).mean())
+        values["kl_run_old"] = float(np.clip(kl_old[:horizon], 0, None).mean())
+    if "attention" in series:
+        attention_values, layers = _attention_metrics(series["attention"], budget_hit, settings)
         values.update(attention_values)
-    elif "attention" in series:
-        values["attention_stabilization"] = first_time([])   # empty window: censored at 0
     if "hidden_cos_new" in series and scores.size:
-        cosines = final_window(np.asarray(series["hidden_cos_new"], dtype=float), window)
-        per_layer = cosines.mean(axis=0)
-        values["embedding_similarity"] = float(per_layer[-1])
-        layers["embedding_similarity"] = per_layer.tolist()
+        cos_new = final_window(clamped_cosines(series["hidden_cos_new"]), window).mean(axis=0)
+        cos_old = final_window(clamped_cosines(series["hidden_cos_old"]), window).mean(axis=0)
+        contrast = cos_new - cos_old
+        values["embedding_similarity"] = float(cos_new[-1])
+        values["embedding_contrast"] = float(contrast[-1])
+        values["embedding_contrast_mid"] = float(contrast[(contrast.size - 1) // 2])
+        layers["embedding_similarity"] = cos_new.tolist()
     return values, layers
 
 
-def _attention_metrics(attention: dict, settings: AdaptationSettings) -> tuple[dict, dict]:
+def _attention_metrics(attention: dict, budget_hit: bool,
+                       settings: AdaptationSettings) -> tuple[dict, dict]:
+    if not attention["injected"]:   # empty window: no token to attend from
+        return {"attention_stabilization": first_time([], budget_hit)}, {}
     masses = non_sink_masses(attention)
     injected, original = masses["injected"], masses["original_prompt"]   # (T, n_layers)
     injected_by_token, original_by_token = injected.mean(axis=-1), original.mean(axis=-1)
@@ -190,7 +230,7 @@ def _attention_metrics(attention: dict, settings: AdaptationSettings) -> tuple[d
         # the original-prompt mass is 0 and the ratio is infinite.
         "attention_stabilization": stabilization_time(
             injected_by_token > settings.attention_ratio_threshold * original_by_token,
-            settings.stabilization_tokens),
+            settings.stabilization_tokens, budget_hit),
         "attention_injected": float(injected_by_token.mean()),
         "attention_original": float(original_by_token.mean()),
     }

@@ -46,6 +46,17 @@ def bootstrap_interval(
     return float(low), float(high)
 
 
+def percentile_interval(replicates, confidence_level: float) -> tuple[float, float]:
+    """Percentile interval of bootstrap replicates (NaN replicates dropped; NaN if none left)."""
+    replicates = np.asarray(replicates, dtype=float)
+    replicates = replicates[~np.isnan(replicates)]
+    if not replicates.size:
+        return float("nan"), float("nan")
+    tail = (1 - confidence_level) / 2
+    low, high = np.quantile(replicates, [tail, 1 - tail])
+    return float(low), float(high)
+
+
 def _mean_over(values: np.ndarray) -> Callable[..., float]:
     def statistic(indices, axis=-1):
         return values[indices].mean(axis=axis)

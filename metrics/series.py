@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from kvinject.trace_schema import SEGMENTS
+
 # Log-probabilities are floored here so that a token one context gives probability 0 (log = -inf)
 # still yields a finite log-ratio; the floor is the log of the smallest normal double.
 LOG_PROB_FLOOR = float(np.log(np.finfo(float).tiny))
 
 # Renormalised attention uses every segment but the first position (the attention sink).
-NON_SINK_SEGMENTS = ("original_prompt", "generated_before", "injected", "generated_after")
+NON_SINK_SEGMENTS = tuple(segment for segment in SEGMENTS if segment != "sink")
 
 
 def _without_nan(name: str, values) -> np.ndarray:
@@ -77,3 +79,9 @@ def non_sink_masses(attention: dict) -> dict[str, np.ndarray]:
 def final_window(values: np.ndarray, window_tokens: int) -> np.ndarray:
     """The last `window_tokens` entries along the token axis (all of them if the run is shorter)."""
     return values[-window_tokens:]
+
+
+def clamped_cosines(values) -> np.ndarray:
+    """Cosine similarities clipped to [-1, 1]: fp32 rounding gives 1.000000238, and anything
+    taking arccos of that would be NaN."""
+    return np.clip(_without_nan("hidden cosine", values), -1.0, 1.0)

@@ -13,13 +13,21 @@ from typing import Any
 
 DETECTION_STATISTICS = ("kl_run_old", "log_ratio")
 CORRECTIONS = ("holm", "bh", "by")
+REPORTS = ("headline", "full")
 
 
 @dataclasses.dataclass(frozen=True)
 class AdaptationSettings:
     """Thresholds and resampling sizes for the adaptation metrics (units in brackets).
 
-    adapted_threshold: a run counts as adapted at token t when a_t > this [score, (0, 1)].
+    adapted_threshold: a run counts as adapted at token t when a_t > this [score, (0, 1)] and
+        KL(run||old) - KL(run||new) > adapted_min_kl_gap.
+    adapted_min_kl_gap: the minimum effect: a token whose run is closer to the new context than
+        to the old by at most this many nats is not adapted, so fp32-level differences (1e-7)
+        never count [nats, >= 0].
+    horizon_tokens: H, the fixed horizon of the time-to-event shares, of the KL means and of the
+        detector (the first H post-injection tokens), so that tasks with different token budgets
+        are comparable [tokens, >= 1].
     window_tokens: W, the final post-injection tokens averaged by the "final" metrics
         (oracle_convergence, final_log_ratio, final_attention_ratio, embedding_similarity);
         a run with fewer than W tokens uses all of them [tokens, >= 1].
@@ -27,14 +35,16 @@ class AdaptationSettings:
         None: it must hold from t to the end of the run [tokens, >= 1 or None].
     attention_ratio_threshold: attention stabilization criterion, injected / original-prompt
         mass > this [ratio, > 0].
-    false_alarm_rate: the detector's threshold is calibrated so that at most this share of the
-        noise@N runs raise an alarm anywhere in their window [probability, (0, 1)].
+    false_alarm_rate: alpha; the detector's threshold is the ceil((n+1)(1-alpha))-th smallest of
+        the n noise@N runs' CUSUM peaks (conformal), so a fresh null run alarms with probability
+        <= alpha; with fewer than 1/alpha - 1 noise runs no threshold supports alpha and the
+        detection is flagged uncalibrated [probability, (0, 1)].
     detection_statistic: the per-token series the CUSUM accumulates: "kl_run_old" (the run's
         divergence from the old context, nats) or "log_ratio" (log p_new - log p_old of the
         run's token, nats; Page's CUSUM of log-likelihood ratios).
     cusum_drift: subtracted from every increment so that a steady level below it never
-        accumulates [nats, >= 0]; None: the mean of the statistic over all noise@N tokens, so
-        only divergence beyond what noise shows on average accumulates. The alarm comes about
+        accumulates [nats, >= 0]; None: the mean of the statistic over the noise@N tokens of the
+        horizon (re-estimated in every bootstrap resample). The alarm comes about
         threshold / (shift - drift) tokens after a change, so latency includes that delay.
     bootstrap_resamples: problem-level bootstrap resamples for the confidence intervals [>= 1].
     confidence_level: of the bootstrap intervals [(0, 1)].
@@ -47,11 +57,16 @@ class AdaptationSettings:
     per_layer: also report attention and embedding metrics per layer (keys `..._layer<l>@N`,
         off by default: the table would grow by layers x metrics x points; the trace keeps them;
         layers numbered from 1).
-    confidence_intervals: also report `<metric>_ci_low@N` / `<metric>_ci_high@N`.
+    confidence_intervals: also report `<metric>_ci_low@N` / `<metric>_ci_high@N` (full report).
+    report: "headline" (default): the lm-eval table shows the headline keys only (keys.HEADLINE,
+        at most ~25 rows per task); "full": every key (intervals, censored counts, medians,
+        p-values, per-layer values), also written to the results JSON and --log_samples.
     seed: seeds the bootstrap and permutation resampling, so aggregates are reproducible.
     """
 
     adapted_threshold: float = 0.5
+    adapted_min_kl_gap: float = 0.01
+    horizon_tokens: int = 32
     window_tokens: int = 10
     stabilization_tokens: int | None = None
     attention_ratio_threshold: float = 1.0
@@ -64,6 +79,7 @@ class AdaptationSettings:
     correction: str = "holm"
     per_layer: bool = False
     confidence_intervals: bool = True
+    report: str = "headline"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -109,6 +125,8 @@ def _check_field(name: str, value: Any) -> None:
     open_unit = "a number in (0, 1)"
     checks = {
         "adapted_threshold": (_is_number, lambda v: 0 < v < 1, open_unit),
+        "adapted_min_kl_gap": (_is_number, lambda v: v >= 0, "a number >= 0"),
+        "horizon_tokens": (_is_int, lambda v: v >= 1, "an integer >= 1"),
         "window_tokens": (_is_int, lambda v: v >= 1, "an integer >= 1"),
         "stabilization_tokens": (
             lambda v: v is None or _is_int(v), lambda v: v is None or v >= 1,
@@ -132,6 +150,7 @@ def _check_field(name: str, value: Any) -> None:
         ),
         "per_layer": (lambda v: isinstance(v, bool), lambda v: True, "true or false"),
         "confidence_intervals": (lambda v: isinstance(v, bool), lambda v: True, "true or false"),
+        "report": (lambda v: isinstance(v, str), lambda v: v in REPORTS, f"one of {REPORTS}"),
         "seed": (_is_int, lambda v: v >= 0, "an integer >= 0"),
     }
     type_ok, range_ok, expected = checks[name]

@@ -1,30 +1,60 @@
-"""Kaplan-Meier summaries of right-censored times to an event (token counts)."""
+"""Kaplan-Meier summaries of times to an event (token counts) with censored and never-runs.
+
+A "never" run (stopped without the event) has an infinite time: it stays in the risk set at every
+t. A "censored" run (budget hit) leaves the risk set after its time. See events.py.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
+
+from .events import CENSORED, EVENT, NEVER
 
 # Survival probabilities are products of fractions: S = 0.5 exactly can come out a hair above.
 _HALF = 0.5 + 1e-9
 
 
-def kaplan_meier_median(times, observed) -> float:
-    """Median time to the event (tokens), right-censoring handled by Kaplan-Meier.
+def unpack(events) -> tuple[np.ndarray, np.ndarray]:
+    """times (float, inf for never) and event flags of a list of {"time", "status"}."""
+    status = [item["status"] for item in events]
+    times = np.array([np.inf if s == NEVER else item["time"] for s, item in zip(status, events)],
+                     dtype=float)
+    return times, np.array([s == EVENT for s in status], dtype=bool)
 
-    The smallest t with S(t) <= 0.5. When the survival curve never falls to 0.5 (e.g. every run is
-    censored) the median is not reached: the result is then max(times) + 1, the smallest value
-    consistent with the data (a lower bound; report it with the censored count). NaN only for an
-    empty sample.
-    """
-    times = np.asarray(times, dtype=float)
-    observed = np.asarray(observed, dtype=bool)
-    if times.size == 0:
+
+def survival_curve(times, observed) -> tuple[np.ndarray, np.ndarray]:
+    """Kaplan-Meier S(t) just after each distinct event time: (event times, S at them)."""
+    times, observed = np.asarray(times, dtype=float), np.asarray(observed, dtype=bool)
+    event_times = np.unique(times[observed])
+    at_risk = (times[None, :] >= event_times[:, None]).sum(axis=1)
+    events = (observed[None, :] & (times[None, :] == event_times[:, None])).sum(axis=1)
+    return event_times, np.cumprod(1.0 - events / at_risk)
+
+
+def share_by(times, observed, horizon: int) -> float:
+    """Estimated share of runs with the event at t <= horizon, 1 - S(horizon); NaN if empty."""
+    if np.size(times) == 0:
         return float("nan")
-    not_reached = float(times.max() + 1)
-    if not observed.any():
-        return not_reached
-    sample = stats.CensoredData(uncensored=times[observed], right=times[~observed])
-    survival = stats.ecdf(sample).sf
-    reached = survival.probabilities <= _HALF
-    return float(survival.quantiles[reached][0]) if reached.any() else not_reached
+    event_times, survival = survival_curve(times, observed)
+    before = event_times <= horizon
+    return float(1.0 - survival[before][-1]) if before.any() else 0.0
+
+
+def kaplan_meier_median(times, observed) -> float:
+    """Median time to the event (tokens): the smallest t with S(t) <= 0.5.
+
+    inf when not reached: the estimated share with the event never reaches one half (e.g. most
+    runs stopped without it, or the rest is censored). Never a value that depends on the run
+    lengths. NaN only for an empty sample.
+    """
+    if np.size(times) == 0:
+        return float("nan")
+    event_times, survival = survival_curve(times, observed)
+    reached = survival <= _HALF
+    return float(event_times[reached][0]) if reached.any() else float("inf")
+
+
+def counts(events) -> dict:
+    """How many runs had each status."""
+    status = [item["status"] for item in events]
+    return {name: status.count(name) for name in (EVENT, CENSORED, NEVER)}

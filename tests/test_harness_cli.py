@@ -104,7 +104,8 @@ def test_wrapper_works_with_the_start_up_hook_disabled(local_model_dir, tmp_path
     result = run(
         [sys.executable, "-m", "kvinject", "--model", "kvinject", "--model_args",
          json.dumps({"pretrained": str(local_model_dir), "injection_points": [1, 2]}),  # the JSON form
-         "--tasks", "adaptation_semantic", "--limit", "1"],
+         "--tasks", "adaptation_semantic", "--limit", "1",
+         "--metadata", json.dumps({"adaptation": {"report": "full"}})],
         env={"KVINJECT_LMEVAL_DISABLE": "1"},
         cwd=tmp_path,
     )
@@ -112,18 +113,25 @@ def test_wrapper_works_with_the_start_up_hook_disabled(local_model_dir, tmp_path
     assert "control_false_positive_rate@2" in result.stdout  # doc 0 is an identical control
 
 
+# Every key of the full report (report: full) at a point with a changed-problem doc injected.
 EVERY_METRIC_PER_POINT = (
-    "detection_latency", "detection_rate", "adaptation_point", "stabilization", "oracle_convergence",
-    "adaptation_score", "final_log_ratio", "attention_injected", "attention_original", "attention_shift",
-    "final_attention_ratio", "attention_stabilization", "embedding_similarity", "injection_accuracy",
-    "stuck_rate", "adaptation_gap", "noise_specificity", "pvalue_adaptation_score", "detection_latency_censored",
+    "n_docs", "injection_accuracy", "stuck_rate", "adaptation_gap", "noise_specificity",
+    "adaptation_score", "oracle_convergence", "final_log_ratio", "kl_run_new", "kl_run_old",
+    "attention_injected", "attention_original", "attention_shift", "final_attention_ratio",
+    "embedding_similarity", "embedding_contrast", "embedding_contrast_mid",
+    "adaptation_point_share", "adaptation_point_share_ci_low", "adaptation_point_median",
+    "adaptation_point_censored", "adaptation_point_never", "adaptation_point_vs_noise",
+    "stabilization_share", "attention_stabilization_share", "detection_rate", "detection_rate_ci_high",
+    "detection_latency_median", "detection_latency_never", "detection_false_alarm_bound", "detection_calibrated",
+    "pvalue_kl_run_new", "pvalue_injection_accuracy", "oracle_convergence_ci_low",
 )
 POINTS = (1, 2, 4)  # SmolLM2 often answers a MAWPS problem in under 15 tokens: inject early
 
 
 @pytest.mark.slow
 def test_smollm2_run_from_the_command_line_reports_every_metric(tmp_path):
-    """The end-to-end check: the real SmolLM2 through `lm_eval`, both tasks, every metric, no NaN.
+    """The end-to-end check: the real SmolLM2 through `lm_eval`, both tasks, every metric of the full
+    report, no NaN (a median may be inf: not reached).
     --limit 4 takes an identical control in both tasks (their docs are in a fixed mixed order)."""
     if not os.environ.get("KVINJECT_MAWPS_SOURCE"):
         pytest.skip("KVINJECT_MAWPS_SOURCE is not set (CI points it at ../shared/data/mawps)")
@@ -132,7 +140,8 @@ def test_smollm2_run_from_the_command_line_reports_every_metric(tmp_path):
     result = run(
         ["lm_eval", "--model", "kvinject", "--model_args", f"pretrained=smollm2-135m,batch_size=2,injection_points={points}",
          "--tasks", "adaptation_math,adaptation_semantic", "--limit", "4", "--output_path", str(out),
-         "--gen_kwargs", "max_gen_toks=48"],  # noise runs tend to ramble to the budget: keep CI short
+         "--gen_kwargs", "max_gen_toks=48",  # noise runs tend to ramble to the budget: keep CI short
+         "--metadata", json.dumps({"adaptation": {"report": "full"}})],
         cwd=tmp_path,
         timeout=1800,
     )
@@ -151,10 +160,27 @@ def test_smollm2_run_from_the_command_line_reports_every_metric(tmp_path):
             if any(t["prompts"]["original"]["ids"] != t["prompts"]["alternative"]["ids"] for t in injected):
                 expected |= {f"{name}@{n}" for name in EVERY_METRIC_PER_POINT}
             if any(t["prompts"]["original"]["ids"] == t["prompts"]["alternative"]["ids"] for t in injected):
-                expected.add(f"control_false_positive_rate@{n}")
+                expected |= {f"control_false_positive_rate@{n}", f"detection_vs_controls_pvalue@{n}"}
         assert any(key.endswith(f"@{POINTS[0]}") for key in expected), f"{task}: no doc injected at all"
         assert expected <= set(values), sorted(expected - set(values))
         assert all(v == v for v in values.values()), [k for k, v in values.items() if v != v]
+
+
+def test_default_table_shows_the_headline_keys_only(local_model_dir, tmp_path):
+    """report: headline (the default): at most ~25 rows per task for 3 injection points."""
+    result = run(
+        ["lm_eval", "--model", "kvinject", "--model_args", f"pretrained={local_model_dir},injection_points=1:2:3",
+         "--tasks", "adaptation_math,adaptation_semantic", "--limit", "4", "--gen_kwargs", "max_gen_toks=8",
+         "--output_path", str(tmp_path / "out")],
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
+    for task in ("adaptation_math", "adaptation_semantic"):
+        rows = [key for key in results["results"][task] if key.endswith(",none") and "_stderr" not in key]
+        assert 10 <= len(rows) <= 26, rows
+        assert "injection_accuracy@3,none" in rows and not any("pvalue" in key or "_ci_" in key for key in rows)
+        assert isinstance(results["results"][task]["injection_accuracy@3_stderr,none"], float)
 
 
 def test_model_args_win_over_the_harness_defaults(local_model_dir):

@@ -12,20 +12,23 @@ from kvinject.metrics import (
     doc_metrics,
     metric_aggregation,
     metric_higher_is_better,
-    register_with_lm_eval,
     result_keys,
 )
 from kvinject.metrics import aggregations
 from test_metrics_trace_builder import build_answers, build_trace, run_series
 
 # The smallest randomised p-value is 1 / (resamples + 1): with 14 tests, Holm needs > 280.
-FAST = AdaptationSettings(window_tokens=3, bootstrap_resamples=60, permutation_resamples=999)
+FAST = AdaptationSettings(window_tokens=3, bootstrap_resamples=60, permutation_resamples=999,
+                          report="full")
 
 
 @pytest.mark.parametrize("key, higher", [
     ("baseline_accuracy", True), ("injection_accuracy@5", True), ("stuck_rate@10", False),
-    ("adaptation_gap@5", False), ("oracle_convergence@137", True), ("adaptation_point@5", False),
-    ("adaptation_point_censored@5", False), ("detection_latency_ci_low@15", False),
+    ("adaptation_gap@5", False), ("oracle_convergence@137", True),
+    ("adaptation_point_share@5", True), ("adaptation_point_median@5", False),
+    ("adaptation_point_censored@5", False), ("adaptation_point_never@5", False),
+    ("detection_latency_median@15", False), ("kl_run_new@5", False), ("kl_run_old@5", True),
+    ("n_docs@5", True), ("detection_calibrated@5", True), ("embedding_contrast_mid@5", True),
     ("detection_rate_ci_high@5", True), ("control_false_positive_rate@5", False),
     ("pvalue_oracle_convergence@5", False), ("attention_original_layer12@5", False),
     ("attention_injected_layer1@5", True), ("embedding_similarity@5", True),
@@ -38,6 +41,8 @@ def test_direction_comes_from_the_metric(key, higher):
 @pytest.mark.parametrize("key", [
     "adaptation_latency@5", "oracle_convergence", "baseline_accuracy@5", "pvalue_stuck_rate@5",
     "adaptation_score_censored@5", "stuck_rate_layer1@5", "detection_rate_censored@5",
+    "adaptation_point@5", "detection_latency@5", "pvalue_adaptation_point_share@5",
+    "kl_run_new_share@5", "adaptation_point_share_layer1@5",
     "pvalue_oracle_convergence_ci_low@5", "oracle_convergence@five", "attention_injected_layer0@5",
 ])
 def test_invalid_keys_are_rejected_with_the_key_named(key):
@@ -98,6 +103,8 @@ def realistic():
 
 def test_a_realistic_run_reports_every_metric_without_nan(realistic):
     _, results = realistic
+    assert not any(math.isnan(value) for value in results.values())
+    # only a median may be infinite (not reached); here every median is reached
     assert all(isinstance(value, float) and math.isfinite(value) for value in results.values())
     assert set(results) <= set(result_keys([5, 10], FAST, n_layers=2))
     assert "control_false_positive_rate@5" in results and "pvalue_final_log_ratio@10" in results
@@ -105,15 +112,22 @@ def test_a_realistic_run_reports_every_metric_without_nan(realistic):
 
 def test_aggregates_have_the_expected_values(realistic):
     _, results = realistic
-    assert results["adaptation_point@5"] == 4.0      # adaptation at 3, 4, 5 and 6 censored
+    # adaptation at 3, 4, 5 (8 docs each); 6 censored at 12 by the budget
+    assert results["adaptation_point_median@5"] == 4.0
     assert results["adaptation_point_censored@5"] == 6.0
+    assert results["adaptation_point_never@5"] == 0.0
+    assert results["adaptation_point_share@5"] == pytest.approx(24 / 30)
+    assert results["adaptation_point_vs_noise@5"] == pytest.approx(24 / 30)
     assert results["stabilization_censored@10"] == 3.0  # half the docs are not injected at 10
+    assert results["n_docs@5"] == 30.0 and results["n_docs@10"] == 15.0
     assert results["injection_accuracy@5"] == pytest.approx(24 / 30)
     assert results["stuck_rate@5"] == pytest.approx(6 / 30)
     assert results["baseline_accuracy"] == 1.0
     assert 0.5 < results["detection_rate@5"] <= 1.0
-    for metric in ("adaptation_point@5", "oracle_convergence@5", "detection_latency@5",
-                   "detection_rate@5", "stabilization@10"):
+    assert results["detection_calibrated@5"] == 1.0   # 36 noise runs support alpha = 0.05
+    assert results["detection_false_alarm_bound@5"] <= 0.05
+    for metric in ("adaptation_point_share@5", "oracle_convergence@5", "detection_rate@5",
+                   "stabilization_share@10", "control_false_positive_rate@5"):
         name, point = metric.split("@")
         low, high = results[f"{name}_ci_low@{point}"], results[f"{name}_ci_high@{point}"]
         assert low <= results[metric] <= high, metric
@@ -132,7 +146,8 @@ def test_the_test_family_is_computed_once_for_all_pvalue_keys(realistic):
     docs, _ = realistic
     settings = AdaptationSettings(permutation_resamples=201, bootstrap_resamples=10)
     aggregations._family_pvalues.cache.clear()
-    for key in ("pvalue_oracle_convergence@5", "pvalue_final_log_ratio@10",
+    # every doc is injected at 5 (so carries the same family payload); odd docs are not at 10
+    for key in ("pvalue_oracle_convergence@5", "pvalue_final_log_ratio@5",
                 "pvalue_embedding_similarity@5"):
         metric_aggregation(key, settings)([doc[key] for doc in docs if key in doc])
     assert len(aggregations._family_pvalues.cache) == 1
@@ -161,19 +176,21 @@ def test_no_effect_gives_large_pvalues():
     assert metric_aggregation("pvalue_injection_accuracy@5", FAST)(values) == 1.0
 
 
-def test_all_runs_censored():
-    never = {"time": 7, "observed": False}
-    assert metric_aggregation("stabilization@5", FAST)([never] * 4) == 8.0
-    assert metric_aggregation("stabilization_censored@5", FAST)([never] * 4) == 4.0
-    assert metric_aggregation("stabilization_ci_low@5", FAST)([never] * 4) == 8.0
+def test_all_runs_censored_or_stopped():
+    censored = {"run": {"time": 7, "status": "censored"}, "noise": {"time": 7, "status": "never"}}
+    assert metric_aggregation("stabilization_median@5", FAST)([censored] * 4) == math.inf
+    assert metric_aggregation("stabilization_censored@5", FAST)([censored] * 4) == 4.0
+    assert metric_aggregation("stabilization_share@5", FAST)([censored] * 4) == 0.0
+    assert metric_aggregation("stabilization_share_ci_low@5", FAST)([censored] * 4) == 0.0
 
 
 def test_zero_usable_docs_are_nan_or_no_evidence():
-    assert math.isnan(metric_aggregation("adaptation_point@5", FAST)([]))
+    assert math.isnan(metric_aggregation("adaptation_point_share@5", FAST)([]))
     assert metric_aggregation("adaptation_point_censored@5", FAST)([]) == 0.0
-    assert math.isnan(metric_aggregation("detection_latency@5", FAST)([]))
     assert math.isnan(metric_aggregation("oracle_convergence_ci_high@5", FAST)([]))
     assert metric_aggregation("pvalue_oracle_convergence@5", FAST)([{}, {}]) == 1.0
+    changed = {"run": [1.0], "noise": [1.0], "run_budget_hit": True, "control": False}
+    assert math.isnan(metric_aggregation("control_false_positive_rate@5", FAST)([changed] * 3))
 
 
 def test_aggregates_are_reproducible():
@@ -202,23 +219,20 @@ def test_lm_eval_aggregates_the_per_doc_values_with_standard_errors(realistic):
     results, _ = _compute_task_aggregations(Task(), raw, bootstrap_iters=100)
     assert results["oracle_convergence@5,none"] == pytest.approx(expected["oracle_convergence@5"])
     assert isinstance(results["oracle_convergence@5_stderr,none"], float)
-    assert results["adaptation_point@5_stderr,none"] == "N/A"
+    assert results["adaptation_point_share@5_stderr,none"] == "N/A"
     assert not any(isinstance(value, float) and math.isnan(value) for value in results.values())
 
 
-def test_registration_with_lm_eval_is_idempotent_and_keeps_the_builtins():
-    from lm_eval.api import registry
-    from lm_eval.api.metrics import mean
-
-    register_with_lm_eval((5, 10))
-    register_with_lm_eval((5, 10))
-    assert registry.get_aggregation("mean") is mean
-    assert registry.get_aggregation("kvinject_oracle_convergence@5") is mean
-    assert callable(registry.get_aggregation("kvinject_detection_latency@10"))
-    assert registry.get_metric_aggregation("adaptation_point@5") is registry.get_aggregation(
-        "kvinject_adaptation_point@5")
-    assert registry.is_higher_better("stuck_rate@10") is False
-    assert registry.is_higher_better("injection_accuracy@5") is True
+def test_nothing_is_registered_in_lm_evals_global_registries():
+    script = """
+from lm_eval.api import registry
+import lm_eval.tasks.manager  # the start-up hook's callback runs here (kvinject/_autoload.py)
+print(sorted(k for k in registry.aggregation_registry if 'kvinject' in k or '@' in k))
+print(sorted(k for k in registry.metric_registry if '@' in k or 'adaptation' in k))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["[]", "[]"]
 
 
 def test_the_package_imports_and_computes_without_lm_eval_or_torch():
@@ -233,7 +247,7 @@ sys.path.insert(0, 'tests')
 from kvinject.metrics import AdaptationSettings, doc_metrics, metric_aggregation
 from test_metrics_trace_builder import build_answers, build_trace, run_series
 values = doc_metrics(build_trace({5: (run_series([1, 2]), run_series([1, 1]))}),
-                     build_answers([5]), AdaptationSettings())
+                     build_answers([5]), AdaptationSettings(report="full"))
 print(metric_aggregation('oracle_convergence@5', None)([values['oracle_convergence@5']] * 2))
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

@@ -8,8 +8,7 @@ import pytest
 from kvinject.metrics import AdaptationSettings, doc_metrics, result_keys
 from test_metrics_trace_builder import build_answers, build_trace, run_series
 
-SETTINGS = AdaptationSettings(window_tokens=2, per_layer=True)
-
+SETTINGS = AdaptationSettings(window_tokens=2, per_layer=True, report="full")
 # The injection run: a_t = [0.25, 0.5, 0.75, 0.75], r_t = [-1, 0, 0.5, 1.5],
 # sink-excluded attention injected [0.1, 0.2, 0.5, 0.6] (layer 1 is 0.05 lower, layer 2 higher),
 # original [0.6, 0.5, 0.2, 0.2], hidden cosines to the new context per layer.
@@ -32,11 +31,13 @@ def _metrics(runs=None, settings=SETTINGS, answers=None, **trace_options):
 def test_every_metric_of_a_hand_built_trace():
     values = _metrics()
     expected = {
-        "baseline_accuracy": 1.0, "oracle_accuracy": 1.0,
+        "baseline_accuracy": 1.0, "oracle_accuracy": 1.0, "n_docs@5": 1.0,
         "adaptation_score@5": 0.5625, "oracle_convergence@5": 0.75, "final_log_ratio@5": 1.0,
+        "kl_run_new@5": 1.5, "kl_run_old@5": 2.0,
         "attention_injected@5": 0.35, "attention_original@5": 0.375,
         "attention_shift@5": 0.25, "final_attention_ratio@5": 2.75,
-        "embedding_similarity@5": 0.7,
+        "embedding_similarity@5": 0.7, "embedding_contrast@5": 0.4,
+        "embedding_contrast_mid@5": 0.2,
         "attention_injected_layer1@5": 0.30, "attention_injected_layer2@5": 0.40,
         "attention_original_layer2@5": 0.375,
         "embedding_similarity_layer1@5": 0.6, "embedding_similarity_layer2@5": 0.7,
@@ -45,18 +46,22 @@ def test_every_metric_of_a_hand_built_trace():
     }
     for key, value in expected.items():
         assert values[key] == pytest.approx(value), key
-    assert values["adaptation_point@5"] == {"time": 3, "observed": True}   # 0.5 is not > 0.5
-    assert values["stabilization@5"] == {"time": 3, "observed": True}
-    assert values["attention_stabilization@5"] == {"time": 3, "observed": True}
-    assert values["detection_latency@5"] == {"run": [1.0, 1.0, 3.0, 3.0],
-                                             "noise": [1.0, 1.0, 1.0, 1.0]}
+    never_adapts = {"time": 4, "status": "censored"}   # the noise run: a_t = 0.5, budget hit
+    # a_t = 0.5 at t = 2 is not > 0.5: adapted from t = 3
+    assert values["adaptation_point_share@5"] == {"run": {"time": 3, "status": "event"},
+                                                  "noise": never_adapts}
+    assert values["stabilization_median@5"]["run"] == {"time": 3, "status": "event"}
+    assert values["attention_stabilization_never@5"]["run"] == {"time": 3, "status": "event"}
+    assert values["detection_rate@5"] == {"run": [1.0, 1.0, 3.0, 3.0], "noise": [1.0, 1.0, 1.0, 1.0],
+                                          "run_budget_hit": True, "control": False}
 
 
 def test_derived_keys_carry_the_metrics_per_doc_value():
     values = _metrics()
     assert values["oracle_convergence_ci_low@5"] == values["oracle_convergence@5"]
-    assert values["stabilization_censored@5"] == values["stabilization@5"]
-    assert values["detection_rate_ci_high@5"] == values["detection_latency@5"]
+    assert values["stabilization_censored@5"] == values["stabilization_share@5"]
+    assert values["detection_rate_ci_high@5"] == values["detection_latency_median@5"]
+    assert values["control_false_positive_rate@5"] == values["detection_rate@5"]
 
 
 def test_paired_values_for_the_tests_cover_the_whole_family():
@@ -66,7 +71,20 @@ def test_paired_values_for_the_tests_cover_the_whole_family():
     assert payload["oracle_convergence@5"] == pytest.approx([0.75, 0.5])
     assert payload["attention_injected@5"] == pytest.approx([0.35, 0.1])
     assert payload["injection_accuracy@5"] == [1.0, 0.0]
+    assert "adaptation_point@5" not in payload   # the noise run was censored before H
+    stopped_noise = _metrics(stop_reasons=("max_new_tokens", "eos"))["pvalue_kl_run_new@5"]
+    assert stopped_noise["adaptation_point@5"] == [1.0, 0.0]   # adapted within H: inj vs noise
+    assert payload["detection_rate@5"] == [2.0, 1.0]     # mean statistic over the common length
     assert "stuck_rate@5" not in payload   # not a paired metric
+
+
+def test_a_pair_censored_before_the_horizon_is_left_out_of_the_test():
+    values = _metrics(settings=AdaptationSettings(report="full", horizon_tokens=10))
+    assert "adaptation_point@5" not in values["pvalue_oracle_convergence@5"]   # noise censored at 4
+    assert "pvalue_adaptation_point@5" not in values                         # no pair: no key
+    stopped = _metrics(settings=AdaptationSettings(report="full", horizon_tokens=10),
+                       stop_reasons=("eos", "eos"))
+    assert stopped["pvalue_adaptation_point@5"]["adaptation_point@5"] == [1.0, 0.0]
 
 
 def test_values_are_json_serialisable_and_keys_are_catalogued():
@@ -75,48 +93,74 @@ def test_values_are_json_serialisable_and_keys_are_catalogued():
     assert set(values) <= set(result_keys([5], SETTINGS, n_layers=2))
 
 
+def test_the_headline_report_emits_only_headline_keys():
+    values = _metrics(settings=AdaptationSettings())
+    assert set(values) == {"baseline_accuracy", "oracle_accuracy", "n_docs@5",
+                           "injection_accuracy@5", "adaptation_gap@5", "adaptation_point_share@5",
+                           "detection_rate@5", "detection_calibrated@5", "kl_run_new@5",
+                           "embedding_contrast@5"}
+
+
 def test_doc_not_injected_at_a_point_gives_no_value_there():
     values = _metrics({5: (INJECTION, NOISE), 10: (None, None)})
-    at_10 = {key for key in values if key.endswith("@10")}
-    assert at_10 and all(key.startswith("pvalue_") for key in at_10)
-    assert values["pvalue_adaptation_score@10"] == values["pvalue_adaptation_score@5"]
+    assert not any(key.endswith("@10") for key in values)
 
 
-def test_identical_problem_control_gives_only_baseline_and_false_positive_values():
+def test_identical_problem_control_gives_only_detection_values():
     values = _metrics(control=True)
-    assert values["control_false_positive_rate@5"] == _metrics()["detection_latency@5"]
-    assert {key.split("@")[0].replace("_ci_low", "").replace("_ci_high", "")
-            for key in values} == {"baseline_accuracy", "control_false_positive_rate"}
+    assert values["control_false_positive_rate@5"] == dict(_metrics()["detection_rate@5"], control=True)
+    assert {key.split("@")[0] for key in values} == {
+        f"{metric}{stat}" for metric, stat in (
+            ("detection_rate", ""), ("detection_rate", "_ci_low"), ("detection_rate", "_ci_high"),
+            ("detection_latency", "_median"), ("detection_latency", "_censored"),
+            ("detection_latency", "_never"), ("detection_false_alarm_bound", ""),
+            ("detection_calibrated", ""), ("control_false_positive_rate", ""),
+            ("control_false_positive_rate", "_ci_low"), ("control_false_positive_rate", "_ci_high"),
+            ("detection_vs_controls_pvalue", ""))}
 
 
-def test_zero_length_window_is_censored_at_zero_and_has_no_window_means():
+def test_zero_length_window_has_no_window_means_and_stopped_runs_never_adapt():
     empty = run_series([])
     values = _metrics({5: (empty, empty)})
     for metric in ("adaptation_point", "stabilization", "attention_stabilization"):
-        assert values[f"{metric}@5"] == {"time": 0, "observed": False}
-    for metric in ("adaptation_score", "oracle_convergence", "final_log_ratio",
+        assert values[f"{metric}_share@5"]["run"] == {"time": 0, "status": "censored"}
+    stopped = _metrics({5: (empty, empty)}, stop_reasons=("eos", "stop_sequence"))
+    assert stopped["adaptation_point_share@5"] == {"run": {"time": 0, "status": "never"},
+                                                   "noise": {"time": 0, "status": "never"}}
+    for metric in ("adaptation_score", "oracle_convergence", "final_log_ratio", "kl_run_new",
                    "attention_injected", "embedding_similarity", "attention_shift"):
         assert f"{metric}@5" not in values
-    assert values["detection_latency@5"]["run"] == []
-    assert values["pvalue_oracle_convergence@5"] == {"injection_accuracy@5": [1.0, 0.0]}
+    assert values["detection_rate@5"]["run"] == []
+    assert "detection_rate@5" not in values["pvalue_injection_accuracy@5"]
 
 
 def test_identical_distributions_never_adapt():
     same = run_series([0.0, 0.7, 2.0], [0.0, 0.7, 2.0])
     values = _metrics({5: (same, same)})
     assert values["adaptation_score@5"] == 0.5 and values["oracle_convergence@5"] == 0.5
-    assert values["adaptation_point@5"] == {"time": 3, "observed": False}
-    assert values["stabilization@5"] == {"time": 3, "observed": False}
+    assert values["adaptation_point_share@5"]["run"] == {"time": 3, "status": "censored"}
+    assert values["stabilization_share@5"]["run"] == {"time": 3, "status": "censored"}
+
+
+def test_fp32_level_differences_never_count_as_adapted():
+    # a_t = 1.2 / 2.2 > 0.5, but the run is closer to the new context by 2e-8 nats only
+    tiny = run_series([1.2e-7] * 6, [1e-7] * 6)
+    values = _metrics({5: (tiny, NOISE)})
+    assert values["adaptation_point_share@5"]["run"]["status"] != "event"
+    assert values["stabilization_share@5"]["run"]["status"] != "event"
+    loose = AdaptationSettings(report="full", adapted_min_kl_gap=0.0)
+    assert _metrics({5: (tiny, NOISE)}, loose)["adaptation_point_share@5"]["run"]["status"] == "event"
 
 
 def test_stabilization_for_k_tokens_is_configurable():
     flapping = run_series([3, 1, 3, 3, 1], [1, 3, 1, 1, 3])   # adapted at t = 1, 3, 4
-    assert _metrics({5: (flapping, NOISE)})["stabilization@5"]["observed"] is False
-    settings = AdaptationSettings(stabilization_tokens=2)
-    assert _metrics({5: (flapping, NOISE)}, settings)["stabilization@5"] == {
-        "time": 3, "observed": True}
-    stricter = AdaptationSettings(adapted_threshold=0.8)   # a_t = 0.75 is not adapted
-    assert _metrics({5: (flapping, NOISE)}, stricter)["adaptation_point@5"]["observed"] is False
+    assert _metrics({5: (flapping, NOISE)})["stabilization_share@5"]["run"]["status"] == "censored"
+    settings = AdaptationSettings(stabilization_tokens=2, report="full")
+    assert _metrics({5: (flapping, NOISE)}, settings)["stabilization_share@5"]["run"] == {
+        "time": 3, "status": "event"}
+    stricter = AdaptationSettings(adapted_threshold=0.8, report="full")   # a_t = 0.75 is not adapted
+    stricter_values = _metrics({5: (flapping, NOISE)}, stricter)
+    assert stricter_values["adaptation_point_share@5"]["run"]["status"] == "censored"
 
 
 def test_untracked_attention_and_hidden_states_give_no_such_keys():
@@ -133,7 +177,7 @@ def test_replaced_prompt_has_no_attention_ratio_but_stabilizes_at_once():
     replaced = run_series([1, 2], injected_mass=0.7, original_mass=0.0)
     values = _metrics({5: (replaced, NOISE)})
     assert "final_attention_ratio@5" not in values
-    assert values["attention_stabilization@5"] == {"time": 1, "observed": True}
+    assert values["attention_stabilization_share@5"]["run"] == {"time": 1, "status": "event"}
 
 
 def test_answers_drive_the_accuracy_metrics():
@@ -149,15 +193,17 @@ def test_answers_drive_the_accuracy_metrics():
 
 
 def test_optional_key_groups_can_be_switched_off():
-    settings = AdaptationSettings(per_layer=False, confidence_intervals=False)
+    settings = AdaptationSettings(per_layer=False, confidence_intervals=False, report="full")
     values = _metrics(settings=settings)
     assert not any("_layer" in key or "_ci_" in key for key in values)
-    assert "stabilization_censored@5" in values
+    assert "stabilization_censored@5" in values and "pvalue_kl_run_new@5" in values
 
 
 def test_log_ratio_detection_statistic_changes_the_payload():
     settings = AdaptationSettings(detection_statistic="log_ratio")
-    assert _metrics(settings=settings)["detection_latency@5"]["run"] == [-1.0, 0.0, 0.5, 1.5]
+    assert _metrics(settings=settings)["detection_rate@5"]["run"] == [-1.0, 0.0, 0.5, 1.5]
+    short = AdaptationSettings(horizon_tokens=2)   # the payload keeps the horizon only
+    assert _metrics(settings=short)["detection_rate@5"]["run"] == [1.0, 1.0]
 
 
 def test_malformed_traces_are_reported_with_the_doc_id():
@@ -168,6 +214,7 @@ def test_malformed_traces_are_reported_with_the_doc_id():
     trace["schema_version"] = 2
     with pytest.raises(ValueError, match="gsm-17.*schema_version"):
         doc_metrics(trace, build_answers([5]), SETTINGS)
-    nan_trace = build_trace({5: (run_series([float("nan")]), NOISE)}, doc_id="gsm-18")
+    nan_trace = build_trace({5: (run_series([1.0]), NOISE)}, doc_id="gsm-18")
+    nan_trace["conditions"]["injection@5"]["series"]["kl_run_old"] = [float("nan")]
     with pytest.raises(ValueError, match="gsm-18.*NaN"):
         doc_metrics(nan_trace, build_answers([5]), SETTINGS)

@@ -34,6 +34,7 @@ def test_unknown_key_lists_the_valid_keys():
 @pytest.mark.parametrize("key, value", [
     ("window_tokens", 2.5), ("window_tokens", True), ("adapted_threshold", "0.5"),
     ("correction", 1), ("per_layer", 1), ("stabilization_tokens", 1.0),
+    ("horizon_tokens", 32.0), ("adapted_min_kl_gap", "0.01"), ("report", True),
 ])
 def test_wrong_type_names_the_key(key, value):
     with pytest.raises(TypeError, match=key):
@@ -45,6 +46,7 @@ def test_wrong_type_names_the_key(key, value):
     ("false_alarm_rate", 0.0), ("cusum_drift", -0.1), ("correction", "bonferroni"),
     ("detection_statistic", "entropy"), ("stabilization_tokens", 0), ("bootstrap_resamples", 0),
     ("confidence_level", 1.5), ("attention_ratio_threshold", 0.0), ("seed", -1),
+    ("horizon_tokens", 0), ("adapted_min_kl_gap", -1e-3), ("report", "everything"),
 ])
 def test_out_of_range_names_the_key(key, value):
     with pytest.raises(ValueError, match=key):

@@ -10,7 +10,7 @@ from kvinject.metrics.resampling import (
     bootstrap_mean_interval,
     paired_permutation_pvalue,
 )
-from kvinject.metrics.survival import kaplan_meier_median
+from kvinject.metrics.survival import kaplan_meier_median, share_by
 
 
 def test_kaplan_meier_median_on_a_known_censored_sample():
@@ -25,11 +25,23 @@ def test_kaplan_meier_median_without_censoring_is_the_lower_sample_median():
     assert kaplan_meier_median([5, 1, 3], [True] * 3) == 3.0
 
 
-def test_kaplan_meier_median_not_reached_is_a_lower_bound_past_the_horizon():
-    assert kaplan_meier_median([3, 7, 7], [False, False, False]) == 8.0   # all censored
-    assert kaplan_meier_median([1, 9, 9, 9], [True, False, False, False]) == 10.0
+def test_kaplan_meier_median_not_reached_is_infinite_whatever_the_run_lengths():
+    assert kaplan_meier_median([3, 7, 7], [False, False, False]) == np.inf   # all censored
+    assert kaplan_meier_median([1, 9, 9, 9], [True, False, False, False]) == np.inf
+    assert kaplan_meier_median([1, 250, 250, 250], [True, False, False, False]) == np.inf
     assert kaplan_meier_median([0, 0, 2], [False, False, True]) == 2.0  # censored at 0 (no window)
     assert np.isnan(kaplan_meier_median([], []))
+
+
+def test_never_runs_stay_at_risk_while_censored_runs_leave():
+    # 4 events at 8..11; 6 runs without the event at T=4. Never (stopped): share 0.4 at any
+    # horizon >= 11. Censored (budget): KM moves their weight onto the 4 -> share 1.0.
+    times = np.array([8, 9, 10, 11, 4, 4, 4, 4, 4, 4], dtype=float)
+    events = np.array([True] * 4 + [False] * 6)
+    never = np.where(events, times, np.inf)
+    assert share_by(never, events, 32) == pytest.approx(0.4)
+    assert share_by(times, events, 32) == pytest.approx(1.0)
+    assert share_by(never, events, 9) == pytest.approx(0.2)
 
 
 def test_permutation_pvalue_is_small_for_a_clear_effect():

@@ -1,7 +1,8 @@
 """Builds valid schema-v1 traces (docs/architecture.md section 3) from arrays, for the metric tests.
 
-The engine produces the same schema; these helpers let a test state only the series it cares
-about. Imported by the other tests/test_metrics_*.py modules (pytest puts tests/ on sys.path).
+The engine produces the same schema with the same builders (kvinject.trace_schema); these helpers
+let a test state only the series it cares about, and every trace they build passes validate_trace.
+Imported by the other tests/test_metrics_*.py modules (pytest puts tests/ on sys.path).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import json
 
 import numpy as np
 
-SEGMENTS = ("sink", "original_prompt", "generated_before", "injected", "generated_after")
+from kvinject import trace_schema as schema
+from kvinject.trace_schema import SEGMENTS
 ORIGINAL_IDS = [1, 11, 12, 13, 14]
 ALTERNATIVE_IDS = [1, 11, 12, 23, 14]
 
@@ -75,59 +77,55 @@ def run_series(kl_run_old, kl_run_new=None, *, logp_old=None, logp_new=None,
     return series
 
 
-def _condition(prompt: str, ids: list[int]) -> dict:
-    return {"prompt": prompt, "ids": ids, "text": " ".join(map(str, ids)),
-            "stop_reason": "max_new_tokens"}
+def _condition(prompt: str, ids: list[int], stop_reason: str = "max_new_tokens") -> dict:
+    return schema.condition(prompt, ids, " ".join(map(str, ids)), stop_reason)
 
 
-def _injection_condition(point: int, series: dict | None, noise: bool) -> dict:
+def _injection_condition(point: int, series: dict | None, noise: bool, stop_reason: str,
+                         track_attention: bool, track_hidden: bool) -> dict:
     pre_ids = list(range(100, 100 + point))
-    injected_ids = [7, 8, 9]
+    kind = "random" if noise else None
     if series is None:   # the baseline stopped before N tokens
-        condition = _condition("original", pre_ids[:2])
-        reason = f"baseline stopped after 2 tokens (eos) before N={point}"
-        condition.update(injection_point=point, injected=False, not_injected_reason=reason,
-                         pre_ids=pre_ids[:2], injected_ids=[], injected_text="", post_ids=[],
-                         series={})
-    else:
-        post_ids = list(range(200, 200 + len(series["kl_run_old"])))
-        condition = _condition("original", pre_ids + post_ids)
-        condition.update(injection_point=point, injected=True, not_injected_reason=None,
-                         pre_ids=pre_ids, injected_ids=injected_ids, injected_text="7 8 9",
-                         post_ids=post_ids, series=series)
-    if noise:
-        condition["noise_kind"] = "random"
-    return condition
+        run = _condition("original", pre_ids[:2], "eos")
+        return schema.injection_condition(
+            run, point, [], "", pre_ids[:2], [], schema.empty_series(track_attention, track_hidden),
+            not_injected_reason=f"baseline stopped after 2 tokens (eos) before N={point}",
+            noise_kind=kind)
+    post_ids = list(range(200, 200 + len(series["kl_run_old"])))
+    run = _condition("original", pre_ids + post_ids, stop_reason)
+    return schema.injection_condition(run, point, [7, 8, 9], "7 8 9", pre_ids, post_ids, series,
+                                      noise_kind=kind)
 
 
 def build_trace(runs: dict, *, doc_id: str = "doc-0", control: bool = False,
                 injection_points=None, track_attention: bool = True,
-                track_hidden: bool = True) -> dict:
-    """A schema-v1 trace.
+                track_hidden: bool = True, stop_reasons=("max_new_tokens", "max_new_tokens")) -> dict:
+    """A schema-v1 trace built with kvinject.trace_schema's builders and validated by it.
 
     runs: {N: (injection series, noise series)} from run_series; (None, None) for an injection
     point the baseline never reached (injected: false). control: the alternative prompt equals
     the original (an identical-problem control). injection_points default to the keys of runs.
+    stop_reasons: (injection, noise) stop_reason of every point, or {N: (injection, noise)}.
     """
     alternative = ORIGINAL_IDS if control else ALTERNATIVE_IDS
     conditions = {"baseline": _condition("original", list(range(100, 120))),
                   "oracle": _condition("alternative", list(range(300, 320)))}
     for point, (injection, noise) in runs.items():
-        conditions[f"injection@{point}"] = _injection_condition(point, injection, noise=False)
-        conditions[f"noise@{point}"] = _injection_condition(point, noise, noise=True)
-    trace = {
-        "schema_version": 1,
-        "doc_id": doc_id,
-        "settings": {"injection_points": list(injection_points or runs), "strategy": "append",
-                     "noise": "random", "track_attention": track_attention,
-                     "track_hidden": track_hidden, "seed": 1234, "max_new_tokens": 64,
-                     "stop_sequences": ["\n\n"]},
-        "prompts": {"original": {"text": "original", "ids": list(ORIGINAL_IDS)},
-                    "alternative": {"text": "original" if control else "alternative",
-                                    "ids": list(alternative)}},
-        "conditions": conditions,
-    }
-    return json.loads(json.dumps(trace))   # exactly what a JSON round trip of the engine gives
+        reasons = stop_reasons[point] if isinstance(stop_reasons, dict) else stop_reasons
+        for name, series, reason in (("injection", injection, reasons[0]), ("noise", noise, reasons[1])):
+            conditions[f"{name}@{point}"] = _injection_condition(
+                point, series, name == "noise", reason, track_attention, track_hidden)
+    settings = {"injection_points": list(injection_points or runs), "strategy": "append",
+                "noise": "random", "track_attention": track_attention,
+                "track_hidden": track_hidden, "seed": 1234, "max_new_tokens": 64,
+                "stop_sequences": ["\n\n"]}
+    prompts = {"original": {"text": "original", "ids": list(ORIGINAL_IDS)},
+               "alternative": {"text": "original" if control else "alternative",
+                               "ids": list(alternative)}}
+    trace = schema.build_trace(doc_id, settings, prompts, conditions)
+    trace = json.loads(json.dumps(trace))   # exactly what a JSON round trip of the engine gives
+    schema.validate_trace(trace)
+    return trace
 
 
 def build_answers(points, *, baseline_old=True, oracle_new=True, injection=(True, False),
@@ -159,3 +157,14 @@ def test_built_trace_follows_schema_v1():
             assert abs(total - 1.0) < 1e-12
     assert trace["conditions"]["noise@10"]["injected"] is False
     assert trace["conditions"]["noise@5"]["noise_kind"] == "random"
+    schema.validate_trace(trace)
+
+
+def test_built_traces_without_tracking_or_injection_validate():
+    for attention, hidden in ((False, False), (True, False), (False, True)):
+        trace = build_trace({5: (None, None), 3: (run_series([0.1], track_attention=attention,
+                                                             track_hidden=hidden),) * 2},
+                            track_attention=attention, track_hidden=hidden,
+                            stop_reasons={5: ("eos", "eos"), 3: ("eos", "stop_sequence")})
+        schema.validate_trace(trace)
+        assert trace["conditions"]["injection@5"]["series"]["kl_run_old"] == []
