@@ -22,12 +22,15 @@ from .runs import Run
 
 # The measures shown, in this order; each appears once per injection point the runs report.
 # Change this list to change the table (names are result-key metrics, see metrics/README.md).
+# The measures that make the leaderboard: lm-eval's headline keys (kvinject.metrics.keys.HEADLINE)
+# that differ between models, in reading order (n_docs and the calibration flag stay in the results JSON).
 HEADLINE_MEASURES = (
     "injection_accuracy",
-    "adaptation_score",
-    "adaptation_point",
-    "detection_latency",
-    "attention_shift",
+    "adaptation_gap",
+    "adaptation_point_share",
+    "detection_rate",
+    "kl_run_new",
+    "embedding_contrast",
 )
 FILTER = "none"  # lm-eval's filter name for tasks without filters
 INTERVAL_SUFFIXES = {"_ci_low": "ci_low", "_ci_high": "ci_high"}

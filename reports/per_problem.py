@@ -81,32 +81,33 @@ def assess(adapted: bool, latency: int | None, quality: float, thresholds: Label
 def _token_summary(trace: dict, point: int, values: dict, settings: AdaptationSettings,
                    thresholds: LabelThresholds) -> dict:
     """adapted: some post-injection token has a_t > adapted_threshold; latency: the first such t
-    (the per-doc adaptation_point@N); quality: the share of post-injection tokens with
+    (the per-doc adaptation_point event of adaptation_point_share@N); quality: the share of post-injection tokens with
     a_t > adapted_threshold."""
     run = trace["conditions"][f"injection@{point}"]
     if is_control(trace):
         return {"adapted": None, "adaptation_latency_tokens": None, "adaptation_quality": None,
                 "assessment": CONTROL}
-    event = values.get(f"adaptation_point@{point}")
+    event = values.get(f"adaptation_point_share@{point}")
     if not run["injected"] or event is None:
         return {"adapted": None, "adaptation_latency_tokens": None, "adaptation_quality": None,
                 "assessment": NOT_INJECTED, "reason": run["not_injected_reason"] or "no post-injection token"}
     scores = adaptation_scores(run["series"]["kl_run_old"], run["series"]["kl_run_new"])
     quality = float(np.mean(scores > settings.adapted_threshold)) if scores.size else 0.0
-    adapted = bool(event["observed"])
-    latency = int(event["time"]) if adapted else None
+    adapted = event["run"]["status"] == "event"
+    latency = int(event["run"]["time"]) if adapted else None
     return {"adapted": adapted, "adaptation_latency_tokens": latency, "adaptation_quality": quality,
             "assessment": assess(adapted, latency, quality, thresholds)}
 
 
 def _attention(values: dict, point: int) -> dict | None:
-    """stabilization_tokens: the per-doc attention_stabilization@N (null when never reached);
+    """stabilization_tokens: the per-doc attention_stabilization event (null when never reached);
     attention_shift_magnitude: attention_shift@N (injected-segment mass of the injection run minus
     the noise run's); final_attention_ratio: final_attention_ratio@N (null when undefined)."""
-    event = values.get(f"attention_stabilization@{point}")
+    event = values.get(f"attention_stabilization_share@{point}")
     if event is None:
         return None
-    return {"stabilization_tokens": int(event["time"]) if event["observed"] else None,
+    run = event["run"]
+    return {"stabilization_tokens": int(run["time"]) if run["status"] == "event" else None,
             "attention_shift_magnitude": values.get(f"attention_shift@{point}"),
             "final_attention_ratio": values.get(f"final_attention_ratio@{point}")}
 
@@ -141,7 +142,7 @@ def problem_report(trace: dict, index: int, model: str, timestamp: str, settings
     problem: the doc (from lm-eval's logged samples) when available; its original_question /
     alternative_question are the problem texts, otherwise the full prompts are.
     """
-    values = doc_metrics(trace, {}, settings)
+    values = doc_metrics(trace, {}, dataclasses.replace(settings, report="full"))  # every per-doc key
     points = trace["settings"]["injection_points"]
     token_analysis, attention_analysis, scores = {}, {}, {}
     for point in points:

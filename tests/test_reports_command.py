@@ -8,9 +8,9 @@ from kvinject import cli
 
 
 def test_report_writes_tables_curves_and_one_json_per_problem(tmp_path, capsys):
-    write_run(tmp_path / "out" / "model-a", "model-a", {"adaptation_score@1,none": 0.5},
+    write_run(tmp_path / "out" / "model-a", "model-a", {"injection_accuracy@1,none": 0.5},
               [simple_trace("doc-a"), simple_trace("doc-b")])
-    write_run(tmp_path / "out" / "model-b", "model-b", {"adaptation_score@1,none": 0.7})   # no traces
+    write_run(tmp_path / "out" / "model-b", "model-b", {"injection_accuracy@1,none": 0.7})   # no traces
     code = cli.main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "report"),
                      "--bootstrap_resamples", "50"])
     assert code == 0
@@ -29,7 +29,7 @@ def test_report_writes_tables_curves_and_one_json_per_problem(tmp_path, capsys):
 
 
 def test_bad_input_is_named(tmp_path, capsys):
-    write_run(tmp_path / "out", "model-a", {"adaptation_score@1,none": 0.5}, [simple_trace()])
+    write_run(tmp_path / "out", "model-a", {"injection_accuracy@1,none": 0.5}, [simple_trace()])
     assert cli.main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
     assert "nowhere: not a folder" in capsys.readouterr().err
     assert cli.main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "r"),
@@ -48,7 +48,7 @@ def test_report_imports_no_torch():
 
 
 def test_an_unreadable_trace_file_costs_its_task_not_the_leaderboard(tmp_path, capsys):
-    folder = write_run(tmp_path / "out", "model-a", {"adaptation_score@1,none": 0.5}, [simple_trace()])
+    folder = write_run(tmp_path / "out", "model-a", {"injection_accuracy@1,none": 0.5}, [simple_trace()])
     trace_file = next(folder.glob("traces_*.jsonl"))
     trace_file.write_text(trace_file.read_text()[:-40] + "\n")   # cut short, as by a crash
     assert cli.main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "r")]) == 1

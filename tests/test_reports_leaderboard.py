@@ -11,26 +11,26 @@ from kvinject.reports.runs import find_runs
 
 def results(score: float, point_value: float = 3.0) -> dict:
     return {
-        "adaptation_score@5,none": score, "adaptation_score@5_stderr,none": 0.01,
-        "adaptation_score_ci_low@5,none": score - 0.1, "adaptation_score_ci_low@5_stderr,none": "N/A",
-        "adaptation_score_ci_high@5,none": score + 0.1,
-        "adaptation_point@5,none": point_value, "adaptation_point@5_stderr,none": "N/A",
+        "injection_accuracy@5,none": score, "injection_accuracy@5_stderr,none": 0.01,
+        "injection_accuracy_ci_low@5,none": score - 0.1, "injection_accuracy_ci_low@5_stderr,none": "N/A",
+        "injection_accuracy_ci_high@5,none": score + 0.1,
+        "adaptation_gap@5,none": point_value, "adaptation_gap@5_stderr,none": "N/A",
         "baseline_accuracy,none": 0.5, "baseline_accuracy_stderr,none": 0.2,
         "sample_len": 3,
     }
 
 
-HIGHER = {"adaptation_score@5": True, "adaptation_point@5": False}
+HIGHER = {"injection_accuracy@5": True, "adaptation_gap@5": False}
 
 
 @pytest.mark.parametrize("name, parsed", [
-    ("adaptation_score@5", ("adaptation_score", 5, None)),
-    ("adaptation_score_ci_low@5", ("adaptation_score", 5, "ci_low")),
-    ("adaptation_score@5_ci_high", ("adaptation_score", 5, "ci_high")),
-    ("adaptation_score@5_stderr", ("adaptation_score", 5, "stderr")),
+    ("injection_accuracy@5", ("injection_accuracy", 5, None)),
+    ("injection_accuracy_ci_low@5", ("injection_accuracy", 5, "ci_low")),
+    ("injection_accuracy@5_ci_high", ("injection_accuracy", 5, "ci_high")),
+    ("injection_accuracy@5_stderr", ("injection_accuracy", 5, "stderr")),
     ("baseline_accuracy", ("baseline_accuracy", None, None)),
     ("baseline_accuracy_stderr", ("baseline_accuracy", None, "stderr")),
-    ("adaptation_score_ci_low@5_stderr", None),   # the stderr of an interval end is no measure
+    ("injection_accuracy_ci_low@5_stderr", None),   # the stderr of an interval end is no measure
 ])
 def test_result_names_are_parsed_generically(name, parsed):
     assert parse_measure_name(name) == parsed
@@ -38,9 +38,9 @@ def test_result_names_are_parsed_generically(name, parsed):
 
 def test_measures_carry_their_interval_and_stderr_and_skip_non_numbers():
     measures = read_measures(results(0.6))
-    score = measures["adaptation_score@5"]
+    score = measures["injection_accuracy@5"]
     assert (score.value, score.ci_low, score.ci_high, score.stderr) == (0.6, 0.6 - 0.1, 0.6 + 0.1, 0.01)
-    assert measures["adaptation_point@5"].stderr is None            # "N/A" is no number
+    assert measures["adaptation_gap@5"].stderr is None            # "N/A" is no number
     assert measures["baseline_accuracy"].point is None
     assert "sample_len" not in measures and "alias" not in str(measures)
 
@@ -49,12 +49,12 @@ def test_rows_rank_by_the_recorded_direction_and_ties_share_a_rank(tmp_path):
     trace = simple_trace()
     for model, point_value in (("model-a", 4.0), ("model-b", 2.0), ("model-c", 4.0)):
         write_run(tmp_path / model, model, results(0.5, point_value), [trace], higher_is_better=HIGHER)
-    board = build_leaderboard(find_runs([tmp_path]), sort_by="adaptation_point@5")
-    # adaptation_point: lower is better (higher_is_better false in the results JSON)
+    board = build_leaderboard(find_runs([tmp_path]), sort_by="adaptation_gap@5")
+    # adaptation_gap: lower is better (higher_is_better false in the results JSON)
     assert [(row.model, row.rank) for row in board.rows] == [("model-b", 1), ("model-a", 2), ("model-c", 2)]
     assert {row.group for row in board.rows} == {"A"}
     assert any("same settings" in note for note in board.notes)
-    higher = build_leaderboard(find_runs([tmp_path / "model-a", tmp_path / "model-b"]), sort_by="adaptation_score@5")
+    higher = build_leaderboard(find_runs([tmp_path / "model-a", tmp_path / "model-b"]), sort_by="injection_accuracy@5")
     assert [row.rank for row in higher.rows] == [1, 1]
 
 
@@ -62,7 +62,7 @@ def test_rows_run_with_other_settings_are_not_ranked_together(tmp_path):
     write_run(tmp_path / "a", "model-a", results(0.9), [simple_trace()], higher_is_better=HIGHER)
     write_run(tmp_path / "b", "model-b", results(0.1), [simple_trace(strategy="replace")], higher_is_better=HIGHER,
               generation_kwargs={"max_gen_toks": 64})
-    board = build_leaderboard(find_runs([tmp_path]), sort_by="adaptation_score@5")
+    board = build_leaderboard(find_runs([tmp_path]), sort_by="injection_accuracy@5")
     assert sorted((row.group, row.rank) for row in board.rows) == [("A", 1), ("B", 1)]
     note = next(note for note in board.notes if "not compared" in note)
     assert "generation_kwargs" in note and "injection settings (trace)" in note
@@ -72,22 +72,22 @@ def test_rows_run_with_other_settings_are_not_ranked_together(tmp_path):
 def test_tables_show_the_results_json_values(tmp_path):
     write_run(tmp_path / "a", "model-a", results(0.123456789), [simple_trace()], higher_is_better=HIGHER)
     board = build_leaderboard(find_runs([tmp_path]), digits=3)
-    assert board.columns == ["adaptation_score@5", "adaptation_point@5"]   # headline order, no baseline_accuracy
+    assert board.columns == ["injection_accuracy@5", "adaptation_gap@5"]   # headline order, no baseline_accuracy
     row = next(csv.DictReader(io.StringIO(board.csv())))
-    assert float(row["adaptation_score@5"]) == 0.123456789
-    assert float(row["adaptation_score@5_ci_low"]) == 0.123456789 - 0.1
-    assert float(row["adaptation_score@5_stderr"]) == 0.01 and row["adaptation_point@5_stderr"] == ""
+    assert float(row["injection_accuracy@5"]) == 0.123456789
+    assert float(row["injection_accuracy@5_ci_low"]) == 0.123456789 - 0.1
+    assert float(row["injection_accuracy@5_stderr"]) == 0.01 and row["adaptation_gap@5_stderr"] == ""
     assert "0.123 [0.023, 0.223]" in board.markdown()
-    assert r"adaptation\_score@5" in board.latex() and "0.123 [0.023, 0.223]" in board.latex()
+    assert r"injection\_accuracy@5" in board.latex() and "0.123 [0.023, 0.223]" in board.latex()
 
 
 def test_unknown_sort_measure_and_missing_headline_measures_are_named(tmp_path):
     write_run(tmp_path / "a", "model-a", results(0.5), [simple_trace()])
     runs = find_runs([tmp_path])
-    with pytest.raises(ValueError, match="adaptation_scor@5.*adaptation_score@5"):
-        build_leaderboard(runs, sort_by="adaptation_scor@5")
+    with pytest.raises(ValueError, match="injection_accurac@5.*injection_accuracy@5"):
+        build_leaderboard(runs, sort_by="injection_accurac@5")
     notes = build_leaderboard(runs).notes
-    assert any("not in any results JSON" in note and "detection_latency" in note for note in notes)
+    assert any("not in any results JSON" in note and "detection_rate" in note for note in notes)
 
 
 def test_runs_are_found_with_their_own_traces_only(tmp_path):
