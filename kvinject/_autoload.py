@@ -11,7 +11,7 @@ interpreter start. It must stay cheap and import only the standard library: it p
   user's own ``--include_path`` still loads (and may override ours); register our metrics.
 - ``lm_eval.evaluator``: refuse, before any generation, to run an adaptation task with a model that
   cannot inject (it would generate for every doc and only fail at scoring time).
-- ``lm_eval.loggers.evaluation_tracker``: write the run's traces beside lm-eval's results file.
+- ``lm_eval.loggers.evaluation_tracker``: copy the run's own trace file beside lm-eval's results file.
 
 Newer lm-eval versions that read the ``lm_eval.models`` / ``lm_eval.tasks`` entry points themselves
 (see setup.cfg) are detected, and the matching hook steps aside. ``KVINJECT_LMEVAL_DISABLE=1`` turns
@@ -58,16 +58,16 @@ def _on_task_manager(manager):
 
 
 def _on_evaluator(evaluator):
-    from kvinject.harness_checks import guard_evaluate
+    from kvinject.model_guard import refuse_models_that_cannot_inject
 
-    evaluator.evaluate = guard_evaluate(evaluator.evaluate)
+    evaluator.evaluate = refuse_models_that_cannot_inject(evaluator.evaluate)
 
 
 def _on_evaluation_tracker(tracker_module):
-    from kvinject.harness_checks import save_traces_beside_results
+    from kvinject.trace_export import copy_run_traces_beside_results
 
     tracker_class = tracker_module.EvaluationTracker
-    tracker_class.save_results_aggregated = save_traces_beside_results(tracker_class.save_results_aggregated)
+    tracker_class.save_results_aggregated = copy_run_traces_beside_results(tracker_class.save_results_aggregated)
 
 
 _HOOKS = {

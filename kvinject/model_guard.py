@@ -1,7 +1,6 @@
-"""Wrappers the start-up hook puts around two lm-eval functions (see kvinject/_autoload.py)."""
+"""Wrapped around lm-eval's ``evaluate`` by the start-up hook (kvinject/_autoload.py): an adaptation
+task run with a model that cannot inject fails before any generation, not at scoring time."""
 import functools
-import shutil
-from pathlib import Path
 
 
 def _leaf_tasks(task_dict):
@@ -12,8 +11,8 @@ def _leaf_tasks(task_dict):
             yield value
 
 
-def guard_evaluate(evaluate):
-    """Fail before any generation when an adaptation task meets a model that cannot inject."""
+def refuse_models_that_cannot_inject(evaluate):
+    """``evaluate`` that raises at once when an adaptation task meets a model other than kvinject."""
 
     @functools.wraps(evaluate)
     def checked_evaluate(lm, task_dict, *args, **kwargs):
@@ -32,23 +31,3 @@ def guard_evaluate(evaluate):
         return evaluate(lm, task_dict, *args, **kwargs)
 
     return checked_evaluate
-
-
-def save_traces_beside_results(save_results_aggregated):
-    """After lm-eval writes results_<date>.json, copy the run's trace files next to it."""
-
-    @functools.wraps(save_results_aggregated)
-    def save(self, results, samples=None):
-        save_results_aggregated(self, results, samples)
-        from kvinject.model_adapters.trace_log import open_trace_logs
-
-        if not self.output_path:
-            return
-        path = Path(self.output_path)
-        folder = path.parent if path.suffix == ".json" else path / str(self.general_config_tracker.model_name_sanitized)
-        for index, log in enumerate(open_trace_logs()):
-            suffix = "" if index == 0 else f"_{index}"
-            log.flush()
-            shutil.copyfile(log.path, folder / f"traces_{self.date_id}{suffix}.jsonl")
-
-    return save
