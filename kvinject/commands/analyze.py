@@ -42,17 +42,23 @@ def injection_points(text: str) -> list[int]:
     return points
 
 
+def extra_model_args(text: str) -> dict:
+    """``--model_args k=v,k=v`` of the commands (validated later by parse_model_args)."""
+    extra = {}
+    for item in filter(None, text.split(",")):
+        name, equals, value = item.partition("=")
+        if not equals:
+            raise ValueError(f"--model_args {item!r}: expected name=value")
+        extra[name.strip()] = value.strip()
+    return extra
+
+
 def evaluation_request(args: argparse.Namespace) -> dict:
     """The keyword arguments of lm_eval.simple_evaluate for these flags (checked before any model loads)."""
     from kvinject.model_adapters.model_args import parse_model_args
 
     model_args = {"pretrained": args.model, "injection_points": injection_points(args.injection_points),
-                  "device": args.device, "batch_size": args.batch_size}
-    for item in filter(None, args.model_args.split(",")):
-        name, equals, value = item.partition("=")
-        if not equals:
-            raise ValueError(f"--model_args {item!r}: expected name=value")
-        model_args[name.strip()] = value.strip()
+                  "device": args.device, "batch_size": args.batch_size, **extra_model_args(args.model_args)}
     parse_model_args(model_args)  # ModelArgsError names a bad argument before anything loads
     if args.num_problems is not None and args.num_problems < 1:
         raise ValueError(f"--num_problems {args.num_problems}: must be >= 1")

@@ -18,7 +18,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from kvinject.commands.analyze import injection_points
+from kvinject.commands.analyze import extra_model_args, injection_points
 
 # Per injection point, in this order; a measure the doc has no value for is not printed.
 HEADLINE = (
@@ -57,10 +57,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         problem = _problem(args)
         model_args = {"pretrained": args.model, "injection_points": injection_points(args.injection_points),
-                      "device": args.device, "trace_dir": str(Path(args.output_dir).resolve())}
-        for item in filter(None, args.model_args.split(",")):
-            name, _, value = item.partition("=")
-            model_args[name.strip()] = value.strip()
+                      "device": args.device, "trace_dir": str(Path(args.output_dir).resolve()),
+                      **extra_model_args(args.model_args)}
         from kvinject.model_adapters.model_args import parse_model_args
 
         parse_model_args(model_args)
