@@ -63,6 +63,11 @@ class AdaptationTask(ConfigurableTask):
         module, _, name = path.rpartition(".")
         return getattr(importlib.import_module(module), name)
 
+    def override_metric(self, metric_name: str) -> None:
+        # --predict_only swaps in lm-eval's "bypass" metric: outputs and traces are kept, nothing is scored
+        super().override_metric(metric_name)
+        self._only_metric = metric_name
+
     @property
     def _metadata(self) -> dict:
         return self.config.metadata or {}
@@ -74,6 +79,8 @@ class AdaptationTask(ConfigurableTask):
                 f"task {self.config.task!r}, doc {doc.get('id')!r}: the model returned no trace. "
                 "The adaptation tasks need the kvinject model: run lm_eval with --model kvinject."
             )
+        if getattr(self, "_only_metric", None):
+            return {self._only_metric: None}
         answers = {
             condition: self.answer_matcher(output["text"], doc) for condition, output in trace["conditions"].items()
         }

@@ -12,7 +12,7 @@ interpreter start. It must stay cheap and import only the standard library: it p
   registration: AdaptationTask resolves each key's aggregation and direction itself.)
 - ``lm_eval.evaluator``: refuse, before any generation, to run an adaptation task with a model that
   cannot inject (it would generate for every doc and only fail at scoring time).
-- ``lm_eval.loggers.evaluation_tracker``: write the run's traces beside lm-eval's results file.
+- ``lm_eval.loggers.evaluation_tracker``: copy the run's own trace file beside lm-eval's results file.
 - ``lm_eval.api.model``: ``--use_cache PATH`` with ``--model kvinject`` uses kvinject's result store at
   ``PATH.kvinject.sqlite`` (keyed by model, settings and doc) instead of lm-eval's request-text cache.
 
@@ -59,20 +59,20 @@ def _on_task_manager(manager):
 
 
 def _on_evaluator(evaluator):
-    from kvinject.harness_checks import guard_evaluate
+    from kvinject.model_guard import refuse_models_that_cannot_inject
 
-    evaluator.evaluate = guard_evaluate(evaluator.evaluate)
+    evaluator.evaluate = refuse_models_that_cannot_inject(evaluator.evaluate)
 
 
 def _on_evaluation_tracker(tracker_module):
-    from kvinject.harness_checks import save_traces_beside_results
+    from kvinject.trace_export import copy_run_traces_beside_results
 
     tracker_class = tracker_module.EvaluationTracker
-    tracker_class.save_results_aggregated = save_traces_beside_results(tracker_class.save_results_aggregated)
+    tracker_class.save_results_aggregated = copy_run_traces_beside_results(tracker_class.save_results_aggregated)
 
 
 def _on_model_api(model_module):
-    from kvinject.harness_checks import route_cache_to_result_store
+    from kvinject.cache_routing import route_cache_to_result_store
 
     route_cache_to_result_store(model_module.CachingLM)
 

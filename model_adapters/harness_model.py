@@ -7,10 +7,12 @@ baseline text carrying the doc's trace, which the adaptation task turns into met
 import dataclasses
 import json
 import logging
+import time
 
 from lm_eval.api.model import LM
 
 from kvinject.model_adapters.distributed import ProcessGroup
+from kvinject.model_adapters.chat_turns import user_turn_frame
 from kvinject.model_adapters.engine import InjectionEngine, Problem
 from kvinject.model_adapters.engine.tokens import eos_ids
 from kvinject.model_adapters.loading import load_model_and_tokenizer, weights_location
@@ -78,8 +80,12 @@ def _generation_settings(task: str, doc_id, gen_kwargs: dict, points: tuple[int,
     return max_gen_toks, tuple(until)
 
 
-def problem_from_request(args: ModelArgs, task: str, doc: dict, context: str, gen_kwargs: dict) -> Problem:
-    """Build the engine's input for one lm-eval request; DocError names what is wrong."""
+def problem_from_request(
+    args: ModelArgs, task: str, doc: dict, context: str, gen_kwargs: dict, turn_frame: tuple[str, str] = ("", "")
+) -> Problem:
+    """Build the engine's input for one lm-eval request; DocError names what is wrong.
+
+    ``turn_frame`` (before, after) wraps the injected text, e.g. as a chat-template user turn."""
     doc_id = doc.get("id", "<no id>")
     original = _doc_field(task, doc_id, doc, "original_question")
     alternative = _doc_field(task, doc_id, doc, "alternative_question")
@@ -94,10 +100,15 @@ def problem_from_request(args: ModelArgs, task: str, doc: dict, context: str, ge
         doc_id=str(doc_id),
         original_prompt=context,
         alternative_prompt=context[:at] + alternative + context[at + len(original) :],
-        injection_text=args.injection_template.format(alternative=alternative),
+        injection_text=turn_frame[0] + args.injection_template.format(alternative=alternative) + turn_frame[1],
         max_new_tokens=max_new_tokens,
         stop_sequences=stop_sequences,
     )
+
+
+def generated_tokens(trace: dict) -> int:
+    """Tokens the model generated for one doc over all branches (injected runs share their prefix)."""
+    return sum(len(entry["post_ids"]) if "post_ids" in entry else len(entry["ids"]) for entry in trace["conditions"].values())
 
 
 class KVInjectLM(LM):
@@ -127,18 +138,48 @@ class KVInjectLM(LM):
         self.settings = self.args.injection
         self.batch_size = self._batch_size()
         self.engine = InjectionEngine(self.model, self.tokenizer, self.settings, batch_size=self.batch_size)
-        # With several processes each spools the traces it computes; rank 0 publishes all of them.
-        self.trace_log = TraceLog(self.args.trace_dir, published=self.processes.world_size == 1)
+        # With several processes each spools the docs it computes; rank 0 writes the run's trace file.
+        self.trace_log = TraceLog(self.args.trace_dir)
         self._merged_log = None
         self.fingerprint = digest(run_fingerprint(self.args, weights_location(self.args)[0], self.model, self.device))
         self.open_result_store(self.args.result_store)
         self.docs_reused = self.docs_computed = 0
+        self.turn_frame = (
+            user_turn_frame(self.tokenizer, self.args.pretrained) if self.args.injection_turn == "user" else ("", "")
+        )
 
     def open_result_store(self, path: str | None):
         """Use the per-doc store at ``path`` (default: the user cache; "none": no store)."""
         off = path is not None and path.lower() in ("none", "off", "false")
         self.store = None if off else ResultStore(path or user_cache_dir() / "results.sqlite")
         return self.store
+
+    # lm-eval's --apply_chat_template / --fewshot_as_multiturn / --system_instruction use these three.
+    @property
+    def tokenizer_name(self) -> str:
+        return self.tokenizer.name_or_path.replace("/", "__")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        if chat_template is False or chat_template is None:
+            return None
+        template = getattr(self.tokenizer, "chat_template", None)
+        if isinstance(template, dict):  # several named templates: the asked-for one, else "default"
+            name = chat_template if isinstance(chat_template, str) else "default"
+            if name not in template:
+                raise ValueError(f"chat template {name!r} not among {sorted(template)} of {self.args.pretrained}")
+            return template[name]
+        return template
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(
+                f"--apply_chat_template: the tokenizer of {self.args.pretrained} has no chat template "
+                "(a base model); run without --apply_chat_template"
+            )
+        return self.tokenizer.apply_chat_template(
+            chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
+            continue_final_message=not add_generation_prompt,
+        )
 
     def _batch_size(self) -> int:
         if self.args.batch_size != "auto":
@@ -177,7 +218,7 @@ class KVInjectLM(LM):
 
         # Check every request before computing anything: a bad doc fails the run at once.
         problems = [
-            problem_from_request(self.args, r.task_name, r.doc, r.args[0], r.args[1]) for r in requests
+            problem_from_request(self.args, r.task_name, r.doc, r.args[0], r.args[1], self.turn_frame) for r in requests
         ]
         # A request repeated in the list (repeats > 1) is run and logged once.
         first = {}
@@ -212,13 +253,17 @@ class KVInjectLM(LM):
             self.trace_log.flush()
 
         spool_ready()
-        progress = tqdm(total=len(mine), disable=disable_tqdm or self.processes.rank != 0, desc="kvinject docs")
+        progress = tqdm(total=len(mine), disable=disable_tqdm or self.processes.rank != 0, desc="kvinject docs", unit="doc")
+        branches = 2 + 2 * len(self.settings.injection_points)  # baseline, oracle, injection and noise per point
+        started, generated = time.perf_counter(), 0
         done = 0
         while done < len(mine):
             batch = mine[done : done + self.batch_size]
             computed = self._compute(requests, problems, batch, finished=len(traces))
             if computed is None:  # out of memory: retry with the smaller batch size
                 continue
+            generated += sum(generated_tokens(trace) for trace in computed)
+            progress.set_postfix(branches=branches * len(batch), tokens_per_s=f"{generated / (time.perf_counter() - started):.1f}")
             if self.store is not None:
                 self.store.put_many([(keys[i], trace) for i, trace in zip(batch, computed)])
             traces.update(zip(batch, computed))

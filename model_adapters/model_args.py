@@ -19,6 +19,10 @@ DEFAULT_PRETRAINED = "Qwen/Qwen2.5-Math-7B"
 # problem: the model gets the same information as the oracle prompt, only later.
 DEFAULT_INJECTION_TEMPLATE = "\n\nWait, the problem has changed. The new problem is: {alternative}\nSolving the new problem:"
 
+# With injection_turn=user the update is its own user message, so it needs no "Wait, ..." framing.
+DEFAULT_USER_TURN_TEMPLATE = "The problem has changed. The new problem is: {alternative}"
+INJECTION_TURNS = ("inline", "user")
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 
@@ -43,6 +47,9 @@ class ModelArgs:
     max_batch_size: int = 64  # upper bound for batch_size=auto
     injection: InjectionSettings = InjectionSettings()  # injection_points, strategy, noise, track_*, seed
     injection_template: str = DEFAULT_INJECTION_TEMPLATE  # injected text; {alternative} is the new problem
+    # inline: the injected text continues the model's own (assistant) text; user: it is wrapped as a new
+    # user turn in the model's chat template (chat models, with lm-eval's --apply_chat_template)
+    injection_turn: str = "inline"
     trace_dir: str | None = None  # where traces are written as they are computed (default: user cache)
     result_store: str | None = None  # per-doc results for resume (default: <cache>/results.sqlite; "none": off)
 
@@ -136,6 +143,7 @@ _PARSERS = {
     "injection_template": _as_template,
     "trace_dir": lambda v: _as_optional_str("trace_dir", v),
     "result_store": lambda v: _as_optional_str("result_store", v),
+    "injection_turn": lambda v: _as_choice("injection_turn", v, INJECTION_TURNS),
 }
 # The injection settings are given as flat model args and validated by InjectionSettings itself.
 _INJECTION_PARSERS = {
@@ -170,9 +178,13 @@ def parse_model_args(raw: Mapping[str, Any]) -> ModelArgs:
         values["injection"] = InjectionSettings(**injection)
     except ValueError as error:
         raise ModelArgsError(f"model arg {error}") from None
+    if values.get("injection_turn") == "user" and "injection_template" not in values:
+        values["injection_template"] = DEFAULT_USER_TURN_TEMPLATE
     args = ModelArgs(**values)
     if args.load_in_4bit and args.gguf_file:
         raise ModelArgsError("model args load_in_4bit and gguf_file cannot be combined: a GGUF file is already quantised")
+    if args.injection.strategy == "replace" and args.injection_turn != "inline":
+        raise ModelArgsError("model arg injection_turn=user has no effect with strategy=replace (the prompt itself is swapped)")
     if args.injection.strategy == "replace" and args.injection_template != DEFAULT_INJECTION_TEMPLATE:
         raise ModelArgsError("model arg injection_template has no effect with strategy=replace (the prompt itself is swapped)")
     return args

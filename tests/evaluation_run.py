@@ -18,7 +18,7 @@ def main(out, task, limit, model_args, gen_kwargs=None):
     from lm_eval.tasks import TaskManager
 
     from kvinject.adaptation_tasks import TASKS_DIR
-    from kvinject.harness_checks import named_callables
+    from kvinject.trace_export import named_callables
 
     results = lm_eval.simple_evaluate(
         model="kvinject",

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from kvinject.model_adapters.trace_log import read_traces
+
 REPO = Path(__file__).resolve().parents[1]
 LM_EVAL = [sys.executable, "-m", "lm_eval"]
 
@@ -57,7 +59,7 @@ def test_cli_run_writes_results_and_traces_named_after_the_model(local_model_dir
     assert results["config"]["model"] == "kvinject"
     semantic = results["results"]["adaptation_semantic"]
     assert any(key.startswith("adaptation_gap@1") for key in semantic)
-    traces = [json.loads(line) for line in next(model_folder.glob("traces_*.jsonl")).read_text().splitlines()]
+    traces = read_traces(next(model_folder.glob("traces_*.jsonl.gz")))
     assert len(traces) == 2
     assert {t["task"] for t in traces} == {"adaptation_semantic"}
     assert set(traces[0]["trace"]["conditions"]) >= {"baseline", "oracle", "injection@1", "noise@3"}
@@ -148,7 +150,7 @@ def test_smollm2_run_from_the_command_line_reports_every_metric(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     folder = out / "smollm2-135m"
     results = json.loads(next(folder.glob("results_*.json")).read_text())
-    records = [json.loads(line) for line in next(folder.glob("traces_*.jsonl")).read_text().splitlines()]
+    records = read_traces(next(folder.glob("traces_*.jsonl.gz")))
     assert sorted(r["task"] for r in records) == ["adaptation_math"] * 4 + ["adaptation_semantic"] * 4
     assert {r["trace"]["settings"]["max_new_tokens"] for r in records} == {48}  # --gen_kwargs reached the engine
     for task in ("adaptation_math", "adaptation_semantic"):

@@ -1,0 +1,1 @@
+"""adaptation_pairs: your own (original, alternative, answers) pairs as an adaptation task."""
