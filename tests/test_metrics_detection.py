@@ -6,7 +6,7 @@ import pytest
 from kvinject.metrics import AdaptationSettings, doc_metrics, metric_aggregation
 from kvinject.metrics.aggregations import detection_outcome
 from kvinject.metrics.detection import calibrate, cusum, detection_time
-from test_metrics_trace_builder import build_answers, build_trace, run_series
+from helpers import build_answers, build_trace, run_series
 
 FAST = AdaptationSettings(bootstrap_resamples=50, permutation_resamples=50, per_layer=False)
 

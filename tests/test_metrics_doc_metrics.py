@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kvinject.metrics import AdaptationSettings, doc_metrics, result_keys
-from test_metrics_trace_builder import build_answers, build_trace, run_series
+from helpers import build_answers, build_trace, run_series
 
 SETTINGS = AdaptationSettings(window_tokens=2, per_layer=True)
 
@@ -168,6 +168,7 @@ def test_malformed_traces_are_reported_with_the_doc_id():
     trace["schema_version"] = 2
     with pytest.raises(ValueError, match="gsm-17.*schema_version"):
         doc_metrics(trace, build_answers([5]), SETTINGS)
-    nan_trace = build_trace({5: (run_series([float("nan")]), NOISE)}, doc_id="gsm-18")
+    nan_trace = build_trace({5: (run_series([1.0]), NOISE)}, doc_id="gsm-18")
+    nan_trace["conditions"]["injection@5"]["series"]["kl_run_old"][0] = float("nan")  # the builder refuses NaN
     with pytest.raises(ValueError, match="gsm-18.*NaN"):
         doc_metrics(nan_trace, build_answers([5]), SETTINGS)

@@ -74,13 +74,12 @@ class PaddedBatch:
     hole between a row's cache and its tokens) and pass what it returns to the model.
     """
 
-    def __init__(self, model, caches: list[RowCache | None], what: str):
-        """``what`` names the rows in errors, e.g. "docs d1, d2"."""
+    def __init__(self, model, caches: list[RowCache | None]):
         self.windows = attention_windows(model.config)
         implementation = model.config._attn_implementation
         if self.windows and implementation not in ("eager", "sdpa"):
             raise ValueError(
-                f"{what}: sliding-window model_type {model.config.model_type} needs attn_implementation eager "
+                f"sliding-window model_type {model.config.model_type} needs attn_implementation eager "
                 f"or sdpa (its masks are built from each row's positions), not {implementation!r}"
             )
         self.dtype = model.dtype
