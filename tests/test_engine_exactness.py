@@ -38,9 +38,11 @@ def test_forked_append_logits_match_one_forward_pass(kind, family, attention, re
     the logits of one forward pass over the concatenated ids."""
     if kind == "smollm2":
         model, tokenizer = request.getfixturevalue("smollm2")
-        prompts = [encode_prompt(tokenizer, "Question: Tom has 3 apples and buys 5 more. How many?\nAnswer:"),
+        question = "Tom has 3 apples and buys {} more. How many apples does he have now?"
+        prompts = [encode_prompt(tokenizer, f"Question: {question.format(5)}\nAnswer:"),
                    encode_prompt(tokenizer, "Q: What is the capital of France?\nA:")]
-        feeds = [encode_segment(tokenizer, "\n\nWait, the problem has changed: he buys 7 more."),
+        feeds = [encode_segment(tokenizer, "\n\nWait, the problem has changed. The new problem is: "
+                                           f"{question.format(7)}\nSolving the new problem:"),
                  encode_segment(tokenizer, " Correction: the question is about Italy.")]
         assert_forked_append_matches_one_forward_pass(model, tokenizer, prompts, feeds, point=5, budget=8)
         return
