@@ -64,10 +64,11 @@ class RotaryKeys:
     def from_model(cls, model) -> "RotaryKeys":
         """The model's key rotation; ValueError (saying why) unless moving keys by it is exact."""
         inv_freqs = _layer_frequencies(model)
+        start, shifted = (_probe_keys(model, offset) for offset in (0, PROBE_SHIFT))
         errors = {}
         for interleaved in (False, True):
             candidate = cls(inv_freqs, interleaved)
-            errors[interleaved] = candidate._probe_error(model)
+            errors[interleaved] = _relative_error(candidate.move(start, PROBE_SHIFT), shifted)
             if errors[interleaved] <= PROBE_TOLERANCE.get(model.dtype, LOW_PRECISION_PROBE_TOLERANCE):
                 return candidate
         _refuse(model, f"its cached keys do not move by a rotation with the frequencies of its rotary module "
@@ -89,18 +90,18 @@ class RotaryKeys:
             layers.append((torch.cat((rotated.to(keys.dtype), passed), dim=-1), values))
         return RowCache(tuple(layers))
 
-    def _probe_error(self, model) -> float:
-        start, shifted = (_probe_keys(model, offset) for offset in (0, PROBE_SHIFT))
-        moved = self.move(start, PROBE_SHIFT)
-        return max(
-            ((k - k_ref).abs().max() / k_ref.abs().max().clamp_min(1e-30)).item()
-            for (k, _), (k_ref, _) in zip(moved.layers, shifted.layers)
-        )
+
+def _relative_error(moved: RowCache, expected: RowCache) -> float:
+    """Largest |moved - expected| over any layer, relative to that layer's largest expected key."""
+    return max(
+        ((k - k_ref).abs().max() / k_ref.abs().max().clamp_min(1e-30)).item()
+        for (k, _), (k_ref, _) in zip(moved.layers, expected.layers)
+    )
 
 
 @torch.inference_mode()
 def _probe_keys(model, offset: int) -> RowCache:
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache()  # no config: sliding layers keep every slot, as in the engine
     vocab = model.get_input_embeddings().num_embeddings
     ids = torch.tensor([[i % vocab for i in PROBE_IDS]], device=model.device)
     positions = torch.arange(len(PROBE_IDS), device=model.device)[None] + offset
@@ -127,7 +128,11 @@ def _layer_frequencies(model) -> tuple[torch.Tensor, ...]:
     if hasattr(rotary, "embed_positions"):  # GPT-J / CodeGen: a table of sin(p f) then cos(p f)
         sin, cos = rotary.embed_positions[1].float().chunk(2)
         return (torch.atan2(sin, cos),) * layers
-    layer_types = getattr(rotary, "layer_types", None)
-    if layer_types is not None:  # one frequency set per attention type (Gemma 3, OLMo 3)
-        return tuple(getattr(rotary, f"{kind}_inv_freq").float() for kind in text_config.layer_types)
-    return (rotary.inv_freq.float(),) * layers
+    if getattr(rotary, "layer_types", None) is not None:  # one frequency set per attention type (Gemma 3, OLMo 3)
+        frequencies = [getattr(rotary, f"{kind}_inv_freq", None) for kind in text_config.layer_types]
+    else:
+        frequencies = [getattr(rotary, "inv_freq", None)] * layers
+    if any(f is None for f in frequencies):
+        _refuse(model, f"its rotary module {type(rotary).__name__} has no inverse frequencies (inv_freq) for "
+                       "every layer, so the rotation of its cached keys is unknown")
+    return tuple(f.float() for f in frequencies)
