@@ -81,7 +81,7 @@ FAMILY_CONFIGS = {
     "granite": {},
     "starcoder2": {},
 }
-ROTARY_FAMILIES = tuple(family for family in FAMILY_CONFIGS)  # every family above rotates its keys
+ROTARY_FAMILIES = tuple(FAMILY_CONFIGS)  # every family above rotates its keys
 
 
 def build_tiny_model(family: str, vocab_size: int = len(TinyCharTokenizer()), seed: int = 0):
