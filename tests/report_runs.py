@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from test_metrics_trace_builder import run_series
+from helpers import run_series
 
 from kvinject import trace_schema as schema
 

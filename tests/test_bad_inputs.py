@@ -17,7 +17,7 @@ from kvinject.model_adapters import loading
 from kvinject.model_adapters.harness_model import DocError, KVInjectLM, no_eos_message
 from kvinject.model_adapters.model_args import ModelArgsError, parse_model_args
 from kvinject.model_adapters.result_store import ResultStore
-from test_harness_model import request
+from helpers import request
 
 # ------------------------------------------------------------------ model args: refused before loading
 

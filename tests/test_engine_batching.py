@@ -1,9 +1,8 @@
 """Batching and forking never change what is measured."""
-import math
-
 import pytest
 import torch
 
+from helpers import assert_same_trace
 from kvinject.model_adapters.engine import InjectionSettings, InjectionEngine, Problem
 from kvinject.model_adapters.engine.decoding import DecodeRow, greedy_decode
 from kvinject.model_adapters.engine.tokens import StopRule
@@ -13,22 +12,6 @@ PROBLEMS = [
     Problem("b", "Question: Ann has 12 coins and loses 5. How many?", "Question: Ann has 3 coins.", "3 coins", 9),
     Problem("c", "Hi. Q: 8*2=", "Hi. Q: 8*3=", "8*3", 9, (";", "]")),
 ]
-
-
-def assert_same_trace(left, right, path="trace", abs_tol=1e-4):
-    """Equal structure and ids; floats within ``abs_tol``."""
-    if isinstance(left, float) or isinstance(right, float):
-        assert math.isclose(left, right, rel_tol=0, abs_tol=abs_tol), path
-    elif isinstance(left, dict):
-        assert left.keys() == right.keys(), path
-        for key in left:
-            assert_same_trace(left[key], right[key], f"{path}.{key}", abs_tol)
-    elif isinstance(left, list):
-        assert len(left) == len(right), path
-        for index, (a, b) in enumerate(zip(left, right)):
-            assert_same_trace(a, b, f"{path}[{index}]", abs_tol)
-    else:
-        assert left == right, path
 
 
 @pytest.mark.parametrize("family,strategy", [("qwen2", "append"), ("gpt2", "append"), ("gemma2", "append"),
@@ -57,7 +40,7 @@ def test_branches_do_not_change_the_shared_prefix(tiny_model_builder, tiny_token
     # The forked cache itself is untouched by decoding a branch from it.
     prompt = tiny_tokenizer.encode("Q: 1+1?")
     stop = StopRule(tiny_tokenizer, frozenset(), ())
-    fork = greedy_decode(model, [DecodeRow(None, tuple(prompt), 5, stop, capture_after=frozenset({2}))], "t")[0].captures[2]
+    fork = greedy_decode(model, [DecodeRow(None, tuple(prompt), 5, stop, capture_after=frozenset({2}))])[0].captures[2]
     before = [(k.clone(), v.clone()) for k, v in fork.layers]
-    greedy_decode(model, [DecodeRow(fork, (40, 41, 42), 4, stop), DecodeRow(fork, (43,), 6, stop)], "t")
+    greedy_decode(model, [DecodeRow(fork, (40, 41, 42), 4, stop), DecodeRow(fork, (43,), 6, stop)])
     assert all(torch.equal(k, k0) and torch.equal(v, v0) for (k, v), (k0, v0) in zip(fork.layers, before))

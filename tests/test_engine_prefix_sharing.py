@@ -2,11 +2,10 @@
 import pytest
 import torch
 
+from helpers import assert_same_trace
 from kvinject.model_adapters.engine import InjectionSettings, InjectionEngine, Problem
 from kvinject.trace_schema import validate_trace
 from kvinject.model_adapters.engine.row_cache import PaddedBatch
-
-from test_engine_batching import assert_same_trace
 
 PROBLEMS = [
     Problem("story", "Q: Tom has 3 apples and 4 pears. How many?", "Q: Tom has 3 apples and 9 pears. How many?",
@@ -39,7 +38,7 @@ def run_with_and_without_sharing(monkeypatch, model, tokenizer, settings, batch_
         with monkeypatch.context() as patch:
             patch.setattr(PaddedBatch, "feed_tokens", counting_feed)
             if not share:
-                patch.setattr(InjectionEngine, "_shared_prefixes", lambda self, docs, what: [None] * len(docs))
+                patch.setattr(InjectionEngine, "_shared_prefixes", lambda self, docs: [None] * len(docs))
             fed[0] = 0
             traces = InjectionEngine(model, tokenizer, settings, batch_size=batch_size).run(PROBLEMS)
             for trace in traces:

@@ -1,47 +1,35 @@
-"""Sliding-window families stay exact far beyond the window, batched with ragged padding or not."""
+"""Sliding-window families stay exact far beyond the window, batched with ragged padding or not.
+(Forked append against one forward pass beyond the window: test_engine_exactness.py.)"""
 import pytest
 import torch
 
+from helpers import assert_same_trace, old_context_against_decode, windowed_model
 from kvinject.model_adapters.engine import InjectionSettings, InjectionEngine, Problem
-from kvinject.trace_schema import validate_trace
-from kvinject.model_adapters.engine.decoding import DecodeRow, greedy_decode
 from kvinject.model_adapters.engine.divergence import kl_divergence
 from kvinject.model_adapters.engine.row_cache import PaddedBatch
 from kvinject.model_adapters.engine.scoring import ScoringContext
-from kvinject.model_adapters.engine.tokens import StopRule
-
-from test_engine_batching import PROBLEMS, assert_same_trace
-from test_engine_exactness import old_context_against_decode
+from kvinject.trace_schema import validate_trace
 
 WINDOW = 8  # every test sequence is several windows long
-TOLERANCE = 1e-4
-
-
 FAMILIES = ["mistral", "gemma2", "gemma3_text"]
 # Gemma 2 has no sdpa kernel in transformers (logit soft-capping): it runs eager only.
 WITH_ATTENTION = [(f, a) for f in FAMILIES for a in ("sdpa", "eager") if (f, a) != ("gemma2", "sdpa")]
-
-
-def windowed(tiny_model_builder, family):
-    model = tiny_model_builder(family)
-    model.config.sliding_window = WINDOW
-    for module in model.modules():  # Gemma attention modules copy the window at init
-        if getattr(module, "sliding_window", None) is not None:
-            module.sliding_window = WINDOW
-    return model
+PROBLEMS = [  # prompts of three lengths: a ragged batch
+    Problem("a", "Q: 1+1?", "Q: 4+4, or 5?", "Now: 4+4, or 5", 24, ("}",)),
+    Problem("b", "Question: Ann has 12 coins and loses 5. How many?", "Question: Ann has 3 coins.", "3 coins", 24),
+    Problem("c", "Hi. Q: 8*2=", "Hi. Q: 8*3=", "8*3", 24, (";", "]")),
+]
 
 
 @pytest.fixture(params=FAMILIES)
-def windowed_model(request, tiny_model_builder):
-    return windowed(tiny_model_builder, request.param)
+def windowed(request):
+    return windowed_model(request.param, WINDOW)
 
 
 @pytest.fixture(params=WITH_ATTENTION, ids=lambda p: "-".join(p))
-def windowed_model_with_attention(request, tiny_model_builder):
+def windowed_with_attention(request):
     family, attention = request.param
-    model = windowed(tiny_model_builder, family)
-    model.set_attn_implementation(attention)
-    return model
+    return windowed_model(family, WINDOW, attention)
 
 
 def full_logits(model, ids):
@@ -50,40 +38,19 @@ def full_logits(model, ids):
         return model(input_ids=torch.tensor([ids])).logits[0].float()
 
 
-def no_stop(tokenizer):
-    return StopRule(tokenizer, frozenset(), ())
-
-
-def test_decoding_and_appending_match_one_forward_pass_beyond_the_window(windowed_model_with_attention, tiny_tokenizer):
-    model = windowed_model_with_attention
-    prompts = [tiny_tokenizer.encode("Q: 2+2?"), tiny_tokenizer.encode("Question: Tom has 3 apples and 4 pears. A:")]
-    point = 20
-    baselines = greedy_decode(
-        model, [DecodeRow(None, tuple(p), 26, no_stop(tiny_tokenizer), capture_after=frozenset({point})) for p in prompts], "t"
-    )
-    for prompt, result in zip(prompts, baselines):
-        assert full_logits(model, prompt + result.new_ids)[len(prompt) - 1 : -1].argmax(-1).tolist() == result.new_ids
-
-    feeds = [tiny_tokenizer.encode(" New: 9 pears and 7 plums", add_special_tokens=False), [50, 51, 52]]
-    batch = PaddedBatch(model, [r.captures[point] for r in baselines], "t")
-    with torch.no_grad():
-        logits = model(**batch.feed_tokens(feeds)).logits
-    for row, (prompt, result, feed) in enumerate(zip(prompts, baselines, feeds)):
-        ids = prompt + result.new_ids[:point] + feed
-        assert len(ids) > 3 * WINDOW
-        reference = full_logits(model, ids)[-len(feed) :]
-        assert (logits[row, -len(feed) :] - reference).abs().max().item() <= TOLERANCE
-        # The window really shapes the reference: without it the logits differ.
-        model.config.sliding_window = 4096
-        assert (full_logits(model, ids)[-len(feed) :] - reference).abs().max().item() > 1e-3
-        model.config.sliding_window = WINDOW
+def test_the_window_shapes_the_reference(windowed, tiny_tokenizer):
+    ids = tiny_tokenizer.encode("Question: Tom has 3 apples and 4 pears. A: he has 7 fruits.")
+    assert len(ids) > 3 * WINDOW
+    reference = full_logits(windowed, ids)
+    windowed.config.sliding_window = 4096
+    assert (full_logits(windowed, ids) - reference).abs().max().item() > 1e-3
 
 
 @pytest.mark.parametrize("strategy", ["append", "replace"])
-def test_a_ragged_batch_gives_the_traces_of_one_doc_at_a_time(strategy, windowed_model, tiny_tokenizer_class):
-    model = windowed_model
+def test_a_ragged_batch_gives_the_traces_of_one_doc_at_a_time(strategy, windowed, tiny_tokenizer_class):
+    model = windowed
     tokenizer = tiny_tokenizer_class(eos_token_id=None)
-    problems = [Problem(p.doc_id, p.original_prompt, p.alternative_prompt, p.injection_text, 24) for p in PROBLEMS]
+    problems = PROBLEMS
     settings = InjectionSettings(injection_points=(0, 3, 12), strategy=strategy, noise="shuffle")
     batched = InjectionEngine(model, tokenizer, settings, batch_size=3).run(problems)
     alone = [InjectionEngine(model, tokenizer, settings, batch_size=1).run([p])[0] for p in problems]
@@ -103,8 +70,8 @@ def test_a_ragged_batch_gives_the_traces_of_one_doc_at_a_time(strategy, windowed
 
 
 def test_old_context_along_baseline_tokens_equals_decode_distributions_beyond_the_window(
-        windowed_model_with_attention, tiny_tokenizer):
-    model = windowed_model_with_attention
+        windowed_with_attention, tiny_tokenizer):
+    model = windowed_with_attention
     prompt = tiny_tokenizer.encode("Question: Tom has 3 apples. A:")
     point, budget = 6, 24
     # One unpadded row with transformers' own sliding cache is exact; a second, shorter context in the
@@ -116,7 +83,7 @@ def test_old_context_along_baseline_tokens_equals_decode_distributions_beyond_th
     assert kl_divergence(decoded, scored).max().item() < 1e-6
 
 
-def test_sliding_window_models_need_eager_or_sdpa(windowed_model):
-    windowed_model.config._attn_implementation = "flash_attention_2"
+def test_sliding_window_models_need_eager_or_sdpa(windowed):
+    windowed.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="needs attn_implementation eager or sdpa"):
-        PaddedBatch(windowed_model, [None], "docs 'a'")
+        PaddedBatch(windowed, [None])

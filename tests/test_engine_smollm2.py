@@ -1,12 +1,10 @@
-"""The engine on the real SmolLM2-135M-Instruct (fp32, CPU): exactness against full recomputation."""
+"""The engine on the real SmolLM2-135M-Instruct (fp32, CPU): exactness against full recomputation.
+(Forked append against one forward pass on SmolLM2: test_engine_exactness.py.)"""
 import pytest
 import torch
 
 from kvinject.model_adapters.engine import InjectionSettings, InjectionEngine, Problem
 from kvinject.trace_schema import validate_trace
-from kvinject.model_adapters.engine.decoding import DecodeRow, greedy_decode
-from kvinject.model_adapters.engine.row_cache import PaddedBatch
-from kvinject.model_adapters.engine.tokens import StopRule, encode_prompt, encode_segment
 
 pytestmark = pytest.mark.slow
 
@@ -19,24 +17,6 @@ PROBLEMS = [
     Problem("capital", "Q: What is the capital of France?\nA:", "Q: What is the capital of Italy?\nA:",
             " Correction: the question is about Italy.", 20, ("\n\n",)),
 ]
-
-
-def test_forked_append_logits_match_one_forward_pass(smollm2):
-    model, tokenizer = smollm2
-    prompts = [encode_prompt(tokenizer, p.original_prompt) for p in PROBLEMS]
-    point = 5
-    stop = StopRule(tokenizer, frozenset(), ())
-    baselines = greedy_decode(
-        model, [DecodeRow(None, tuple(p), 8, stop, capture_after=frozenset({point})) for p in prompts], "t"
-    )
-    feeds = [encode_segment(tokenizer, p.injection_text) for p in PROBLEMS]
-    batch = PaddedBatch(model, [r.captures[point] for r in baselines], "t")
-    with torch.no_grad():
-        logits = model(**batch.feed_tokens(feeds)).logits
-        for row, (prompt, result, feed) in enumerate(zip(prompts, baselines, feeds)):
-            ids = prompt + result.new_ids[:point] + feed
-            reference = model(input_ids=torch.tensor([ids])).logits[0, -len(feed) :]
-            assert (logits[row, -len(feed) :] - reference).abs().max().item() <= 1e-4
 
 
 def test_engine_traces_on_smollm2(smollm2):

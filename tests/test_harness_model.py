@@ -2,24 +2,10 @@
 import pickle
 
 import pytest
-from lm_eval.api.instance import Instance
 
 from kvinject.model_adapters.harness_model import DocError, KVInjectLM, TracedGeneration
 from kvinject.model_adapters.trace_log import read_traces
-
-GEN_KWARGS = {"until": ["\n\n"], "max_gen_toks": 6, "do_sample": False}
-
-
-def request(doc_id, question="What is 3 + 5?", alternative="What is 4 + 5?", gen_kwargs=GEN_KWARGS):
-    doc = {"id": doc_id, "original_question": question, "alternative_question": alternative}
-    return Instance(
-        request_type="generate_until",
-        doc=doc,
-        arguments=(f"Question: {question}\nAnswer:", dict(gen_kwargs)),
-        idx=0,
-        metadata=("adaptation_semantic", doc_id, 1),
-    )
-
+from helpers import GEN_KWARGS, request
 
 @pytest.fixture(scope="module")
 def lm(local_model_dir, tmp_path_factory):

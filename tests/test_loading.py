@@ -3,18 +3,26 @@ import importlib.util
 import pytest
 import torch
 
-from kvinject.model_adapters import offline_models
+from kvinject.model_adapters import loading, offline_models
 from kvinject.model_adapters.loading import load_model_and_tokenizer, resolve_device, resolve_dtype
 from kvinject.model_adapters.model_args import ModelArgsError, parse_model_args
 from kvinject.model_adapters.offline_models import OFFLINE_MODELS, MissingModelPackageError
 
 
-def test_unavailable_device_falls_back_with_a_warning():
-    assert not torch.cuda.is_available()  # this suite runs on the CPU
+def test_unavailable_device_falls_back_with_a_warning(monkeypatch):
+    monkeypatch.setattr(loading, "_available_devices", lambda: ["cpu"])  # a machine with a CPU only
     with pytest.warns(UserWarning, match="cuda:0 is not available here; using cpu"):
         assert resolve_device("cuda:0") == "cpu"
     assert resolve_device("auto") == "cpu"
     assert resolve_device("cpu") == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_auto_picks_the_gpu_where_there_is_one():
+    assert resolve_device("auto") == "cuda"
+    assert resolve_device("cuda:0") == "cuda:0"
+    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    assert resolve_dtype("auto", "cuda") is expected
 
 
 def test_auto_dtype_is_float32_on_cpu():
@@ -29,7 +37,8 @@ def test_load_in_4bit_needs_cuda(local_model_dir):
 
 
 def test_local_folder_loads_in_eval_mode(local_model_dir):
-    model, tokenizer, device = load_model_and_tokenizer(parse_model_args({"pretrained": str(local_model_dir)}))
+    args = parse_model_args({"pretrained": str(local_model_dir), "device": "cpu"})  # auto would pick a GPU
+    model, tokenizer, device = load_model_and_tokenizer(args)
     assert device == "cpu" and not model.training
     assert model.dtype is torch.float32
     assert model.config._attn_implementation == "sdpa"

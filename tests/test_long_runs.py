@@ -139,7 +139,7 @@ def test_batch_size_auto_backs_off_on_out_of_memory(local_model_dir, tmp_path, c
     import torch
 
     from kvinject.model_adapters.harness_model import KVInjectLM
-    from test_harness_model import request
+    from helpers import request
 
     lm = KVInjectLM(pretrained=str(local_model_dir), injection_points="1:2", batch_size="auto",
                     max_batch_size=4, result_store="none", trace_dir=str(tmp_path))
@@ -174,7 +174,7 @@ def test_out_of_memory_with_a_fixed_batch_size_names_the_docs_and_the_fix(local_
     import torch
 
     from kvinject.model_adapters.harness_model import KVInjectLM
-    from test_harness_model import request
+    from helpers import request
 
     lm = KVInjectLM(pretrained=str(local_model_dir), injection_points="1:2", batch_size=2, result_store="none",
                     trace_dir=str(tmp_path))

@@ -15,7 +15,7 @@ from kvinject.metrics import (
     result_keys,
 )
 from kvinject.metrics import aggregations
-from test_metrics_trace_builder import build_answers, build_trace, run_series
+from helpers import build_answers, build_trace, run_series
 
 # The smallest randomised p-value is 1 / (resamples + 1): with 14 tests, Holm needs > 280.
 FAST = AdaptationSettings(window_tokens=3, bootstrap_resamples=60, permutation_resamples=999,
@@ -245,7 +245,7 @@ class Block:
 sys.meta_path.insert(0, Block())
 sys.path.insert(0, 'tests')
 from kvinject.metrics import AdaptationSettings, doc_metrics, metric_aggregation
-from test_metrics_trace_builder import build_answers, build_trace, run_series
+from helpers import build_answers, build_trace, run_series
 values = doc_metrics(build_trace({5: (run_series([1, 2]), run_series([1, 1]))}),
                      build_answers([5]), AdaptationSettings(report="full"))
 print(metric_aggregation('oracle_convergence@5', None)([values['oracle_convergence@5']] * 2))

@@ -15,7 +15,7 @@ import pytest
 from kvinject.metrics import AdaptationSettings, doc_metrics, metric_aggregation
 from kvinject.metrics.aggregations import _rate_intervals, detection_outcome
 from kvinject.metrics.detection import cusum, detect
-from test_metrics_trace_builder import build_answers, build_trace, run_series
+from helpers import build_answers, build_trace, run_series
 
 ALPHA = 0.05
 

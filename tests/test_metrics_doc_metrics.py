@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kvinject.metrics import AdaptationSettings, doc_metrics, result_keys
-from test_metrics_trace_builder import build_answers, build_trace, run_series
+from helpers import build_answers, build_trace, run_series
 
 SETTINGS = AdaptationSettings(window_tokens=2, per_layer=True, report="full")
 # The injection run: a_t = [0.25, 0.5, 0.75, 0.75], r_t = [-1, 0, 0.5, 1.5],
@@ -215,6 +215,6 @@ def test_malformed_traces_are_reported_with_the_doc_id():
     with pytest.raises(ValueError, match="gsm-17.*schema_version"):
         doc_metrics(trace, build_answers([5]), SETTINGS)
     nan_trace = build_trace({5: (run_series([1.0]), NOISE)}, doc_id="gsm-18")
-    nan_trace["conditions"]["injection@5"]["series"]["kl_run_old"] = [float("nan")]
+    nan_trace["conditions"]["injection@5"]["series"]["kl_run_old"][0] = float("nan")  # the builder refuses NaN
     with pytest.raises(ValueError, match="gsm-18.*NaN"):
         doc_metrics(nan_trace, build_answers([5]), SETTINGS)

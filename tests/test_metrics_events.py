@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kvinject.metrics import AdaptationSettings, doc_metrics, metric_aggregation
-from test_metrics_trace_builder import build_answers, build_trace, run_series
+from helpers import build_answers, build_trace, run_series
 
 SETTINGS = AdaptationSettings(report="full", bootstrap_resamples=500, permutation_resamples=999)
 

@@ -17,7 +17,7 @@ from kvinject.metrics.series import (
     log_ratios,
     non_sink_masses,
 )
-from test_metrics_trace_builder import attention_segments
+from helpers import attention_segments
 
 INF = math.inf
 

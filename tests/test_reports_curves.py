@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 from report_runs import make_trace, simple_trace
-from test_metrics_trace_builder import run_series as series
+from helpers import run_series as series
 
 from kvinject.metrics import AdaptationSettings
 from kvinject.reports.curves import CurveKey, mean_band, run_series, task_curves

@@ -4,13 +4,13 @@ from collections import Counter
 
 import pytest
 
-from kvinject.adaptation_tasks.adaptation_semantic import build_pairs as build_semantic
+from kvinject.adaptation_tasks.adaptation_semantic import build_pairs
 from kvinject.adaptation_tasks.adaptation_semantic.answers import match_semantic_answer, normalise
 
 
 @pytest.fixture(scope="module")
 def committed():
-    return json.loads(build_semantic.OUTPUT_PATH.read_text(encoding="utf-8"))
+    return json.loads(build_pairs.OUTPUT_PATH.read_text(encoding="utf-8"))
 
 
 def test_500_pairs_with_120_controls_over_at_least_four_types(committed):
@@ -46,15 +46,15 @@ def test_every_answer_has_an_alias_list_starting_with_it(committed):
 def test_excluded_subjects_are_absent(committed):
     subjects = {pair[f"{side}_subject"] for pair in committed["pairs"] for side in ("original", "alternative")}
     answers = {pair[f"{side}_answer"] for pair in committed["pairs"] for side in ("original", "alternative")}
-    assert not subjects & build_semantic.EXCLUDED_COUNTRIES
+    assert not subjects & build_pairs.EXCLUDED_COUNTRIES
     assert "Kingston" not in answers
     assert "Georgia" not in {p["original_subject"] for p in committed["pairs"] if p["question_type"].startswith("country")}
 
 
 def test_rebuild_is_byte_identical(committed):
-    rebuilt = build_semantic.render_json(build_semantic.build_pairs())
+    rebuilt = build_pairs.render_json(build_pairs.build_pairs())
     assert json.loads(rebuilt)["sources"] == committed["sources"], "registry package versions differ from the committed build"
-    assert rebuilt == build_semantic.OUTPUT_PATH.read_text(encoding="utf-8")
+    assert rebuilt == build_pairs.OUTPUT_PATH.read_text(encoding="utf-8")
 
 
 def test_stale_disputed_and_duplicate_subjects_are_absent(committed):
@@ -64,7 +64,7 @@ def test_stale_disputed_and_duplicate_subjects_are_absent(committed):
                            "British Indian Ocean Territory", "Burma", "Republic of Macedonia"}
     answers = {answer for _, answer in facts}
     assert not answers & {"Nur-Sultan", "Plymouth", "City of Victoria", "US Dollar" if "Zimbabwe" in subjects else ""}
-    rebuilt = build_semantic.collect_facts()
+    rebuilt = build_pairs.collect_facts()
     assert {fact.answer for fact in rebuilt["country_capital"] if fact.subject == "Kazakhstan"} == {"Astana"}
     assert not {"Burma", "Palestine"} & {fact.subject for kind in rebuilt.values() for fact in kind}
 
@@ -95,9 +95,9 @@ def test_saint_and_apostrophe_spellings_are_accepted(committed):
                     assert normalise("St. " + alias[6:]) in aliases
                 if "'" in alias:
                     assert normalise(alias.replace("'", "")) in aliases
-    assert build_semantic._spellings(["Sana'a"]) == ("Sana'a", "Sanaa")
-    assert "St. Paul" in build_semantic._spellings(["Saint Paul"])
-    assert "San Marino" in build_semantic._spellings(["City of San Marino"])
+    assert build_pairs._spellings(["Sana'a"]) == ("Sana'a", "Sanaa")
+    assert "St. Paul" in build_pairs._spellings(["Saint Paul"])
+    assert "San Marino" in build_pairs._spellings(["City of San Marino"])
 
 
 def test_place_names_that_take_an_article_get_it(committed):
@@ -107,4 +107,4 @@ def test_place_names_that_take_an_article_get_it(committed):
         for side in ("original", "alternative"):
             question = pair[f"{side}_question"]
             assert not re.search(r" of (?:Isle of|United|Czech|Dominican|Central African|Republic of|[A-Z]\w+ Islands\?)", question), question
-    assert build_semantic._place("Isle of Man") == "the Isle of Man" and build_semantic._place("France") == "France"
+    assert build_pairs._place("Isle of Man") == "the Isle of Man" and build_pairs._place("France") == "France"

@@ -59,7 +59,8 @@ class TracedOutput(str):
 
 @pytest.fixture
 def fake_metrics(monkeypatch):
-    """Stands in for kvinject.metrics (written in parallel) and records what the task passes to it."""
+    """Stands in for kvinject.metrics' settings and per-doc metrics and records what the task passes to
+    them; the metric keys it returns are real ones (metric_higher_is_better, left real, rejects others)."""
     calls = {}
 
     class Settings:
@@ -70,12 +71,11 @@ def fake_metrics(monkeypatch):
 
     def doc_metrics(trace, answers, settings):
         calls["answers"] = answers
-        return {"adaptation_latency@5": 3.0, "stuck_rate@5": 0.0}
+        return {"injection_accuracy@5": 1.0, "stuck_rate@5": 0.0}
 
     monkeypatch.setattr(kvinject.metrics, "AdaptationSettings", Settings, raising=False)
     monkeypatch.setattr(kvinject.metrics, "doc_metrics", doc_metrics, raising=False)
     monkeypatch.setattr(kvinject.metrics, "metric_aggregation", lambda key, settings: (lambda values: f"agg:{key}"), raising=False)
-    monkeypatch.setattr(kvinject.metrics, "metric_higher_is_better", lambda key: key.startswith("stuck") is False, raising=False)
     return calls
 
 
@@ -88,15 +88,15 @@ def test_process_results_classifies_every_condition_with_the_yaml_matcher(task_m
 
     metrics = task.process_results(doc, [TracedOutput(conditions["baseline"], trace)])
 
-    assert metrics == {"adaptation_latency@5": 3.0, "stuck_rate@5": 0.0}
+    assert metrics == {"injection_accuracy@5": 1.0, "stuck_rate@5": 0.0}
     answers = fake_metrics["answers"]
     assert (answers["baseline"]["new"], answers["baseline"]["old"]) == (False, True)
     assert (answers["injection@5"]["new"], answers["injection@5"]["old"]) == (True, False)
     assert (answers["noise@5"]["new"], answers["noise@5"]["old"]) == (False, False)
     assert fake_metrics["settings_mapping"] == {}
-    assert task.aggregation()["adaptation_latency@17"]([1.0]) == "agg:adaptation_latency@17"
+    assert task.aggregation()["injection_accuracy@17"]([1.0]) == "agg:injection_accuracy@17"
     assert task.higher_is_better()["stuck_rate@5"] is False
-    assert dict(task.higher_is_better()) == {"adaptation_latency@5": True, "stuck_rate@5": False}
+    assert dict(task.higher_is_better()) == {"injection_accuracy@5": True, "stuck_rate@5": False}
 
 
 def test_plain_string_output_asks_for_the_kvinject_model(semantic_task):

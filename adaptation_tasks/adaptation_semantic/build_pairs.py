@@ -39,7 +39,7 @@ QUESTION_TEMPLATES = {
     "element_name": "Which chemical element has the symbol {subject}?",
     "us_state_capital": "What is the capital of the U.S. state of {subject}?",
 }
-# Disputed or multiple capitals/currencies (see /work/shared/data/README.md).
+# Disputed or multiple capitals/currencies: two answers, or none that all sources agree on.
 EXCLUDED_COUNTRIES = frozenset({
     "Bolivia", "South Africa", "Netherlands", "Sri Lanka", "Côte d'Ivoire", "Ivory Coast", "Benin",
     "Eswatini", "Swaziland", "Israel", "Malaysia", "Tanzania", "Nauru",

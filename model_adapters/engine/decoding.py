@@ -34,14 +34,14 @@ class DecodeResult:
 
 
 @torch.inference_mode()
-def greedy_decode(model, rows: list[DecodeRow], what: str) -> list[DecodeResult]:
-    """Decode all rows greedily in one batch; ``what`` names them in errors."""
+def greedy_decode(model, rows: list[DecodeRow]) -> list[DecodeResult]:
+    """Decode all rows greedily in one batch."""
     if any(not row.feed or row.budget < 1 for row in rows):
-        raise ValueError(f"{what}: every decode row needs tokens to feed and a budget >= 1")
+        raise ValueError("every decode row needs tokens to feed and a budget >= 1")
     results = [DecodeResult([], "", {}) for _ in rows]
     if not rows:
         return results
-    batch = PaddedBatch(model, [row.cache for row in rows], what)
+    batch = PaddedBatch(model, [row.cache for row in rows])
     active = list(range(len(rows)))  # batch row -> index in `rows`
     feeds = [list(row.feed) for row in rows]
     generated_count = 0
@@ -70,10 +70,10 @@ def greedy_decode(model, rows: list[DecodeRow], what: str) -> list[DecodeResult]
 
 
 @torch.inference_mode()
-def extend_caches(model, caches: list[RowCache | None], tokens: list[list[int]], what: str) -> list[RowCache]:
+def extend_caches(model, caches: list[RowCache | None], tokens: list[list[int]]) -> list[RowCache]:
     """Each cache with its tokens appended (one batched forward), e.g. a prompt prefill."""
     if not caches:  # e.g. no doc of the batch has a shared prefix: no forward to run
         return []
-    batch = PaddedBatch(model, caches, what)
+    batch = PaddedBatch(model, caches)
     model(**batch.feed_tokens(tokens), logits_to_keep=1)
     return [batch.row_cache(row) for row in range(batch.size)]

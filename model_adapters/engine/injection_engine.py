@@ -9,7 +9,7 @@ checked in kvinject/trace_schema.py: ``SCHEMA_VERSION``, ``validate_trace``). Fo
    (forked, never recomputed) and the oracle's after its prompt;
 2. every injection@N and noise@N branch continues from that fork in one batch: ``append`` feeds the
    injected (or control) ids after the N tokens; ``replace`` swaps the prompt region for the
-   alternative prompt's cache (or a prefilled length-matched control prompt), re-rotates the N
+   alternative prompt's cache (or a prefilled length-matched control prompt), moves the N
    generated tokens' keys to their shifted positions (rope.py) and re-feeds the last token so the
    first post-injection prediction is made in the new context (at N=0 this is the oracle exactly);
 3. the post-injection tokens of every branch are teacher-forced through the run, old and new
@@ -26,7 +26,7 @@ from typing import Sequence
 from kvinject.model_adapters.engine.decoding import DecodeResult, DecodeRow, extend_caches, greedy_decode
 from kvinject.model_adapters.injection_settings import InjectionSettings
 from kvinject.model_adapters.engine.noise import control_seed, control_segment, non_special_ids
-from kvinject.model_adapters.engine.rope import check_rerotatable, rerotate_keys
+from kvinject.model_adapters.engine.rope import RotaryKeys
 from kvinject.model_adapters.engine.row_cache import RowCache
 from kvinject.model_adapters.engine.scoring import ScoringContext, ScoringTriple, score_triples
 from kvinject.model_adapters.engine.tokens import (
@@ -91,8 +91,8 @@ class InjectionEngine:
     def __init__(self, model, tokenizer: EngineTokenizer, settings: InjectionSettings, batch_size: int = 1):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")
-        if settings.strategy == "replace":
-            check_rerotatable(model)
+        # replace moves the generated tokens' keys; refused here, before any compute, where that is not exact.
+        self.rotary_keys = RotaryKeys.from_model(model) if settings.strategy == "replace" else None
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings
@@ -165,37 +165,36 @@ class InjectionEngine:
     # ------------------------------------------------------------------------------ one batch
 
     def _run_batch(self, docs: list[_Doc]) -> list[dict]:
-        what = "docs " + ", ".join(repr(d.problem.doc_id) for d in docs)
         points = frozenset(self.settings.injection_points)
         rows = []
-        for doc, prefix in zip(docs, self._shared_prefixes(docs, what)):
+        for doc, prefix in zip(docs, self._shared_prefixes(docs)):
             budget, start = doc.problem.max_new_tokens, 0 if prefix is None else prefix.length
             # Both rows start from the shared prefix; their captures copy the whole cache, prefix included.
             rows.append(DecodeRow(prefix, tuple(doc.original_ids[start:]), budget, doc.stop, capture_after=points))
             rows.append(DecodeRow(prefix, tuple(doc.alternative_ids[start:]), budget, doc.stop,
                                   capture_after=frozenset({0})))
-        results = greedy_decode(self.model, rows, what)
+        results = greedy_decode(self.model, rows)
         baselines, oracles = results[0::2], results[1::2]
         alternative_caches = [oracle.captures[0] for oracle in oracles]
 
-        branches = self._branches(docs, baselines, alternative_caches, what)
+        branches = self._branches(docs, baselines, alternative_caches)
         run_contexts = [self._run_context(b) for b in branches]
-        runs = greedy_decode(self.model, [self._branch_row(b, c) for b, c in zip(branches, run_contexts)], what)
+        runs = greedy_decode(self.model, [self._branch_row(b, c) for b, c in zip(branches, run_contexts)])
         triples = [self._scoring_triple(b, c, run.new_ids) for b, c, run in zip(branches, run_contexts, runs)]
-        series = score_triples(self.model, triples, self.settings.track_attention, self.settings.track_hidden, what)
+        series = score_triples(self.model, triples, self.settings.track_attention, self.settings.track_hidden)
         by_key = {(id(b.doc), b.point, b.noise): (b, run, s) for b, run, s in zip(branches, runs, series)}
         return [self._trace(doc, baseline, oracle, by_key) for doc, baseline, oracle in zip(docs, baselines, oracles)]
 
-    def _shared_prefixes(self, docs: list[_Doc], what: str) -> list[RowCache | None]:
+    def _shared_prefixes(self, docs: list[_Doc]) -> list[RowCache | None]:
         """Per doc, the cache of the prompt prefix that the original and alternative prompts share
         (None when empty), prefilled once in one batch. The prefix stops before either prompt's last
         token: each row must still feed that token, whose query predicts its first generated token."""
         lengths = [_common_prefix_length(d.original_ids[:-1], d.alternative_ids[:-1]) for d in docs]
         prefixes = [d.original_ids[:n] for d, n in zip(docs, lengths) if n]
-        caches = iter(extend_caches(self.model, [None] * len(prefixes), prefixes, what))
+        caches = iter(extend_caches(self.model, [None] * len(prefixes), prefixes))
         return [next(caches) if n else None for n in lengths]
 
-    def _branches(self, docs, baselines: list[DecodeResult], alternative_caches, what: str) -> list[_Branch]:
+    def _branches(self, docs, baselines: list[DecodeResult], alternative_caches) -> list[_Branch]:
         branches = []
         for doc, baseline, alternative_cache in zip(docs, baselines, alternative_caches):
             for point in self.settings.injection_points:
@@ -210,7 +209,7 @@ class InjectionEngine:
         # The injection swaps in the oracle's prompt cache; a control swaps in a length-matched
         # control prompt, which has to be prefilled.
         controls = [b for b in branches if b.noise]
-        regions = iter(extend_caches(self.model, [None] * len(controls), [b.segment for b in controls], what))
+        regions = iter(extend_caches(self.model, [None] * len(controls), [b.segment for b in controls]))
         return [dataclasses.replace(b, region=next(regions) if b.noise else b.alternative) for b in branches]
 
     # ------------------------------------------------------------------------------ contexts
@@ -225,7 +224,7 @@ class InjectionEngine:
             labels = _prompt_labels(prompt_length, ORIGINAL_PROMPT) + [GENERATED_BEFORE] * n_pre
             return branch.fork, ids, labels + [INJECTED] * len(branch.segment)
         # replace: the new prompt region, then the generated tokens' K/V moved by the length change.
-        generated = rerotate_keys(self.model, branch.fork.tail(prompt_length), len(branch.segment) - prompt_length)
+        generated = self.rotary_keys.move(branch.fork.tail(prompt_length), len(branch.segment) - prompt_length)
         context = branch.region.then(generated)
         ids = branch.segment + branch.pre_ids
         labels = _prompt_labels(len(branch.segment), INJECTED) + [GENERATED_BEFORE] * n_pre

@@ -3,10 +3,11 @@
 A ``RowCache`` holds the keys and values of one sequence's real tokens (no padding), so a branch can
 be forked from any row of any batch at any step, spliced (replace strategy) and regrouped with rows
 of other origins. ``PaddedBatch`` turns rows into one ``DynamicCache`` plus the 2-D attention mask and
-the per-row next positions that batched decoding needs (the left-padding pitfall in
-/work/shared/notes/kv-cache-science.md section 2: explicit per-row ``position_ids``, never the default
-``arange + cache length``). Positions equal the number of real tokens before a token, so pad slots
-(left padding, or holes between a row's cache and its next feed) never shift them.
+the per-row next positions that batched decoding needs: explicit per-row ``position_ids``, never
+transformers' default ``arange + cache length``, which would count a left-padded row's pads as
+positions and rotate its keys to other positions than the same sequence alone. Positions equal the
+number of real tokens before a token, so pad slots (left padding, or holes between a row's cache and
+its next feed) never shift them.
 
 Sliding-window models (Mistral, Gemma 2/3, ...) need more: transformers' sliding caches evict by slot
 and its sliding masks measure the window in slots, pads included, so a padded row would see another
@@ -74,13 +75,12 @@ class PaddedBatch:
     hole between a row's cache and its tokens) and pass what it returns to the model.
     """
 
-    def __init__(self, model, caches: list[RowCache | None], what: str):
-        """``what`` names the rows in errors, e.g. "docs d1, d2"."""
+    def __init__(self, model, caches: list[RowCache | None]):
         self.windows = attention_windows(model.config)
         implementation = model.config._attn_implementation
         if self.windows and implementation not in ("eager", "sdpa"):
             raise ValueError(
-                f"{what}: sliding-window model_type {model.config.model_type} needs attn_implementation eager "
+                f"sliding-window model_type {model.config.model_type} needs attn_implementation eager "
                 f"or sdpa (its masks are built from each row's positions), not {implementation!r}"
             )
         self.dtype = model.dtype

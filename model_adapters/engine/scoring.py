@@ -80,7 +80,7 @@ class _SlotLabels:
         return one_hot * (labels >= 0).unsqueeze(-1)
 
 
-def teacher_forced_chunks(model, contexts: list[ScoringContext], n_queries: list[int], what: str,
+def teacher_forced_chunks(model, contexts: list[ScoringContext], n_queries: list[int],
                           labels: list[tuple[int, ...]] | None = None, **outputs):
     """Force every context through the model as one batch and yield ``(start, stop, output, slots)``
     per chunk of query columns: the last ``n_queries[row]`` ids of each context are its queries,
@@ -89,8 +89,8 @@ def teacher_forced_chunks(model, contexts: list[ScoringContext], n_queries: list
     cached ones first); ``outputs`` go to the model (output_attentions, output_hidden_states).
     The caller reduces each output before asking for the next chunk."""
     if any(n < 1 or len(c.ids) < n for c, n in zip(contexts, n_queries)):
-        raise ValueError(f"{what}: every scored context needs at least one query and enough ids to feed")
-    batch = PaddedBatch(model, [c.cache for c in contexts], what)
+        raise ValueError("every scored context needs at least one query and enough ids to feed")
+    batch = PaddedBatch(model, [c.cache for c in contexts])
     cached = [0 if c.cache is None else c.cache.length for c in contexts]
     slots = _SlotLabels(batch, labels or [()] * len(contexts), cached)
 
@@ -113,7 +113,7 @@ def teacher_forced_chunks(model, contexts: list[ScoringContext], n_queries: list
 
 
 @torch.inference_mode()
-def score_triples(model, triples: list[ScoringTriple], track_attention: bool, track_hidden: bool, what: str) -> list[dict]:
+def score_triples(model, triples: list[ScoringTriple], track_attention: bool, track_hidden: bool) -> list[dict]:
     """The ``series`` dict of the trace schema for every triple, in order (run, old and new contexts
     of all triples in one batch; attention is reported for the run contexts only)."""
     if not triples:
@@ -125,7 +125,7 @@ def score_triples(model, triples: list[ScoringTriple], track_attention: bool, tr
     series = [empty_series(track_attention, track_hidden) for _ in triples]
     with eager_attention(model, track_attention):
         chunks = teacher_forced_chunks(
-            model, contexts, [len(t.targets) for t in triples] * 3, what, labels,
+            model, contexts, [len(t.targets) for t in triples] * 3, labels,
             output_attentions=track_attention, output_hidden_states=track_hidden,
         )
         for start, stop, out, slots in chunks:

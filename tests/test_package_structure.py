@@ -1,0 +1,185 @@
+"""Structure of the package: no import cycles, and one home for each trace-schema constant.
+
+Import rule: a cycle is any cycle among kvinject modules through imports that can run, at module
+level or inside a function (a lazy import runs when its function is called, and then completes the
+cycle); ``if TYPE_CHECKING:`` blocks never run and do not count.
+
+Both tests read the source tree as setup.cfg's ``package_dir`` installs it (folder -> kvinject.*),
+so they see every module whether or not anything imports it.
+"""
+import ast
+import configparser
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA_MODULE = "kvinject.trace_schema"
+SCHEMA_CONSTANTS = ("SCHEMA_VERSION", "SEGMENTS", "STOP_REASONS", "NOISE_KINDS", "STRATEGIES", "SCALAR_SERIES",
+                    "SETTINGS_KEYS")
+
+
+def package_modules() -> dict[str, Path]:
+    """Every kvinject.* module name -> its source file."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    mapping = dict(line.split("=") for line in config["options"]["package_dir"].strip().splitlines())
+    modules = {}
+    for package, folder in ((p.strip(), f.strip()) for p, f in mapping.items()):
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            name = ".".join((package, *parts))
+            # A nested folder that is its own entry in package_dir is read under that entry.
+            modules.setdefault(name, path)
+    return modules
+
+
+def _type_checking_only(node: ast.If) -> bool:
+    return "TYPE_CHECKING" in ast.unparse(node.test)
+
+
+def imported_modules(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The kvinject modules that importing ``name`` can import: module-level imports and imports
+    inside functions (they run when the function is called), but not ``if TYPE_CHECKING:`` blocks,
+    which never run. ``from package import x`` counts as importing ``package.x`` when that is a
+    module, else ``package``; importing ``a.b.c`` is an edge to ``a.b.c`` only (its parent packages
+    are already being imported when a submodule imports them back, which is no cycle)."""
+    is_package = path.name == "__init__.py"
+    package = name if is_package else name.rpartition(".")[0]
+    found = set()
+
+    def visit(node):
+        if isinstance(node, ast.If) and _type_checking_only(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                found.add(candidate if candidate in modules else base)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(), str(path)))
+    return {module for module in found if module in modules and module != name}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as [a, b, ..., a], or None."""
+    state = {}  # module -> "open" while on the current path, "done" after
+    path = []
+
+    def walk(module):
+        state[module] = "open"
+        path.append(module)
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                return path[path.index(target):] + [target]
+            if target not in state:
+                cycle = walk(target)
+                if cycle:
+                    return cycle
+        path.pop()
+        state[module] = "done"
+        return None
+
+    for module in sorted(graph):
+        if module not in state:
+            cycle = walk(module)
+            if cycle:
+                return cycle
+    return None
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = package_modules()
+    return {name: imported_modules(name, path, modules) for name, path in modules.items()}
+
+
+def test_the_walk_sees_every_folder_and_lazy_imports():
+    graph = import_graph()
+    assert {"kvinject.cli", "kvinject.model_adapters.engine.rope", "kvinject.metrics",
+            "kvinject.adaptation_tasks.adaptation_math.data"} <= set(graph)
+    assert "kvinject.model_adapters.engine.row_cache" in graph["kvinject.model_adapters.engine.rope"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def constant_definitions(source: str, constant: str) -> list[int]:
+    """Line numbers where ``constant`` is bound at any level (assignment, annotated assignment,
+    for / with targets, or an import under that name other than from the schema module)."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign, ast.For)):
+            targets = [node.target]
+        elif isinstance(node, ast.ImportFrom) and node.module != SCHEMA_MODULE:
+            lines += [node.lineno for alias in node.names if alias.asname == constant]
+        for target in targets:
+            if any(isinstance(n, ast.Name) and n.id == constant for n in ast.walk(target)):
+                lines.append(node.lineno)
+    return lines
+
+
+@pytest.mark.parametrize("constant", SCHEMA_CONSTANTS)
+def test_each_schema_constant_is_defined_only_in_the_schema_module(constant):
+    sources = {name: path for name, path in package_modules().items()}
+    sources.update({f"tests/{p.relative_to(ROOT / 'tests')}": p for p in (ROOT / "tests").rglob("*.py")})
+    homes = [f"{name}:{line}" for name, path in sorted(sources.items())
+             for line in constant_definitions(path.read_text(), constant)]
+    assert homes == [f"{SCHEMA_MODULE}:{_line_of(constant)}"], f"{constant} defined at {homes}"
+
+
+def copied_values(source: str, value: tuple) -> list[int]:
+    """Line numbers of string literals (tuple, list or set) that spell ``value`` out again: all of it,
+    or a contiguous run of at least 3 of its entries (e.g. the segments without the sink)."""
+    runs = {value} | {value[i:j] for i in range(len(value)) for j in range(i + 3, len(value) + 1)}
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Tuple, ast.List, ast.Set)) and node.elts and all(
+                isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+            if tuple(e.value for e in node.elts) in runs:
+                lines.append(node.lineno)
+    return lines
+
+
+@pytest.mark.parametrize("constant", [c for c in SCHEMA_CONSTANTS if c != "SCHEMA_VERSION"])
+def test_no_module_spells_a_schema_constant_out_again(constant):
+    """Package code only: tests may spell values out to parametrise over them."""
+    from kvinject import trace_schema
+
+    value = tuple(getattr(trace_schema, constant))
+    copies = [f"{name}:{line}" for name, path in sorted(package_modules().items())
+              for line in copied_values(path.read_text(), value)]
+    assert copies == [f"{SCHEMA_MODULE}:{_line_of(constant)}"], f"{constant} spelled out at {copies}"
+
+
+def _line_of(constant: str) -> int:
+    source = package_modules()[SCHEMA_MODULE].read_text()
+    return next(i for i, line in enumerate(source.splitlines(), 1) if re.match(rf"{constant}\s*=", line))
+
+
+def test_a_second_definition_would_be_found():
+    assert constant_definitions("SEGMENTS = ('sink',)\n", "SEGMENTS") == [1]
+    assert constant_definitions("def f():\n    SEGMENTS: tuple = ()\n", "SEGMENTS") == [2]
+    assert constant_definitions("from kvinject.trace_schema import SEGMENTS\n", "SEGMENTS") == []
+    assert constant_definitions("NON_SINK_SEGMENTS = ()\n", "SEGMENTS") == []
+    segments = ("sink", "original_prompt", "generated_before", "injected", "generated_after")
+    assert copied_values("X = ('original_prompt', 'generated_before', 'injected')\n", segments) == [1]
+    assert copied_values("X = ['generated_before', 'injected']\nY = ('injected', 'sink', 'x')\n", segments) == []
