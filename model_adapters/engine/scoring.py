@@ -109,7 +109,11 @@ def teacher_forced_chunks(model, contexts: list[ScoringContext], n_queries: list
                    for c, n in zip(contexts, n_queries)]
         inputs = batch.feed_tokens(queries)
         slots.fed([len(q) for q in queries])
-        yield start, stop, model(**inputs, **outputs), slots
+        # Only the query chunks need attention weights: the prime pass above keeps the fast kernel
+        # (eager attention over every context position was most of a tiny model's scoring time).
+        with eager_attention(model, outputs.get("output_attentions", False)):
+            out = model(**inputs, **outputs)
+        yield start, stop, out, slots
 
 
 @torch.inference_mode()
@@ -123,14 +127,13 @@ def score_triples(model, triples: list[ScoringTriple], track_attention: bool, tr
     labels = [t.run_labels for t in triples] + [()] * (2 * count)
     width = max(len(t.targets) for t in triples)
     series = [empty_series(track_attention, track_hidden) for _ in triples]
-    with eager_attention(model, track_attention):
-        chunks = teacher_forced_chunks(
-            model, contexts, [len(t.targets) for t in triples] * 3, labels,
-            output_attentions=track_attention, output_hidden_states=track_hidden,
-        )
-        for start, stop, out, slots in chunks:
-            _reduce_chunk(out, triples, slots, series, start, stop, width, track_attention, track_hidden)
-            del out
+    chunks = teacher_forced_chunks(
+        model, contexts, [len(t.targets) for t in triples] * 3, labels,
+        output_attentions=track_attention, output_hidden_states=track_hidden,
+    )
+    for start, stop, out, slots in chunks:
+        _reduce_chunk(out, triples, slots, series, start, stop, width, track_attention, track_hidden)
+        del out
     return series
 
 

@@ -1,0 +1,168 @@
+"""The side-by-side comparisons of the benchmark suite, shared by the pytest benchmarks and the
+GPU script; each returns table rows (measure.Row) plus what was computed, for the callers' checks.
+
+Every run here decodes to its full budget: EOS is switched off (``no_eos``) so that a budget means
+the same number of generated tokens for both contenders whatever the model prefers to say.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import tempfile
+
+import torch
+
+from kvinject.model_adapters.engine import InjectionEngine, InjectionSettings, Problem
+from kvinject.model_adapters.engine.decoding import extend_caches
+from kvinject.model_adapters.engine.tokens import encode_prompt
+from kvinject.model_adapters import trace_log
+
+from measure import Row, interleaved_seconds, median, paired_ratio, peak_memory_mib
+from naive_reference import naive_analysis
+
+BATCH_SIZES = (1, 2, 4, 8)
+
+
+def math_problems(count: int, budget: int) -> list[Problem]:
+    """Short MAWPS-like word problems whose alternative changes one number (as the math task does)."""
+    problems = []
+    for i in range(count):
+        question = (f"Question: A baker made {12 + i} trays of {6 + i % 4} muffins each and sold {20 + 3 * i} "
+                    f"muffins. How many muffins are left? ")
+        alternative = question.replace(f"{12 + i} trays", f"{15 + i} trays")
+        problems.append(Problem(f"doc-{i}", question + "Answer:", alternative + "Answer:",
+                                f" Correction: {alternative}Answer:", budget))
+    return problems
+
+
+@dataclasses.dataclass
+class NoEosTokenizer:
+    """The engine's tokenizer protocol over ``tokenizer`` with no EOS id, so rows run to their budget."""
+
+    tokenizer: object
+    eos_token_id = None
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+    def __len__(self):
+        return len(self.tokenizer)
+
+
+@contextlib.contextmanager
+def no_eos(model, tokenizer):
+    """(tokenizer without EOS) with the model's generation_config EOS removed for the duration."""
+    saved = model.generation_config.eos_token_id
+    model.generation_config.eos_token_id = None
+    try:
+        yield NoEosTokenizer(tokenizer)
+    finally:
+        model.generation_config.eos_token_id = saved
+
+
+# --------------------------------------------------------------------------------- comparisons
+
+@torch.inference_mode()
+def inject_vs_reprefill(model, repeats: int, context: int = 256, appended: int = 64, label: str = "") -> Row:
+    """Appending ``appended`` tokens to a cached context of ``context`` tokens (the engine's own
+    extend_caches, padded-batch assembly included) vs one forward pass over all of them."""
+    generator = torch.Generator().manual_seed(0)
+    vocab = model.get_input_embeddings().num_embeddings
+    ids = torch.randint(3, vocab, (context + appended,), generator=generator).tolist()
+    cached = extend_caches(model, [None], [ids[:context]], "benchmark context")[0]
+    all_ids = torch.tensor([ids], device=model.device)
+    seconds, outputs = interleaved_seconds({
+        "inject": lambda: extend_caches(model, [cached], [ids[context:]], "benchmark injection")[0],
+        "reprefill": lambda: model(input_ids=all_ids, logits_to_keep=1),
+    }, repeats)
+    assert outputs["inject"].length == context + appended
+    return Row(f"inject_vs_reprefill{label} L={context} k={appended}", "inject", "re-prefill",
+               paired_ratio(seconds, "inject", "reprefill"), "<= 0.30",
+               _medians(seconds))
+
+
+def doc_analysis_vs_generate(model, tokenizer, problem: Problem, track: bool, repeats: int,
+                             label: str = "") -> tuple[list[Row], dict]:
+    """One doc's full analysis (every condition, scoring; attention and hidden states if ``track``)
+    vs ``model.generate`` of its baseline alone, same budget. Returns the rows (plus the trace's size on
+    disk when tracking) and both outputs."""
+    settings = InjectionSettings(track_attention=track, track_hidden=track)
+    with no_eos(model, tokenizer) as engine_tokenizer:
+        engine = InjectionEngine(model, engine_tokenizer, settings)
+        prompt = torch.tensor([encode_prompt(tokenizer, problem.original_prompt)], device=model.device)
+
+        def generate():
+            with torch.inference_mode():
+                out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
+                                     max_new_tokens=problem.max_new_tokens, pad_token_id=0)
+            return out[0, prompt.shape[1]:].tolist()
+
+        seconds, outputs = interleaved_seconds({"analysis": lambda: engine.run([problem])[0], "generate": generate},
+                                               repeats)
+    tracking = "with" if track else "without"
+    rows = [Row(f"doc_analysis_vs_generate{label} budget={problem.max_new_tokens} {tracking} attention/hidden",
+              "full analysis", "generate baseline", paired_ratio(seconds, "analysis", "generate"),
+              "<= 1.6" if track else "", _medians(seconds))]
+    if track:
+        kib = trace_kib_on_disk(outputs["analysis"])
+        rows.append(Row(f"trace_size{label} budget={problem.max_new_tokens}", "KiB on disk per doc", "1", kib,
+                        "<= 200", "as model_adapters/trace_log.TraceLog writes it; the table's ratio is KiB"))
+    return rows, outputs
+
+
+def trace_kib_on_disk(trace: dict) -> float:
+    """Size of one trace in a trace file written by the adapter's own TraceLog."""
+    with tempfile.TemporaryDirectory() as folder:
+        log = trace_log.TraceLog(folder)
+        log.append("benchmark", trace)
+        log.flush()
+        return log.path.stat().st_size / 1024
+
+
+def naive_vs_engine(model, tokenizer, problem: Problem, repeats: int, label: str = "",
+                    points: tuple[int, ...] = (5, 10, 15)) -> tuple[Row, dict]:
+    """The naive reference (naive_reference.py) vs the engine on one doc, full tracking."""
+    settings = InjectionSettings(injection_points=points)
+    with no_eos(model, tokenizer) as engine_tokenizer:
+        engine = InjectionEngine(model, engine_tokenizer, settings)
+        seconds, outputs = interleaved_seconds({
+            "naive": lambda: naive_analysis(model, engine_tokenizer, problem, settings),
+            "engine": lambda: engine.run([problem])[0],
+        }, repeats, warmup=0)
+    row = Row(f"naive_reference{label} budget={problem.max_new_tokens} points={','.join(map(str, points))}", "naive", "engine",
+              paired_ratio(seconds, "naive", "engine"), ">= 10", _medians(seconds))
+    return row, outputs
+
+
+def batch_scaling(model, tokenizer, problems: list[Problem], repeats: int, label: str = "",
+                  sizes=BATCH_SIZES, target: float | None = None) -> tuple[list[Row], dict[int, float]]:
+    """Docs per second of the engine at each batch size over the same docs, relative to batch 1,
+    then the peak memory (weights included) of one batch at each size. Returns the rows and the
+    median docs per second at each size."""
+    with no_eos(model, tokenizer) as engine_tokenizer:
+        engines = {size: InjectionEngine(model, engine_tokenizer, InjectionSettings(), batch_size=size) for size in sizes}
+        seconds, outputs = interleaved_seconds(
+            {f"batch {size}": lambda e=engines[size]: e.run(problems) for size in sizes}, repeats, warmup=0)
+        memory = {size: peak_memory_mib(lambda e=engines[size]: e.run(problems[:size]), str(model.device))
+                  for size in sizes}
+    reference = outputs[f"batch {sizes[0]}"]
+    for size in sizes[1:]:  # batching must not change what is computed
+        assert [t["conditions"]["injection@5"]["post_ids"] for t in outputs[f"batch {size}"]] == \
+               [t["conditions"]["injection@5"]["post_ids"] for t in reference]
+    docs = len(problems)
+    rates = {size: docs / median(seconds[f"batch {size}"]) for size in sizes}
+    rows = []
+    for size in sizes[1:]:
+        rows.append(Row(f"batch_scaling{label} batch {size}", f"docs/s at batch {size}", f"docs/s at batch {sizes[0]}",
+                        paired_ratio(seconds, f"batch {sizes[0]}", f"batch {size}"),
+                        f">= {target}" if target and size == max(sizes) else "",
+                        f"{rates[size]:.2f} vs {rates[sizes[0]]:.2f} docs/s over {docs} docs"))
+    rows.append(Row(f"peak_memory{label} batch {max(sizes)}", f"peak MiB at batch {max(sizes)}",
+                    f"peak MiB at batch {sizes[0]}", memory[max(sizes)] / max(memory[sizes[0]], 1e-9), "",
+                    "peak " + ", ".join(f"batch {s}: {m:.0f} MiB" for s, m in memory.items())))
+    return rows, rates
+
+
+def _medians(seconds: dict[str, list[float]]) -> str:
+    return ", ".join(f"{name} {median(values) * 1000:.0f} ms" for name, values in seconds.items()) + \
+        f" (median of {len(next(iter(seconds.values())))})"
