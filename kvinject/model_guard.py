@@ -3,9 +3,6 @@ task run with a model that cannot inject fails before any generation, not at sco
 import functools
 
 
-logger = logging.getLogger(__name__)
-
-
 def _leaf_tasks(task_dict):
     for value in task_dict.values():
         if isinstance(value, dict):

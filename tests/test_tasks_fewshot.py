@@ -38,7 +38,7 @@ def test_fewshot_prompt_shows_worked_answers_then_the_question(semantic_task):
     assert prompt.endswith(task.doc_to_text(doc))
     # The adapter swaps only the evaluated question, after the examples.
     args = parse_model_args({})
-    problem = problem_from_request(args, "adaptation_semantic", doc, prompt, {"until": ["\n\n"], "max_gen_toks": 8})
+    problem = problem_from_request(args, "adaptation_semantic", doc, prompt, {"until": ["\n\n"], "max_gen_toks": 32})
     assert problem.alternative_prompt == prompt[: -len(task.doc_to_text(doc))] + task.doc_to_text(
         {**doc, "original_question": doc["alternative_question"]}
     )

@@ -55,10 +55,10 @@ def gold_target(tokenizer, text: str) -> list[int]:
     return ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
 
 
-def _greedy(model, rows: list[DecodeRow], what: str, batch_size: int):
+def _greedy(model, rows: list[DecodeRow], batch_size: int):
     results = []
     for start in range(0, len(rows), batch_size):
-        results.extend(greedy_decode(model, rows[start : start + batch_size], what))
+        results.extend(greedy_decode(model, rows[start : start + batch_size]))
     return results
 
 
@@ -84,7 +84,7 @@ def build_examples(
     pre_ids = {p.doc_id: [] for p in problems}
     if injection_point > 0:
         rows = [DecodeRow(None, tuple(encode_prompt(tokenizer, p.original_prompt)), injection_point, stop(p)) for p in problems]
-        for problem, result in zip(problems, _greedy(model, rows, "training baseline", batch_size)):
+        for problem, result in zip(problems, _greedy(model, rows, batch_size)):
             # The engine injects iff the baseline generated N tokens without stopping at or before the N-th.
             if len(result.new_ids) < injection_point or result.stop_reason != "max_new_tokens":
                 skipped[problem.doc_id] = (
@@ -94,7 +94,7 @@ def build_examples(
     kept = [p for p in problems if p.doc_id not in skipped]
     if target == "oracle":
         rows = [DecodeRow(None, tuple(encode_prompt(tokenizer, p.alternative_prompt)), p.max_new_tokens, stop(p)) for p in kept]
-        targets = [result.new_ids for result in _greedy(model, rows, "training oracle", batch_size)]
+        targets = [result.new_ids for result in _greedy(model, rows, batch_size)]
     else:
         targets = [gold_target(tokenizer, gold_texts[p.doc_id]) for p in kept]
     examples = [

@@ -71,7 +71,9 @@ def run_training(config: TrainConfig, output: Path, callbacks=(), split_only: bo
 
     config.check_resumable(output)
     config.save(output)
-    model_args = parse_model_args(simple_parse_args_string(config.model_args))
+    # The examples are built at the training injection point (the budget check is against that point).
+    model_args = parse_model_args({**simple_parse_args_string(config.model_args),
+                                   "injection_points": [config.injection_point]})
     task, docs = load_task_docs(config.task)
     split = split_by_doc_id(config.task, [doc["id"] for doc in docs], config.eval_fraction, config.split_seed)
     save_split(split, output, config.eval_samples_limit)

@@ -13,6 +13,7 @@ the report package (kvinject.reports) is installed.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import textwrap
@@ -22,8 +23,8 @@ from kvinject.commands.analyze import extra_model_args, injection_points
 
 # Per injection point, in this order; a measure the doc has no value for is not printed.
 HEADLINE = (
-    ("adaptation_point", "first token with a_t above the adapted threshold"),
-    ("stabilization", "first token from which a_t stays above it"),
+    ("adaptation_point_share", "first token with a_t above the adapted threshold"),
+    ("stabilization_share", "first token from which a_t stays above it"),
     ("adaptation_score", "mean a_t over the run (0 = old problem, 1 = new)"),
     ("oracle_convergence", "mean a_t over the final window"),
     ("final_log_ratio", "mean log P(tok|new)/P(tok|old), final window [nats]"),
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     trace = lm.generate_until([request])[0].trace
     matcher = problem["matcher"]
     answers = {name: matcher(entry["text"], doc) for name, entry in trace["conditions"].items()} if matcher else {}
-    values = doc_metrics(trace, answers, problem["settings"])
+    values = doc_metrics(trace, answers, dataclasses.replace(problem["settings"], report="full"))  # every per-doc key
     print(summary(trace, answers, values, problem["settings"], args.model, lm.tokenizer.decode))
     print(f"\ntrace: {lm.trace_log.path}")
     print(curve_image(trace, problem["settings"], Path(args.output_dir), args.model))
@@ -134,9 +135,17 @@ def _task_problem(task_name: str, doc_id: str, max_gen_toks: int, metadata: dict
             "matcher": task.answer_matcher, "settings": task.adaptation_settings}
 
 
+def _event(value: dict) -> str:
+    """A per-doc time-to-event value of the injection run (metrics/events.py)."""
+    run = value["run"]
+    if run["status"] == "event":
+        return f"after {run['time']} tokens"
+    return "never (the run stopped)" if run["status"] == "never" else f"not within {run['time']} tokens"
+
+
 def _measure(value) -> str | None:
-    if isinstance(value, dict) and set(value) == {"time", "observed"}:
-        return f"{value['time']} tokens" if value["observed"] else f"not within {value['time']} tokens"
+    if isinstance(value, dict) and set(value) == {"run", "noise"}:
+        return _event(value)
     if isinstance(value, float):
         return f"{value:.3f}"
     return None  # detection statistics and p-value families need many problems
@@ -170,9 +179,9 @@ def summary(trace: dict, answers: dict, values: dict, settings, model: str, deco
                   wrap(f"{decode(run['pre_ids'])} ⟦{run['injected_text'].strip()}⟧ {decode(run['post_ids'])}")]
         lines += [f"noise@{point} (control: {noise.get('noise_kind')} tokens injected){answer(f'noise@{point}')}:",
                   wrap(decode(noise["post_ids"]))]
-        switched = values.get(f"adaptation_point@{point}")
+        switched = values.get(f"adaptation_point_share@{point}")
         if isinstance(switched, dict):
-            lines.append(f"    switched: {'after ' + str(switched['time']) + ' tokens' if switched['observed'] else 'never'}"
+            lines.append(f"    switched: {_event(switched)}"
                          f" (a_t > {settings.adapted_threshold}; {len(run['post_ids'])} tokens after the injection)")
         for metric, meaning in HEADLINE:
             shown = _measure(values.get(f"{metric}@{point}"))

@@ -69,10 +69,10 @@ def inject_vs_reprefill(model, repeats: int, context: int = 256, appended: int =
     generator = torch.Generator().manual_seed(0)
     vocab = model.get_input_embeddings().num_embeddings
     ids = torch.randint(3, vocab, (context + appended,), generator=generator).tolist()
-    cached = extend_caches(model, [None], [ids[:context]], "benchmark context")[0]
+    cached = extend_caches(model, [None], [ids[:context]])[0]
     all_ids = torch.tensor([ids], device=model.device)
     seconds, outputs = interleaved_seconds({
-        "inject": lambda: extend_caches(model, [cached], [ids[context:]], "benchmark injection")[0],
+        "inject": lambda: extend_caches(model, [cached], [ids[context:]])[0],
         "reprefill": lambda: model(input_ids=all_ids, logits_to_keep=1),
     }, repeats)
     assert outputs["inject"].length == context + appended
