@@ -6,6 +6,7 @@ as a confusing failure inside the model adapter or the metrics.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Callable
 
 import datasets
@@ -22,6 +23,15 @@ CONTRACT_FIELDS = (
 
 class MalformedDocError(ValueError):
     pass
+
+
+def is_number(text: str) -> bool:
+    """A gold answer that numeric matching can use: an integer, decimal or fraction such as 3/4."""
+    try:
+        Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from fractions import Fraction
 from pathlib import Path
 
 import datasets
 
-from kvinject.adaptation_tasks.docs import DocSchema, validated_test_split
+from kvinject.adaptation_tasks.docs import DocSchema, is_number, validated_test_split
 from kvinject.adaptation_tasks.adaptation_math.mawps_builder import VARIATION_TYPES, build_augmented_set
 from kvinject.adaptation_tasks.adaptation_math.mawps_sources import DEFAULT_SOURCE, SOURCE_ENV_VAR, read_mawps_source
 from kvinject.paths import user_cache_dir
@@ -24,20 +23,12 @@ from kvinject.paths import user_cache_dir
 BUILDER_MODULES = ("mawps_sources.py", "mawps_text.py", "expression.py", "added_step.py", "mawps_builder.py")
 
 
-def _is_number(text: str) -> bool:
-    try:
-        Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        return False
-    return True
-
-
 MATH_SCHEMA = DocSchema(
     variation_types=frozenset(VARIATION_TYPES),
     extra_text_fields=("source_id", "original_equation", "alternative_equation"),
     value_checks={
-        "original_answer": (_is_number, "a number"),
-        "alternative_answer": (_is_number, "a number"),
+        "original_answer": (is_number, "a number"),
+        "alternative_answer": (is_number, "a number"),
     },
 )
 

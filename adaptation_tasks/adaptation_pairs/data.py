@@ -11,12 +11,11 @@ Answers that are all numbers are matched numerically (math matcher), any other a
 from __future__ import annotations
 
 import json
-from fractions import Fraction
 from pathlib import Path
 
 import datasets
 
-from kvinject.adaptation_tasks.docs import MalformedDocError, DocSchema, validate_doc
+from kvinject.adaptation_tasks.docs import DocSchema, MalformedDocError, is_number, validate_doc
 
 REQUIRED = ("original", "alternative", "original_answer", "alternative_answer")
 OPTIONAL = ("id", "variation_type")
@@ -74,7 +73,7 @@ def pair_to_doc(pair, line: int, path: Path, position: int) -> dict:
         if name not in pair:
             raise PairsFileError(f"{where}: field {name!r} is missing")
     aliases = {name: _aliases(pair[name], name, where) for name in ("original_answer", "alternative_answer")}
-    numeric = all(_is_number(alias) for values in aliases.values() for alias in values)
+    numeric = all(is_number(alias) for values in aliases.values() for alias in values)
     original, alternative = pair["original"], pair["alternative"]
     default_type = "identical" if original == alternative else "changed"
     doc = {
@@ -105,14 +104,6 @@ def _aliases(value, name: str, where: str) -> list[str]:
     if not values or not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) and str(v).strip() for v in values):
         raise PairsFileError(f"{where}: field {name!r} must be a string, a number or a non-empty list of them, got {value!r}")
     return [str(v).strip() for v in values]
-
-
-def _is_number(text: str) -> bool:
-    try:
-        Fraction(text)
-    except (ValueError, ZeroDivisionError):
-        return False
-    return True
 
 
 def _objects_with_lines(path: Path):
