@@ -6,7 +6,7 @@
 It is lm-eval's own ``simple_evaluate`` with the kvinject model, like ``lm_eval --model kvinject``,
 but with a TaskManager that indexes only our tasks: indexing lm-eval's thousands of task YAML files
 costs 20-40 s per process on a shared CI core. OUT.json holds the results JSON, every doc's
-logged sample (its metrics and hashes) and the lines of the run's trace file.
+logged sample (its metrics and hashes) and the records of the run's trace file (one JSON line each).
 """
 import json
 import sys
@@ -18,6 +18,7 @@ def main(out, task, limit, model_args, gen_kwargs=None):
     from lm_eval.tasks import TaskManager
 
     from kvinject.adaptation_tasks import TASKS_DIR
+    from kvinject.model_adapters.trace_log import read_traces
     from kvinject.trace_export import named_callables
 
     results = lm_eval.simple_evaluate(
@@ -35,7 +36,8 @@ def main(out, task, limit, model_args, gen_kwargs=None):
         {key: value for key, value in sample.items() if key not in ("resps", "filtered_resps", "doc", "arguments")}
         for sample in results["samples"][task]
     ]
-    trace_lines = Path(results["config"]["trace_file"]).read_text(encoding="utf-8").splitlines()
+    # The trace file's records, one JSON line each, as its one reader gives them back.
+    trace_lines = [json.dumps(record, sort_keys=True) for record in read_traces(results["config"]["trace_file"])]
     payload = {key: value for key, value in results.items() if key != "samples"}
     payload["configs"] = named_callables(payload["configs"])  # as the results file gets them
     payload.update(samples=sorted(samples, key=lambda s: s["doc_id"]), trace_lines=trace_lines)
