@@ -32,6 +32,9 @@ HEADLINE_MEASURES = (
     "kl_run_new",
     "embedding_contrast",
 )
+# Deprecated legacy PRM scores (`kvinject prm`, prm_*.json beside the traces): the mean step score of
+# these conditions becomes a column prm_<condition>[@<N>], copied from the file's summary.
+PRM_CONDITIONS = ("oracle", "injection", "noise")
 FILTER = "none"  # lm-eval's filter name for tasks without filters
 INTERVAL_SUFFIXES = {"_ci_low": "ci_low", "_ci_high": "ci_high"}
 STDERR_SUFFIX = "_stderr"
@@ -149,6 +152,7 @@ class Leaderboard:
     sort_by: str
     notes: list[str]
     digits: int = 3
+    prm_judges: tuple[str, ...] = ()   # judges of the PRM columns, named in the caption
 
     # ------------------------------------------------------------------------------ formats
     def _cell(self, measure: Measure | None) -> str:
@@ -164,7 +168,10 @@ class Leaderboard:
     def _caption(self) -> str:
         return (f"One row per model x task, ranked by {self.sort_by} within each group of rows run with the "
                 f"same settings. Cells: value [interval] as in the results JSON (± a standard error where "
-                f"no interval was reported), rounded to {self.digits} decimals; leaderboard.csv has them exactly.")
+                f"no interval was reported), rounded to {self.digits} decimals; leaderboard.csv has them exactly."
+                + (f" prm_* columns: DEPRECATED legacy PRM mean step score [interval] of `kvinject prm`, judge "
+                   f"{' / '.join(self.prm_judges)}; empty where a run has no PRM file."
+                   if self.prm_judges else ""))
 
     def markdown(self) -> str:
         header = ["model", "task", "group", "rank", "docs", *self.columns]
@@ -272,6 +279,43 @@ def _settings_groups(entries: list[tuple[Run, str]]) -> tuple[dict, list[str]]:
     return {key: groups[signature]["letter"] for key, signature in letters.items()}, notes
 
 
+def prm_measures(run: Run, task: str) -> tuple[set[str], dict[str, Measure]]:
+    """The judges and the PRM mean-step measures (``prm_injection@5``...) of one task of a run, copied
+    from its prm_*.json summaries; conditions without steps (mean None) are left out."""
+    judges, measures = set(), {}
+    for data in run.prm_files:
+        for row in (data.get("summary") or {}).get(task, []):
+            kind, _, point = str(row.get("condition")).partition("@")
+            if kind not in PRM_CONDITIONS or _number(row.get("mean")) is None:
+                continue
+            low, high = row.get("mean_interval") or (None, None)
+            measure = Measure(f"prm_{kind}", int(point) if point else None, row["mean"], _number(low), _number(high))
+            judges.add(str((data.get("judge") or {}).get("model_args")))
+            measures[measure.name] = measure
+    return judges, measures
+
+
+def _add_prm(entries, measures, points) -> tuple[list[str], list[str], tuple[str, ...]]:
+    """Adds the PRM measures to each entry's measures; returns their columns, notes and judges."""
+    notes, by_task = [], {}
+    for run, task in entries:
+        judges, found = prm_measures(run, task)
+        if len(judges) > 1:
+            notes.append(f"{task}: {run.results_path} has PRM scores of several judges ({', '.join(sorted(judges))}); "
+                         "its PRM cells are left empty.")
+            continue
+        measures[(run, task)].update(found)
+        by_task.setdefault(task, set()).update(judges)
+    for task, judges in by_task.items():
+        if len(judges) > 1:
+            notes.append(f"{task}: PRM columns are not compared: rows were scored by different judges "
+                         f"({', '.join(sorted(judges))}).")
+    present = {name: m for found in measures.values() for name, m in found.items() if m.metric.startswith("prm_")}
+    columns = sorted((name for name, m in present.items() if points is None or m.point is None or m.point in points),
+                     key=lambda name: (PRM_CONDITIONS.index(present[name].metric[4:]), present[name].point or 0))
+    return columns, notes, tuple(sorted(set().union(*by_task.values()))) if by_task else ()
+
+
 def build_leaderboard(runs: list[Run], sort_by: str | None = None, headline=HEADLINE_MEASURES,
                       points=None, digits: int = 3) -> Leaderboard:
     """The leaderboard of every (run, task); sort_by is a measure name such as ``adaptation_score@5``
@@ -284,6 +328,9 @@ def build_leaderboard(runs: list[Run], sort_by: str | None = None, headline=HEAD
                       if m.metric in headline and (points is None or m.point is None or m.point in points)),
                      key=lambda name: (headline.index(present[name].metric), present[name].point or 0))
     sort_by = sort_by or (columns[0] if columns else "")
+    prm_columns, prm_notes, prm_judges = _add_prm(entries, measures, points)
+    columns += prm_columns
+    present = {name: m for found in measures.values() for name, m in found.items()}
     notes = []
     missing = [metric for metric in headline if not any(m.metric == metric for m in present.values())]
     if missing:
@@ -315,4 +362,4 @@ def build_leaderboard(runs: list[Run], sort_by: str | None = None, headline=HEAD
             earlier.append(signed)
         n_docs = run.results.get("n-samples", {}).get(task, {}).get("effective")
         rows.append(Row(labels[run], task, groups[entry], rank, n_docs, str(run.results_path), measures[entry]))
-    return Leaderboard(rows, columns, sort_by, notes + group_notes, digits)
+    return Leaderboard(rows, columns, sort_by, notes + group_notes + prm_notes, digits, prm_judges)

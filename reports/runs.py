@@ -16,7 +16,7 @@ from pathlib import Path
 
 from kvinject.model_adapters.trace_log import read_traces
 
-RESULTS_PREFIX, TRACES_PREFIX, SAMPLES_PREFIX = "results_", "traces_", "samples_"
+RESULTS_PREFIX, TRACES_PREFIX, SAMPLES_PREFIX, PRM_PREFIX = "results_", "traces_", "samples_", "prm_"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +79,23 @@ class Run:
 
     def traces(self, task: str) -> list[dict]:
         return [record["trace"] for record in self.trace_records if record.get("task") == task]
+
+    @property
+    def prm_paths(self) -> list[Path]:
+        """The deprecated PRM scorer's ``prm_<judge>_traces_<date>[_<k>].json`` (``kvinject prm``)."""
+        pattern = re.compile(rf"{PRM_PREFIX}.+_{TRACES_PREFIX}{re.escape(self.date_id)}(_[0-9]+)?\.json")
+        return sorted(p for p in self.folder.glob(f"{PRM_PREFIX}*.json") if pattern.fullmatch(p.name))
+
+    @cached_property
+    def prm_files(self) -> list[dict]:
+        """The PRM JSON files of the run, as written (read once)."""
+        found = []
+        for path in self.prm_paths:
+            try:
+                found.append(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, json.JSONDecodeError) as error:
+                raise ValueError(f"cannot read PRM scores {path}: {error}") from error
+        return found
 
     def samples(self, task: str) -> list[dict]:
         """lm-eval's logged samples of a task (empty without --log_samples)."""

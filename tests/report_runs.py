@@ -101,3 +101,11 @@ def write_run(folder: Path, model: str, task_results: dict, traces=(), task: str
             for trace in traces:
                 handle.write(json.dumps({"task": task, "trace": trace}) + "\n")
     return folder
+
+
+def write_prm(folder: Path, judge: str, summary: dict, date: str = DATE) -> Path:
+    """A `kvinject prm` output beside a run's traces: summary = {task: [{condition, docs, mean, ...}]}."""
+    path = folder / f"prm_{judge}_traces_{date}.json"
+    path.write_text(json.dumps({"deprecated": "legacy", "traces": f"traces_{date}.jsonl",
+                                "judge": {"model_args": judge}, "summary": summary, "docs": {}}))
+    return path

@@ -3,7 +3,7 @@ import csv
 import io
 
 import pytest
-from report_runs import simple_trace, write_run
+from report_runs import simple_trace, write_prm, write_run
 
 from kvinject.reports.leaderboard import build_leaderboard, parse_measure_name, read_measures
 from kvinject.reports.runs import find_runs
@@ -102,3 +102,36 @@ def test_runs_are_found_with_their_own_traces_only(tmp_path):
         find_runs([tmp_path / "empty"])
     with pytest.raises(ValueError, match="not a folder"):
         find_runs([tmp_path / "nowhere"])
+
+
+def _prm_rows(injection: float) -> list[dict]:
+    return [{"condition": "baseline", "docs": 1, "mean": 0.11, "mean_interval": [0.1, 0.12], "min": 0.0, "min_interval": [0.0, 0.0]},
+            {"condition": "oracle", "docs": 1, "mean": 0.3141592653589793, "mean_interval": [0.2, 0.4], "min": 0.1, "min_interval": [0.1, 0.1]},
+            {"condition": "injection@5", "docs": 1, "mean": injection, "mean_interval": [injection - 0.05, injection + 0.05], "min": 0.0, "min_interval": [0.0, 0.0]},
+            {"condition": "noise@5", "docs": 1, "mean": -0.2718281828459045, "mean_interval": [-0.5, 0.1], "min": -1.0, "min_interval": [-1.0, -1.0]},
+            {"condition": "injection@9", "docs": 1, "mean": 0.9, "mean_interval": [0.8, 1.0], "min": 0.0, "min_interval": [0.0, 0.0]}]
+
+
+def test_prm_columns_copy_the_prm_json_and_stay_empty_without_it(tmp_path):
+    scored = write_run(tmp_path / "a", "model-a", results(0.9), [simple_trace()], higher_is_better=HIGHER)
+    write_prm(scored, "judge-x", {"adaptation_semantic": _prm_rows(0.123456789012345)})
+    write_run(tmp_path / "b", "model-b", results(0.1), [simple_trace()], higher_is_better=HIGHER)
+    board = build_leaderboard(find_runs([tmp_path]), points={5})
+    assert board.columns[-3:] == ["prm_oracle", "prm_injection@5", "prm_noise@5"]   # injection@9 not shown
+    table = {row["model"]: row for row in csv.DictReader(io.StringIO(board.csv()))}
+    assert float(table["model-a"]["prm_injection@5"]) == 0.123456789012345
+    assert float(table["model-a"]["prm_injection@5_ci_low"]) == 0.123456789012345 - 0.05
+    assert float(table["model-a"]["prm_oracle"]) == 0.3141592653589793
+    assert float(table["model-a"]["prm_noise@5_ci_high"]) == 0.1
+    assert all(table["model-b"][f"prm_{name}"] == "" for name in ("oracle", "injection@5", "noise@5"))
+    assert "DEPRECATED legacy PRM" in board.markdown() and "judge-x" in board.markdown()
+    assert not any("PRM" in note for note in board.notes)
+
+
+def test_prm_scores_of_different_judges_are_noted_as_not_compared(tmp_path):
+    for model, judge in (("model-a", "judge-x"), ("model-b", "judge-y")):
+        folder = write_run(tmp_path / model, model, results(0.5), [simple_trace()], higher_is_better=HIGHER)
+        write_prm(folder, judge, {"adaptation_semantic": _prm_rows(0.5)})
+    board = build_leaderboard(find_runs([tmp_path]))
+    assert any("PRM columns are not compared" in note and "judge-x" in note and "judge-y" in note
+               for note in board.notes)
