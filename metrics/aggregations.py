@@ -30,9 +30,10 @@ from .resampling import (
     bootstrap_mean_interval,
     paired_permutation_pvalue,
     percentile_interval,
+    permutation_pvalue,
 )
 from .settings import AdaptationSettings
-from .survival import counts, kaplan_meier_median, share_by, unpack
+from .survival import counts, kaplan_meier_median, log_rank_z, share_by, unpack
 
 NAN = float("nan")
 _CACHE_SIZE = 128
@@ -75,6 +76,8 @@ def metric_aggregation(key: str, settings: AdaptationSettings | None = None):
         return _count
     if kind == K.TIME_TO_EVENT:
         return functools.partial(time_to_event_summary, parsed.stat, settings=settings)
+    if kind == K.CONTROL_TEST:
+        return functools.partial(adapted_vs_controls_pvalue, settings=settings)
     return functools.partial(detection_summary, parsed.metric, parsed.stat, settings=settings)
 
 
@@ -171,11 +174,31 @@ class DetectionOutcome:
     bound: np.ndarray
     control: np.ndarray    # bool: identical-problem control
     events: tuple          # {"time", "status"} of the decided changed-problem runs
+    times: np.ndarray      # alarm_times of every doc's injection run (-inf: undecided)
+    observed: np.ndarray
 
 
 def _matrices(payloads, horizon: int) -> tuple[np.ndarray, np.ndarray]:
     return (padded([p["noise"] for p in payloads], horizon),
             padded([p["run"] for p in payloads], horizon))
+
+
+def _budget_hits(payloads, run: str) -> np.ndarray:
+    return np.array([bool(p[f"{run}_budget_hit"]) for p in payloads])
+
+
+def alarm_times(alarm, time, matrix, budget_hit, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+    """Times to the first alarm for the log-rank and Kaplan-Meier: (times, observed).
+
+    An alarm is an event at its t; no alarm is censored at the evaluated length when the run was
+    unobserved past it (it reached H, or the budget cut it), else never (inf: the run stopped by
+    itself). Undecided runs (NaN alarm) get -inf: in no risk set. Shapes broadcast (..., n).
+    """
+    lengths = np.sum(~np.isnan(matrix), axis=-1)
+    observed = alarm == 1
+    censored = (alarm == 0) & ((lengths >= horizon) | budget_hit)
+    times = np.where(observed | censored, time, np.inf)
+    return np.where(np.isnan(alarm), -np.inf, times), observed
 
 
 @cached_on_content
@@ -185,17 +208,13 @@ def detection_outcome(payloads, settings: AdaptationSettings) -> DetectionOutcom
     found = detect(noise[None], runs[None], settings.false_alarm_rate, settings.cusum_drift)
     alarm, time, bound = found.alarm[0], found.time[0], found.bound[0]
     control = np.array([bool(p["control"]) for p in payloads])
-    events = []
-    for index, payload in enumerate(payloads):
-        if control[index] or np.isnan(alarm[index]):
-            continue
-        if alarm[index]:
-            events.append(event(time[index], EVENT))
-        elif len(payload["run"]) >= settings.horizon_tokens or payload["run_budget_hit"]:
-            events.append(event(time[index], CENSORED))   # unobserved past H / the budget
-        else:
-            events.append(event(time[index], NEVER))      # stopped by itself without an alarm
-    return DetectionOutcome(alarm, time, bound, control, tuple(events))
+    times, observed = alarm_times(alarm, time, runs, _budget_hits(payloads, "run"),
+                                  settings.horizon_tokens)
+    events = tuple(
+        event(time[index], EVENT if observed[index] else CENSORED if np.isfinite(times[index])
+              else NEVER)
+        for index in np.flatnonzero(~control & ~np.isnan(alarm)))
+    return DetectionOutcome(alarm, time, bound, control, events, times, observed)
 
 
 def _rate(alarm: np.ndarray, members: np.ndarray) -> np.ndarray:
@@ -214,12 +233,9 @@ def _rate_intervals(payloads, settings: AdaptationSettings) -> dict[bool, tuple[
     control = np.array([bool(p["control"]) for p in payloads])
     n_docs = len(payloads)
     rng = np.random.default_rng(settings.seed)
-    chunk = max(1, _CHUNK_FLOATS // max(1, n_docs * settings.horizon_tokens))
     rates = {False: [], True: []}
-    remaining = settings.bootstrap_resamples
-    while remaining > 0:
-        rows = rng.integers(0, n_docs, size=(min(chunk, remaining), n_docs))
-        remaining -= rows.shape[0]
+    for size in _chunks(settings.bootstrap_resamples, noise.size):
+        rows = rng.integers(0, n_docs, size=(size, n_docs))
         found = detect(noise[rows], runs[rows], settings.false_alarm_rate, settings.cusum_drift)
         for is_control in (False, True):
             rates[is_control].append(_rate(found.alarm, control[rows] == is_control))
@@ -241,6 +257,10 @@ def detection_summary(metric: str, stat: str, values, settings: AdaptationSettin
         return float(decided.any() and np.max(outcome.bound[decided]) <= settings.false_alarm_rate + 1e-12)
     if metric == "detection_vs_controls_pvalue":
         return _controls_pvalue(outcome, settings)
+    if metric == "detection_latency_vs_controls_pvalue":
+        return _latency_vs_controls_pvalue(outcome, settings)
+    if metric == "detection_latency_vs_noise_pvalue":
+        return _latency_vs_noise_pvalue(values, settings)
     is_control = metric == "control_false_positive_rate"
     if stat == "":
         return float(_rate(outcome.alarm, outcome.control == is_control))
@@ -258,6 +278,86 @@ def _controls_pvalue(outcome: DetectionOutcome, settings: AdaptationSettings) ->
     table = [[changed.sum(), changed.size - changed.sum()],
              [controls.sum(), controls.size - controls.sum()]]
     return float(stats.fisher_exact(table).pvalue)
+
+
+def adapted_vs_controls_pvalue(values, settings: AdaptationSettings) -> float:
+    """Per-doc {"run": event, "control": bool} of the injection run's adaptation point: log-rank
+    test of the time to adaptation within H (later events censored at H), changed vs identical-
+    control docs. A control's contexts are identical (a_t = 0.5, no KL gap), so it adapts only
+    through a fault of the instrument. NaN without both kinds of doc."""
+    times, observed = unpack([value["run"] for value in values])
+    late = observed & (times > settings.horizon_tokens)
+    times, observed = np.where(late, settings.horizon_tokens, times), observed & ~late
+    changed = ~np.array([bool(value["control"]) for value in values])
+    return _log_rank_permutation_pvalue(times, observed, changed, settings)
+
+
+def _chunks(total: int, per_replicate: int):
+    """Replicate counts summing to total, each chunk about _CHUNK_FLOATS floats."""
+    size = max(1, _CHUNK_FLOATS // max(1, per_replicate))
+    while total > 0:
+        yield min(size, total)
+        total -= size
+
+
+def _log_rank_permutation_pvalue(times, observed, group, settings: AdaptationSettings) -> float:
+    """Log-rank test of group vs the rest; null: the labels are exchangeable. Monte Carlo label
+    permutations, so the p-value is valid at any sample size; NaN when a group is empty."""
+    if group.all() or not group.any():
+        return NAN
+    rng = np.random.default_rng(settings.seed)
+    replicates = []
+    grid_size = max(1, np.unique(times[observed]).size)
+    for size in _chunks(settings.permutation_resamples, times.size * grid_size):
+        labels = rng.permuted(np.broadcast_to(group, (size, group.size)), axis=-1)
+        replicates.append(log_rank_z(times, observed, labels))
+    return permutation_pvalue(float(log_rank_z(times, observed, group)), np.concatenate(replicates))
+
+
+def _latency_vs_controls_pvalue(outcome: DetectionOutcome, settings: AdaptationSettings) -> float:
+    """Log-rank test of the time to first alarm of the same detector, changed vs control
+    injection runs (the decided ones); NaN without both kinds."""
+    decided = outcome.times > -np.inf
+    return _log_rank_permutation_pvalue(outcome.times[decided], outcome.observed[decided],
+                                        ~outcome.control[decided], settings)
+
+
+def _latency_vs_noise_pvalue(payloads, settings: AdaptationSettings) -> float:
+    """Log-rank test of the time to first alarm, injection vs noise runs of the changed docs.
+
+    Null: a changed doc's injection and noise runs are exchangeable. Each sign-flip permutation
+    swaps the two runs of a random subset of changed docs and recalibrates the detector on the
+    permuted noise runs (controls' noise runs stay in the calibration), so the calibration is
+    part of the permuted statistic. A noise run's alarm time is the same detector's, in sample.
+    NaN without a changed doc.
+    """
+    noise, runs = _matrices(payloads, settings.horizon_tokens)
+    budget = {"run": _budget_hits(payloads, "run"), "noise": _budget_hits(payloads, "noise")}
+    changed = ~np.array([bool(p["control"]) for p in payloads])
+    if not changed.any():
+        return NAN
+    group = np.repeat([True, False], changed.sum())
+
+    def statistic(flip: np.ndarray) -> np.ndarray:   # flip (R, n_docs) -> Z (R,)
+        swap = flip[..., None]
+        null, tested = np.where(swap, runs, noise), np.where(swap, noise, runs)
+        null_budget = np.where(flip, budget["run"], budget["noise"])
+        tested_budget = np.where(flip, budget["noise"], budget["run"])
+        # One detector call on both sets of runs of the changed docs: one calibration.
+        both = np.concatenate([tested[:, changed], null[:, changed]], axis=1)
+        found = detect(null, both, settings.false_alarm_rate, settings.cusum_drift)
+        budget_hit = np.concatenate([tested_budget[:, changed], null_budget[:, changed]], axis=1)
+        times, observed = alarm_times(found.alarm, found.time, both, budget_hit,
+                                      settings.horizon_tokens)
+        return log_rank_z(times, observed, group)
+
+    observed_z = float(statistic(np.zeros((1, changed.size), dtype=bool))[0])
+    rng = np.random.default_rng(settings.seed)
+    replicates = []
+    for size in _chunks(settings.permutation_resamples, 3 * noise.size):
+        flips = (rng.random((size, changed.size)) < 0.5) & changed
+        replicates.append(statistic(flips))
+    return permutation_pvalue(observed_z, np.concatenate(replicates))
 
 
 # ---- paired tests, corrected across the family ------------------------------------------------

@@ -7,7 +7,8 @@ no `@N`). Each metric kind has its own statistics (`stat`, "" = the metric's own
     TIME_TO_EVENT  share (event within the horizon H, Kaplan-Meier), share_ci_low, share_ci_high,
                    median (KM; inf = not reached), censored, never (run counts), vs_noise (share of
                    injection runs - share of noise runs)
-    DETECTION      as listed per metric below (rate, intervals, latency, calibration)
+    DETECTION      as listed per metric below (rate, intervals, latency, calibration, tests)
+    CONTROL_TEST   ""  p-value of changed-problem vs identical-control injection runs
 `pvalue_<metric>@N`: corrected paired sign-flip p-value, injection vs noise (paired metrics).
 `<metric>_layer<l>@N`: the metric of layer l alone (1-based; per-layer metrics).
 """
@@ -21,6 +22,7 @@ MEAN = "mean"                    # per-doc float; lm-eval's own `mean` (it adds 
 COUNT = "count"                  # per-doc 1.0; summed
 TIME_TO_EVENT = "time_to_event"  # per-doc {"run": event, "noise": event}
 DETECTION = "detection"          # per-doc horizon statistic series of the injection and noise runs
+CONTROL_TEST = "control_test"    # per-doc {"run": event, "control": bool}: changed vs control docs
 
 CI_LOW, CI_HIGH = "ci_low", "ci_high"
 PVALUE = "pvalue"
@@ -106,6 +108,10 @@ METRICS: dict[str, MetricSpec] = {
         TIME_TO_EVENT, True, "first t from which injected/original attention > "
         "attention_ratio_threshold holds [share within H / tokens]", paired_test=True,
         needs="track_attention"),
+    "adaptation_point_vs_controls_pvalue": MetricSpec(
+        CONTROL_TEST, False, "log-rank p-value, time to adaptation within H of changed vs "
+        "control injection runs; label permutations (uncorrected)", stats=("",),
+        from_controls=True),
     "detection_rate": MetricSpec(
         DETECTION, True, "share of changed-problem injection runs with a calibrated CUSUM alarm "
         "within H [share]", paired_test=True, stats=("", CI_LOW, CI_HIGH)),
@@ -124,6 +130,13 @@ METRICS: dict[str, MetricSpec] = {
     "detection_vs_controls_pvalue": MetricSpec(
         DETECTION, False, "Fisher exact p-value, alarm rate of changed vs control injection "
         "runs (uncorrected)", stats=("",), from_controls=True),
+    "detection_latency_vs_noise_pvalue": MetricSpec(
+        DETECTION, False, "log-rank p-value, time to first alarm of changed-problem injection vs "
+        "noise runs; sign-flip permutations, detector recalibrated in each (uncorrected)",
+        stats=("",)),
+    "detection_latency_vs_controls_pvalue": MetricSpec(
+        DETECTION, False, "log-rank p-value, time to first alarm of changed vs control injection "
+        "runs; label permutations (uncorrected)", stats=("",), from_controls=True),
 }
 
 # The default lm-eval table (report: headline): the main measures per injection point.

@@ -9,8 +9,9 @@ Which docs contribute what:
 - changed-problem docs give every key; n_docs@N counts them, so every @N accuracy, gap and mean
   has the same denominator (minus docs whose inputs are absent, e.g. no answer).
 - identical-problem controls (original and alternative prompt ids equal) give only the detection
-  keys: their noise runs join the calibration and their injection runs are the control false
-  positives; the adaptation metrics would be 0.5 or undefined for them.
+  keys and adaptation_point_vs_controls_pvalue: their noise runs join the calibration and their
+  injection runs are the control false positives; the adaptation metrics would be 0.5 or
+  undefined for them.
 - every doc carries the detection payload under every detection key, so each detection key is
   computed by the same detector, calibrated on the noise runs of every doc.
 - a doc not injected at N (the baseline stopped before N tokens) gives no value for N.
@@ -71,6 +72,11 @@ def _doc_metrics(trace: dict, answers: dict, settings: AdaptationSettings) -> di
             pair = _detection_pair(detection)
             if pair is not None:
                 pairs[K.format_key("detection_rate", point)] = pair
+        # Computed from the control's own run, not assumed: with identical contexts a_t is 0.5
+        # and the KL gap 0, so a control that "adapts" would show a fault in the instrument.
+        _put(values, "adaptation_point_vs_controls_pvalue", point,
+             {"run": _run_metrics(run, settings)[0]["adaptation_point"], "control": control},
+             settings)
     if settings.report == "full":
         # A doc carries pvalue_<metric>@N for each pair it has; the payload is its whole family
         # so each p-value aggregation can correct across the family (aggregations.py).
@@ -170,7 +176,8 @@ def _statistic(condition: dict, settings: AdaptationSettings) -> list[float]:
 
 def _detection_payload(run: dict, noise: dict, control: bool, settings) -> dict:
     return {"run": _statistic(run, settings), "noise": _statistic(noise, settings),
-            "run_budget_hit": run["stop_reason"] == BUDGET_STOP, "control": control}
+            "run_budget_hit": run["stop_reason"] == BUDGET_STOP,
+            "noise_budget_hit": noise["stop_reason"] == BUDGET_STOP, "control": control}
 
 
 def _detection_pair(payload: dict) -> list[float] | None:

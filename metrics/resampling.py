@@ -91,6 +91,15 @@ def paired_permutation_pvalue(treated, control, resamples: int, seed: int) -> fl
     return float(min(result.pvalue, 1.0))
 
 
+def permutation_pvalue(statistic: float, replicates) -> float:
+    """Two-sided Monte Carlo permutation p-value (1 + #{|replicate| >= |statistic|}) / (1 + B),
+    in (0, 1]: valid at any sample size because the observed labelling is one of the B + 1."""
+    replicates = np.abs(np.asarray(replicates, dtype=float))
+    # A tolerance so that a replicate equal to the statistic up to rounding counts as as extreme.
+    extreme = np.sum(replicates >= abs(statistic) - 1e-9 * max(1.0, abs(statistic)))
+    return float((1 + extreme) / (1 + replicates.size))
+
+
 def adjust_pvalues(pvalues, method: str) -> np.ndarray:
     """Multiplicity-adjusted p-values, same order: "holm", "bh" or "by" (see AdaptationSettings)."""
     pvalues = np.asarray(pvalues, dtype=float)

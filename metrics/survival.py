@@ -54,6 +54,32 @@ def kaplan_meier_median(times, observed) -> float:
     return float(event_times[reached][0]) if reached.any() else float("inf")
 
 
+def log_rank_z(times, observed, group) -> np.ndarray:
+    """Standardised log-rank statistic of group 1 against group 0 along the last axis.
+
+    times: token counts (inf: never, stays at risk; -inf: not a member of the sample), observed:
+    the event happened at that time, group: bool; all broadcast together, so leading axes can be
+    permutations or bootstrap replicates. Z = sum_t (d1_t - d_t n1_t / n_t) / sqrt(sum_t V_t) over
+    the distinct event times t (hypergeometric variance V_t); 0 where the variance is 0 (no event,
+    or one group empty at every event time). Positive: group 1 has more (earlier) events.
+    """
+    times, observed, group = np.broadcast_arrays(
+        np.asarray(times, dtype=float), np.asarray(observed, dtype=bool), np.asarray(group, dtype=bool))
+    grid = np.unique(times[observed])
+    if not grid.size:
+        return np.zeros(times.shape[:-1])
+    at_risk = times[..., None, :] >= grid[:, None]                    # (..., E, n)
+    events = observed[..., None, :] & (times[..., None, :] == grid[:, None])
+    members = group[..., None, :]
+    n, d = at_risk.sum(axis=-1), events.sum(axis=-1)
+    n1, d1 = (at_risk & members).sum(axis=-1), (events & members).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.where(n > 0, n1 / n, 0.0)
+        variance = np.where(n > 1, d * share * (1 - share) * (n - d) / (n - 1), 0.0).sum(axis=-1)
+        excess = (d1 - d * share).sum(axis=-1)
+        return np.where(variance > 0, excess / np.sqrt(variance), 0.0)
+
+
 def counts(events) -> dict:
     """How many runs had each status."""
     status = [item["status"] for item in events]

@@ -125,6 +125,7 @@ EVERY_METRIC_PER_POINT = (
     "adaptation_point_censored", "adaptation_point_never", "adaptation_point_vs_noise",
     "stabilization_share", "attention_stabilization_share", "detection_rate", "detection_rate_ci_high",
     "detection_latency_median", "detection_latency_never", "detection_false_alarm_bound", "detection_calibrated",
+    "detection_latency_vs_noise_pvalue",
     "pvalue_kl_run_new", "pvalue_injection_accuracy", "oracle_convergence_ci_low",
 )
 POINTS = (1, 2, 4)  # SmolLM2 often answers a MAWPS problem in under 15 tokens: inject early
@@ -162,7 +163,9 @@ def test_smollm2_run_from_the_command_line_reports_every_metric(tmp_path):
             if any(t["prompts"]["original"]["ids"] != t["prompts"]["alternative"]["ids"] for t in injected):
                 expected |= {f"{name}@{n}" for name in EVERY_METRIC_PER_POINT}
             if any(t["prompts"]["original"]["ids"] == t["prompts"]["alternative"]["ids"] for t in injected):
-                expected |= {f"control_false_positive_rate@{n}", f"detection_vs_controls_pvalue@{n}"}
+                expected |= {f"control_false_positive_rate@{n}", f"detection_vs_controls_pvalue@{n}",
+                             f"detection_latency_vs_controls_pvalue@{n}",
+                             f"adaptation_point_vs_controls_pvalue@{n}"}
         assert any(key.endswith(f"@{POINTS[0]}") for key in expected), f"{task}: no doc injected at all"
         assert expected <= set(values), sorted(expected - set(values))
         assert all(v == v for v in values.values()), [k for k, v in values.items() if v != v]

@@ -189,7 +189,7 @@ def test_zero_usable_docs_are_nan_or_no_evidence():
     assert metric_aggregation("adaptation_point_censored@5", FAST)([]) == 0.0
     assert math.isnan(metric_aggregation("oracle_convergence_ci_high@5", FAST)([]))
     assert metric_aggregation("pvalue_oracle_convergence@5", FAST)([{}, {}]) == 1.0
-    changed = {"run": [1.0], "noise": [1.0], "run_budget_hit": True, "control": False}
+    changed = {"run": [1.0], "noise": [1.0], "run_budget_hit": True, "noise_budget_hit": True, "control": False}
     assert math.isnan(metric_aggregation("control_false_positive_rate@5", FAST)([changed] * 3))
 
 
@@ -254,3 +254,42 @@ print(metric_aggregation('oracle_convergence@5', None)([values['oracle_convergen
                             cwd=__file__.rsplit("/tests/", 1)[0])
     assert result.returncode == 0, result.stderr
     assert float(result.stdout) == pytest.approx((0.5 + 2 / 3) / 2)
+
+
+def _adaptation_payloads(rng, changed, controls, changed_share, control_share, horizon=32):
+    """Per-doc adaptation-point payloads: an event at a uniform t <= horizon with the given
+    probability, else (at random) censored by the budget at 12 tokens or never."""
+    payloads = []
+    for index in range(changed + controls):
+        control = index >= changed
+        if rng.random() < (control_share if control else changed_share):
+            run = {"time": int(rng.integers(1, horizon + 1)), "status": "event"}
+        else:
+            run = {"time": 12, "status": str(rng.choice(["censored", "never"]))}
+        payloads.append({"run": run, "control": control})
+    return payloads
+
+
+def test_adaptation_vs_controls_holds_its_level_and_finds_a_difference():
+    """Null: changed and control docs adapt alike (30%, 36 + 12 docs, some censored): over 300
+    replications the test rejects at 5% at most 0.05 + 3 standard errors of the time. A real
+    difference (60% vs none, as identical contexts give) is found; without controls: NaN."""
+    rng = np.random.default_rng(12)
+    settings = AdaptationSettings(permutation_resamples=99, report="full")
+    aggregate = metric_aggregation("adaptation_point_vs_controls_pvalue@5", settings)
+    replications = 300
+    rejected = sum(aggregate(_adaptation_payloads(rng, 36, 12, 0.3, 0.3)) <= 0.05
+                   for _ in range(replications))
+    assert rejected / replications <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / replications)
+    settings = AdaptationSettings(permutation_resamples=999, report="full")
+    aggregate = metric_aggregation("adaptation_point_vs_controls_pvalue@5", settings)
+    assert aggregate(_adaptation_payloads(rng, 36, 12, 0.6, 0.0)) < 0.01
+    assert math.isnan(aggregate(_adaptation_payloads(rng, 36, 0, 0.6, 0.0)))
+
+
+def test_controls_of_a_realistic_run_never_adapt_and_the_difference_is_significant(realistic):
+    docs, results = realistic
+    controls = [doc["adaptation_point_vs_controls_pvalue@5"] for doc in docs
+                if doc["adaptation_point_vs_controls_pvalue@5"]["control"]]
+    assert len(controls) == 6 and all(c["run"]["status"] != "event" for c in controls)
+    assert results["adaptation_point_vs_controls_pvalue@5"] < 0.01

@@ -138,7 +138,7 @@ def _detection_payloads(rng, docs, horizon, shift, controls=0, control_shift=0.0
         control = index >= docs
         run = rng.exponential(size=horizon) + (control_shift if control else shift)
         payloads.append({"run": run.tolist(), "noise": rng.exponential(size=horizon).tolist(),
-                         "run_budget_hit": True, "control": control})
+                         "run_budget_hit": True, "noise_budget_hit": True, "control": control})
     return payloads
 
 
@@ -208,3 +208,35 @@ def test_log_ratio_statistic_is_pages_likelihood_ratio_cusum():
         docs.append(doc_metrics(trace, build_answers([5]), settings))
     key = "detection_latency_median@5"
     assert 6 <= metric_aggregation(key, settings)([doc[key] for doc in docs]) <= 7
+
+
+LATENCY_TESTS = ("detection_latency_vs_noise_pvalue@5", "detection_latency_vs_controls_pvalue@5")
+
+
+def test_latency_tests_hold_their_level_when_nothing_changes():
+    """Null: injection, noise and control runs all from one per-token distribution, 20 changed docs
+    and 6 controls (the datasets' share). 300 replications: each test rejects at 5% at most
+    0.05 + 3 standard errors of the time (permutation p-values are exact in distribution)."""
+    rng = np.random.default_rng(9)
+    settings = AdaptationSettings(report="full", horizon_tokens=16, permutation_resamples=99)
+    replications = 300
+    rejections = dict.fromkeys(LATENCY_TESTS, 0)
+    for _ in range(replications):
+        payloads = _detection_payloads(rng, 20, 16, shift=0.0, controls=6)
+        for key in LATENCY_TESTS:
+            rejections[key] += metric_aggregation(key, settings)(payloads) <= ALPHA
+    bound = ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / replications)
+    assert all(count / replications <= bound for count in rejections.values()), rejections
+
+
+def test_latency_tests_find_a_real_shift():
+    rng = np.random.default_rng(10)
+    settings = AdaptationSettings(report="full", horizon_tokens=16, permutation_resamples=999)
+    payloads = _detection_payloads(rng, 40, 16, shift=1.5, controls=12)
+    for key in LATENCY_TESTS:
+        assert metric_aggregation(key, settings)(payloads) < 0.01, key
+    without_controls = _detection_payloads(rng, 40, 16, shift=1.5)
+    assert math.isnan(metric_aggregation(LATENCY_TESTS[1], settings)(without_controls))
+    only_controls = _detection_payloads(rng, 0, 16, shift=1.5, controls=12)
+    assert math.isnan(metric_aggregation(LATENCY_TESTS[0], settings)(only_controls))
+

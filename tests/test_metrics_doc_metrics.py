@@ -53,7 +53,8 @@ def test_every_metric_of_a_hand_built_trace():
     assert values["stabilization_median@5"]["run"] == {"time": 3, "status": "event"}
     assert values["attention_stabilization_never@5"]["run"] == {"time": 3, "status": "event"}
     assert values["detection_rate@5"] == {"run": [1.0, 1.0, 3.0, 3.0], "noise": [1.0, 1.0, 1.0, 1.0],
-                                          "run_budget_hit": True, "control": False}
+                                          "run_budget_hit": True, "noise_budget_hit": True,
+                                          "control": False}
 
 
 def test_derived_keys_carry_the_metrics_per_doc_value():
@@ -106,8 +107,11 @@ def test_doc_not_injected_at_a_point_gives_no_value_there():
     assert not any(key.endswith("@10") for key in values)
 
 
-def test_identical_problem_control_gives_only_detection_values():
+def test_identical_problem_control_gives_only_detection_values_and_its_adaptation():
     values = _metrics(control=True)
+    # computed from the control's own series (the helper gives it the changed doc's series)
+    assert values["adaptation_point_vs_controls_pvalue@5"] == {
+        "run": {"time": 3, "status": "event"}, "control": True}
     assert values["control_false_positive_rate@5"] == dict(_metrics()["detection_rate@5"], control=True)
     assert {key.split("@")[0] for key in values} == {
         f"{metric}{stat}" for metric, stat in (
@@ -116,7 +120,8 @@ def test_identical_problem_control_gives_only_detection_values():
             ("detection_latency", "_never"), ("detection_false_alarm_bound", ""),
             ("detection_calibrated", ""), ("control_false_positive_rate", ""),
             ("control_false_positive_rate", "_ci_low"), ("control_false_positive_rate", "_ci_high"),
-            ("detection_vs_controls_pvalue", ""))}
+            ("detection_vs_controls_pvalue", ""), ("detection_latency_vs_noise_pvalue", ""),
+            ("detection_latency_vs_controls_pvalue", ""), ("adaptation_point_vs_controls_pvalue", ""))}
 
 
 def test_zero_length_window_has_no_window_means_and_stopped_runs_never_adapt():
