@@ -59,6 +59,9 @@ METRICS: dict[str, MetricSpec] = {
         per_injection_point=False),
     "n_docs": MetricSpec(COUNT, True, "changed-problem docs injected at N: the denominator of "
                          "every @N metric of changed docs [docs]"),
+    "n_controls": MetricSpec(COUNT, True, "identical-problem control docs injected at N; the "
+                             "detection keys of N use n_docs + n_controls docs [docs]",
+                             from_controls=True),
     "injection_accuracy": MetricSpec(
         MEAN, True, "injection@N run answers the alternative [share]", paired_test=True),
     "stuck_rate": MetricSpec(MEAN, False, "injection@N run answers the original [share]"),

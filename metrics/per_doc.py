@@ -67,7 +67,9 @@ def _doc_metrics(trace: dict, answers: dict, settings: AdaptationSettings) -> di
         for metric, spec in K.METRICS.items():
             if spec.kind == K.DETECTION:
                 _put(values, metric, point, detection, settings)
-        if not control:
+        if control:
+            _put(values, "n_controls", point, 1.0, settings)
+        else:
             pairs.update(_adaptation_values(values, run, noise, answers, point, settings))
             pair = _detection_pair(detection)
             if pair is not None:

@@ -163,7 +163,7 @@ def test_smollm2_run_from_the_command_line_reports_every_metric(tmp_path):
             if any(t["prompts"]["original"]["ids"] != t["prompts"]["alternative"]["ids"] for t in injected):
                 expected |= {f"{name}@{n}" for name in EVERY_METRIC_PER_POINT}
             if any(t["prompts"]["original"]["ids"] == t["prompts"]["alternative"]["ids"] for t in injected):
-                expected |= {f"control_false_positive_rate@{n}", f"detection_vs_controls_pvalue@{n}",
+                expected |= {f"control_false_positive_rate@{n}", f"detection_vs_controls_pvalue@{n}", f"n_controls@{n}",
                              f"detection_latency_vs_controls_pvalue@{n}",
                              f"adaptation_point_vs_controls_pvalue@{n}"}
         assert any(key.endswith(f"@{POINTS[0]}") for key in expected), f"{task}: no doc injected at all"

@@ -115,7 +115,7 @@ def test_identical_problem_control_gives_only_detection_values_and_its_adaptatio
     assert values["control_false_positive_rate@5"] == dict(_metrics()["detection_rate@5"], control=True)
     assert {key.split("@")[0] for key in values} == {
         f"{metric}{stat}" for metric, stat in (
-            ("detection_rate", ""), ("detection_rate", "_ci_low"), ("detection_rate", "_ci_high"),
+            ("n_controls", ""), ("detection_rate", ""), ("detection_rate", "_ci_low"), ("detection_rate", "_ci_high"),
             ("detection_latency", "_median"), ("detection_latency", "_censored"),
             ("detection_latency", "_never"), ("detection_false_alarm_bound", ""),
             ("detection_calibrated", ""), ("control_false_positive_rate", ""),
