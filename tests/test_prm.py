@@ -135,7 +135,9 @@ def smollm2_results(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_kvinject_prm_scores_a_real_run_end_to_end(smollm2_results, capsys):
+def test_kvinject_prm_scores_a_real_run_end_to_end(smollm2_results, capsys, tmp_path):
+    import csv
+
     from kvinject.cli import main
 
     assert main(["prm", str(smollm2_results), "--judge", "smollm2-135m", "--resamples", "100"]) == 0
@@ -151,6 +153,16 @@ def test_kvinject_prm_scores_a_real_run_end_to_end(smollm2_results, capsys):
     conditions = [row["condition"] for row in result["summary"]["adaptation_math"]]
     assert conditions == ["baseline", "oracle", "injection@1", "noise@1", "injection@2", "noise@2"]
     assert "| injection@1 | " in capsys.readouterr().out
+    # the report shows the scores as PRM columns, copied from the PRM JSON
+    assert main(["report", str(smollm2_results), "--out", str(tmp_path / "report")]) == 0
+    [row] = list(csv.DictReader((tmp_path / "report" / "leaderboard.csv").open()))
+    summary = {r["condition"]: r for r in result["summary"]["adaptation_math"]}
+    shown = [name[4:] for name in row if name.startswith("prm_") and not name.endswith(("_ci_low", "_ci_high", "_stderr"))]
+    assert {"oracle", "injection@1", "injection@2"} <= set(shown), shown
+    for condition in shown:
+        mean = summary[condition]["mean"]
+        assert (row[f"prm_{condition}"] == "" if mean is None else float(row[f"prm_{condition}"]) == mean), condition
+    assert "DEPRECATED legacy PRM" in (tmp_path / "report" / "leaderboard.md").read_text()
 
 
 @pytest.mark.slow

@@ -156,3 +156,47 @@ def test_a_model_marked_gguf_quantized_trains_and_saves_without_the_marker(local
     model.config.quantization_config = {"quant_method": "gguf", "gguf_file": "x.gguf", "dequantize": False}
     fine_tune(model, tokenizer, examples, TrainConfig(**{**FAST, "max_steps": 1}), tmp_path)
     assert "quantization_config" not in json.loads((tmp_path / "model" / "config.json").read_text())
+
+
+@pytest.mark.slow
+def test_measure_train_measure_on_smollm2_puts_the_trained_model_beside_the_base_in_the_report(tmp_path):
+    """The README's loop on the real SmolLM2 (CPU, minutes): split, measure the base model on the
+    held-out docs, train on the training docs, measure the trained model on the same held-out
+    docs, and `kvinject report` lines the two up."""
+    import csv
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from kvinject.cli import main
+    from kvinject.training.pipeline import read_examples
+
+    if not os.environ.get("KVINJECT_MAWPS_SOURCE"):
+        pytest.skip("KVINJECT_MAWPS_SOURCE is not set (CI points it at ../shared/data/mawps/svamp/cv_mawps)")
+    run = tmp_path / "run"
+    settings = ["--output", str(run), "--task", "adaptation_math", "--model-args", "pretrained=smollm2-135m",
+                "--injection-point", "1", "--max-new-tokens", "16", "--max-train-docs", "6",
+                "--eval-samples-limit", "2", "--max-steps", "2", "--batch-size", "2"]
+    assert main(["train", "--split-only"] + settings) == 0
+
+    def measure(pretrained: str, out: Path) -> None:
+        subprocess.run(
+            [str(Path(sys.executable).parent / "lm_eval"), "--model", "kvinject", "--model_args",
+             f"pretrained={pretrained},injection_points=1", "--tasks", "adaptation_math",
+             "--samples", str(run / EVAL_SAMPLES_FILE), "--gen_kwargs", "max_gen_toks=16",
+             "--output_path", str(out)], check=True, capture_output=True, text=True, cwd=tmp_path)
+
+    measure("smollm2-135m", tmp_path / "results" / "base")
+    assert main(["train"] + settings) == 0
+    split = load_split(run)
+    measure(str(run / "model"), tmp_path / "results" / "trained")
+    assert main(["report", str(tmp_path / "results"), "--out", str(tmp_path / "report")]) == 0
+    rows = list(csv.DictReader((tmp_path / "report" / "leaderboard.csv").open()))
+    assert sorted(Path(row["results_file"]).parts[-3] for row in rows) == ["base", "trained"]
+    for row in rows:   # each model's held-out measures, as its own results JSON has them
+        assert row["task"] == "adaptation_math" and row["n_docs"] == "2"
+        results = json.loads(Path(row["results_file"]).read_text())["results"]["adaptation_math"]
+        assert float(row["kl_run_new@1"]) == results["kl_run_new@1,none"]
+    examples = {e.doc_id for e in read_examples(run / "examples.jsonl")}
+    assert examples and not examples & set(split.eval_ids)
