@@ -67,18 +67,18 @@ def _doc_metrics(trace: dict, answers: dict, settings: AdaptationSettings) -> di
         for metric, spec in K.METRICS.items():
             if spec.kind == K.DETECTION:
                 _put(values, metric, point, detection, settings)
-        if control:
-            _put(values, "n_controls", point, 1.0, settings)
-        else:
-            pairs.update(_adaptation_values(values, run, noise, answers, point, settings))
-            pair = _detection_pair(detection)
-            if pair is not None:
-                pairs[K.format_key("detection_rate", point)] = pair
+        run_metrics = _run_metrics(run, settings)
         # Computed from the control's own run, not assumed: with identical contexts a_t is 0.5
         # and the KL gap 0, so a control that "adapts" would show a fault in the instrument.
         _put(values, "adaptation_point_vs_controls_pvalue", point,
-             {"run": _run_metrics(run, settings)[0]["adaptation_point"], "control": control},
-             settings)
+             {"run": run_metrics[0]["adaptation_point"], "control": control}, settings)
+        if control:
+            _put(values, "n_controls", point, 1.0, settings)
+        else:
+            pairs.update(_adaptation_values(values, run_metrics, noise, answers, point, settings))
+            pair = _detection_pair(detection)
+            if pair is not None:
+                pairs[K.format_key("detection_rate", point)] = pair
     if settings.report == "full":
         # A doc carries pvalue_<metric>@N for each pair it has; the payload is its whole family
         # so each p-value aggregation can correct across the family (aggregations.py).
@@ -88,11 +88,11 @@ def _doc_metrics(trace: dict, answers: dict, settings: AdaptationSettings) -> di
     return values
 
 
-def _adaptation_values(values: dict, run: dict, noise: dict, answers: dict, point: int,
-                       settings: AdaptationSettings) -> dict[str, list[float]]:
-    """Store the injection run's metrics at `point` in values; return the (injection, noise)
-    pairs of the paired metrics, keyed `<metric>@<N>`."""
-    run_values, run_layers = _run_metrics(run, settings)
+def _adaptation_values(values: dict, run_metrics: tuple[dict, dict], noise: dict, answers: dict,
+                       point: int, settings: AdaptationSettings) -> dict[str, list[float]]:
+    """Store the injection run's metrics (its _run_metrics) at `point` in values; return the
+    (injection, noise) pairs of the paired metrics, keyed `<metric>@<N>`."""
+    run_values, run_layers = dict(run_metrics[0]), run_metrics[1]
     noise_values, _ = _run_metrics(noise, settings)
     run_values.update(_answer_metrics(answers, point))
     noise_values["injection_accuracy"] = _matches(answers, f"noise@{point}", "new")

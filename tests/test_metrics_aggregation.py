@@ -278,8 +278,10 @@ def test_adaptation_vs_controls_holds_its_level_and_finds_a_difference():
     settings = AdaptationSettings(permutation_resamples=99, report="full")
     aggregate = metric_aggregation("adaptation_point_vs_controls_pvalue@5", settings)
     replications = 300
-    rejected = sum(aggregate(_adaptation_payloads(rng, 36, 12, 0.3, 0.3)) <= 0.05
-                   for _ in range(replications))
+    pvalues = np.array([aggregate(_adaptation_payloads(rng, 36, 12, 0.3, 0.3))
+                        for _ in range(replications)])
+    assert np.all((pvalues > 0) & (pvalues <= 1))   # a NaN would pass the level check vacuously
+    rejected = np.sum(pvalues <= 0.05)
     assert rejected / replications <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / replications)
     settings = AdaptationSettings(permutation_resamples=999, report="full")
     aggregate = metric_aggregation("adaptation_point_vs_controls_pvalue@5", settings)

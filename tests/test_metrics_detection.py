@@ -213,18 +213,34 @@ def test_log_ratio_statistic_is_pages_likelihood_ratio_cusum():
 LATENCY_TESTS = ("detection_latency_vs_noise_pvalue@5", "detection_latency_vs_controls_pvalue@5")
 
 
-def test_latency_tests_hold_their_level_when_nothing_changes():
-    """Null: injection, noise and control runs all from one per-token distribution, 20 changed docs
-    and 6 controls (the datasets' share). 300 replications: each test rejects at 5% at most
-    0.05 + 3 standard errors of the time (permutation p-values are exact in distribution)."""
+def _mixed_length_payloads(rng, docs, horizon, controls):
+    """Null payloads whose runs have random lengths (2..horizon) and end either by the budget
+    or by stopping early, drawn alike for every run."""
+    payloads = _detection_payloads(rng, docs, horizon, shift=0.0, controls=controls)
+    for payload in payloads:
+        for run in ("run", "noise"):
+            payload[run] = payload[run][:int(rng.integers(2, horizon + 1))]
+            payload[f"{run}_budget_hit"] = bool(rng.random() < 0.5)
+    return payloads
+
+
+@pytest.mark.parametrize("mixed_lengths", [False, True], ids=["full-horizon", "stopped-and-short"])
+def test_latency_tests_hold_their_level_when_nothing_changes(mixed_lengths):
+    """Null: injection, noise and control runs all from one per-token distribution (and, mixed,
+    one distribution of lengths and endings), 20 changed docs and 6 controls (the datasets'
+    share). 300 replications: each test rejects at 5% at most 0.05 + 3 standard errors of the
+    time (permutation p-values are exact in distribution)."""
     rng = np.random.default_rng(9)
     settings = AdaptationSettings(report="full", horizon_tokens=16, permutation_resamples=99)
     replications = 300
     rejections = dict.fromkeys(LATENCY_TESTS, 0)
     for _ in range(replications):
-        payloads = _detection_payloads(rng, 20, 16, shift=0.0, controls=6)
+        payloads = (_mixed_length_payloads(rng, 20, 16, controls=6) if mixed_lengths
+                    else _detection_payloads(rng, 20, 16, shift=0.0, controls=6))
         for key in LATENCY_TESTS:
-            rejections[key] += metric_aggregation(key, settings)(payloads) <= ALPHA
+            pvalue = metric_aggregation(key, settings)(payloads)
+            assert 0 < pvalue <= 1, (key, pvalue)   # a NaN would pass the level check vacuously
+            rejections[key] += pvalue <= ALPHA
     bound = ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / replications)
     assert all(count / replications <= bound for count in rejections.values()), rejections
 
