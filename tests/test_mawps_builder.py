@@ -447,3 +447,12 @@ def test_added_steps_name_their_subject_and_say_in_all(story, question, expected
             assert step is None
         else:
             assert re.fullmatch(expected, step.sentence), step.sentence
+
+
+@pytest.mark.skipif(not REAL_SOURCE, reason=f"{SOURCE_ENV_VAR} is not set (CI points it at ../shared/data/mawps/svamp/cv_mawps)")
+def test_dataset_card_lists_the_problems_left_out_of_the_svamp_copy():
+    from kvinject.adaptation_tasks.adaptation_math.mawps_builder import left_out_problems
+
+    card = (Path(math_data.__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    listed = re.findall(r"^  \| `([^`]+)` \| ([^|]+?) \|", card, flags=re.MULTILINE)
+    assert listed == left_out_problems(read_mawps_source(REAL_SOURCE).problems)
