@@ -28,7 +28,7 @@ _NEGATING_BRACKET = re.compile(
 # "X — no, Y", "X, no wait, Y", "X... actually, Y": the part after the correction is stated.
 _CORRECTION = re.compile(
     r"(?:\s*(?:—|–|--|\.\.\.|…|[,;:])\s*|\s+-\s+)(?:no\s*[,!:]\s*(?:wait\b[,!:]?)?|no\s+wait\b[,!:]?|wait\b[,!:]?"
-    r"|sorry\b[,!:]?|actually\b[,!:]?|I mean\b[,:]?)\s*",
+    r"|sorry\b[,!:]?|actually\b[,!:]?)\s*",
     re.IGNORECASE,
 )
 # "not X but Y": Y is stated
@@ -45,7 +45,8 @@ NEGATED_CLAUSE = re.compile(
 def stated_part(span: str) -> str:
     """The part of an answer span (the words after "the answer is", a box) that states the answer."""
     span = _NEGATING_BRACKET.sub("", span)
-    span = _CORRECTION.split(span)[-1]
+    # the last part that says something ("Paris, actually." keeps Paris)
+    span = next((part for part in reversed(_CORRECTION.split(span)) if part.strip(" .!?")), "")
     span = _NOT_BUT.sub("", span, count=1)
     span = _LEADING_NEGATION.sub("", span, count=1)
     return NEGATED_CLAUSE.split(span)[0].strip()

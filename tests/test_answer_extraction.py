@@ -214,6 +214,7 @@ def test_a_lone_one_in_prose_is_no_number_but_a_stated_one_is():
         (CAPITALS, " The answer is Berlin — no, Paris.", True, False),
         (CAPITALS, " The answer is Paris (Berlin is Germany's capital).", True, False),
         (CAPITALS, " The answer is Berlin... no wait, Paris.", True, False),
+        (CAPITALS, " The answer is Paris, actually.", True, False),  # a correction word with nothing after it
         (CAPITALS, " It is not Berlin but Paris", True, False),  # no answer sentence
         (CAPITALS, " Paris (Berlin is Germany's capital)", True, False),
         ({"original_aliases": ["Polish złoty", "złoty", "PLN"], "alternative_aliases": ["Euro"]}, " The answer is the Polish zloty.", False, True),
