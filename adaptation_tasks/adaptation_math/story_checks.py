@@ -17,7 +17,9 @@ import re
 from fractions import Fraction
 from typing import Mapping
 
-from kvinject.adaptation_tasks.adaptation_math.expression import BinOp, Expr, ExpressionError, Slot, evaluate, used_slots
+from kvinject.adaptation_tasks.adaptation_math.expression import (
+    BinOp, Expr, ExpressionError, Slot, constants, evaluate, used_slots,
+)
 from kvinject.adaptation_tasks.adaptation_math.mawps_sources import SourceProblem
 
 YES_NO = "yes/no question with a numeric gold"
@@ -62,7 +64,8 @@ def positive_in_reading_order(problem: SourceProblem, values: Mapping[int, Fract
     running count. A story that does not start from a count it adds to (a comparison, "how many more to
     have 25") is no running count and passes."""
     # where each value is told; the k-th use of a value in the equation is its k-th place in the text (SVAMP
-    # names the first of two equal numbers for both: "had 8 ... ate 8" is `n0 + n1 - n0`)
+    # names the first of two equal numbers for both: "had 8 ... ate 8" is `n0 + n1 - n0`; MWPToolkit's reader
+    # makes them constants); a constant the text does not state comes last
     places: dict[Fraction, list[int]] = {}
     for position, part in enumerate(problem.segments):
         if isinstance(part, int):
@@ -70,10 +73,10 @@ def positive_in_reading_order(problem: SourceProblem, values: Mapping[int, Fract
     last = len(problem.segments)
 
     def told_at(expr: Expr) -> int:
-        slots = used_slots(expr)
-        if not slots:
-            return last
-        told = places.get(values[slots[0]], [last])
+        while isinstance(expr, BinOp):  # a product is told where its first number is
+            expr = expr.left
+        value = values[expr.index] if isinstance(expr, Slot) else expr.value
+        told = places.get(value, [last])
         return told.pop(0) if len(told) > 1 else told[0]
 
     terms = sorted(_signed_terms(equation, 1), key=lambda term: told_at(term[1]))
@@ -100,8 +103,9 @@ def _signed_terms(expr: Expr, sign: int) -> list[tuple[int, Expr]]:
 
 def _unused_numbers(problem: SourceProblem, values: Mapping[int, Fraction]) -> list[tuple[Fraction, str]]:
     """(value, the text right after it) for each number of the text whose value the equation does not use
-    (SVAMP's equation names the first of two equal numbers for both)."""
-    used = {values[slot] for slot in used_slots(problem.equation)}
+    (SVAMP's equation names the first of two equal numbers for both; MWPToolkit's reader makes a value written
+    twice a constant)."""
+    used = {values[slot] for slot in used_slots(problem.equation)} | set(constants(problem.equation))
     found = []
     for position, part in enumerate(problem.segments):
         if isinstance(part, int) and values[part] not in used:
