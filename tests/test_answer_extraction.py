@@ -224,6 +224,8 @@ def test_a_lone_one_in_prose_is_no_number_but_a_stated_one_is():
         (URANIUM, " The answer is W, which replaced U.", True, False),
         ({"original_aliases": ["Fe"], "alternative_aliases": ["Sn"]}, " The answer is the symbol Sn (tin).", True, False),
         ({"original_aliases": ["26"], "alternative_aliases": ["29"]}, " The answer is twenty-six.", False, True),
+        ({"original_aliases": ["1"], "alternative_aliases": ["2"]}, " The answer is one.", False, True),
+        ({"original_aliases": ["1"], "alternative_aliases": ["2"]}, " Helium is one of the noble gases with two protons", True, False),
         ({"original_aliases": ["26"], "alternative_aliases": ["29"]}, " Copper has twenty-nine protons, so the answer is twenty-nine.", True, False),
     ],
 )

@@ -97,10 +97,12 @@ def _last_mention(text: str, aliases: list[str], exact_text: str | None, stated:
 
 def match_semantic_answer(text: str, doc: dict) -> dict:
     """{"answer", "new", "old"}: the final answer and whether it names the alternative / original answer."""
-    if any(re.fullmatch(r"\d+", alias) for alias in doc["original_aliases"] + doc["alternative_aliases"]):
+    numeric = any(re.fullmatch(r"\d+", alias) for alias in doc["original_aliases"] + doc["alternative_aliases"])
+    if numeric:  # a lone "one" is a pronoun in prose, a number only as the stated answer
         text = spelled_numbers_as_digits(text)
     stated = _stated_answer(text)
     if stated is not None:
+        stated = spelled_numbers_as_digits(stated, lone_one=True) if numeric else stated
         return {
             "answer": stated,
             "new": _last_mention(stated, doc["alternative_aliases"], stated, stated=True) >= 0,
