@@ -82,11 +82,17 @@ def headline_names() -> list[str]:
 
 
 def _parse_name(name: str) -> K.ParsedKey:
-    """A headline name (a key without @N) parsed, with a stand-in point for per-point metrics."""
+    """A key, or a headline name (a key without @N) with a stand-in point for per-point metrics."""
     try:
         return K.parse_key(name)
     except ValueError:
         return K.parse_key(f"{name}@1")
+
+
+def headline_key(name: str, point: int | None = None) -> str:
+    """The result key of a headline name at an injection point (no point for per-run metrics)."""
+    parsed = _parse_name(name)
+    return K.format_key(parsed.metric, point if parsed.spec.per_injection_point else None, parsed.stat)
 
 
 def is_per_point(name: str) -> bool:
@@ -94,7 +100,8 @@ def is_per_point(name: str) -> bool:
 
 
 def is_run_level(name: str) -> bool:
-    """Counts and the calibration flag describe a run, not a document: no per-doc difference."""
+    """Counts and the calibration flag describe a run, not a document: no per-doc difference.
+    name: a headline name or a key."""
     parsed = _parse_name(name)
     return parsed.spec.kind == K.COUNT or parsed.metric == "detection_calibrated"
 
@@ -110,7 +117,7 @@ def per_doc_values(key: str, logged: dict, settings: AdaptationSettings) -> dict
     """
     parsed = K.parse_key(key)
     kind = parsed.spec.kind
-    if is_run_level(K.format_key(parsed.metric, None, parsed.stat)):
+    if is_run_level(key):
         raise ValueError(f"{key} is a run-level value, not a per-document one")
     if kind == K.MEAN:
         return {doc: float(value) for doc, value in logged.items()}
