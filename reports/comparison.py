@@ -163,13 +163,24 @@ def _settings_notes(task: str, run_a: Run, run_b: Run) -> list[str]:
         if settings_a.get(key) != settings_b.get(key):
             raise ValueError(f"{task}: the runs' {key} differ ({json.dumps(settings_a.get(key), default=str)} vs "
                              f"{json.dumps(settings_b.get(key), default=str)}): not comparable")
-    differing = sorted(key for key in {*settings_a, *settings_b} - {"docs"}
-                       if settings_a.get(key) != settings_b.get(key))
+    differing = [text for key in sorted({*settings_a, *settings_b} - {"docs"})
+                 for text in _differences(key, settings_a.get(key), settings_b.get(key))]
     if not differing:
         return []
-    shown = [f"{key}: {settings_a.get(key)!r} vs {settings_b.get(key)!r}" for key in differing[:ALLOWED_DIFFERENCES_SHOWN]]
+    shown = differing[:ALLOWED_DIFFERENCES_SHOWN]
     more = len(differing) - len(shown)
     return [f"{task}: settings that differ (A vs B): " + "; ".join(shown) + (f"; and {more} more" if more else "")]
+
+
+def _differences(key: str, a, b) -> list[str]:
+    """'key: a vs b' for a differing setting; the traces' settings (one JSON object per run, as
+    comparison_settings gives them) entry by entry."""
+    if a == b:
+        return []
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b) == 1:
+        a, b = json.loads(a[0]), json.loads(b[0])
+        return [f"{name}: {a.get(name)!r} vs {b.get(name)!r}" for name in sorted({*a, *b}) if a.get(name) != b.get(name)]
+    return [f"{key}: {a!r} vs {b!r}"]
 
 
 def _metric_settings(run: Run, task: str) -> AdaptationSettings:

@@ -7,6 +7,7 @@ import yaml
 
 from kvinject import cli
 from kvinject.commands.study import MARKER
+from kvinject.model_adapters.model_args import parse_model_args
 from kvinject.model_adapters.result_store import ResultStore
 from kvinject.study import load_study, parse_study
 
@@ -32,6 +33,12 @@ def test_offline_study_dry_run_prints_every_run_without_a_model(capsys):
         assert "--log_samples" in run.command(study.output_path)
     assert f"0 of {len(study.runs)} runs to run" not in out and f"{len(study.runs)} of {len(study.runs)} runs to run" in out
     assert out.count("then: kvinject compare") == len(study.comparisons) >= 9
+
+
+@pytest.mark.parametrize("path", [OFFLINE, GPU], ids=lambda p: p.name)
+def test_study_files_name_only_valid_model_args(path):
+    for run in load_study(path).runs:
+        parse_model_args(run.model_args)   # raises on an unknown or invalid arg
 
 
 def test_gpu_study_is_the_original_study():
