@@ -139,3 +139,10 @@ def test_dry_run_times_a_first_doc_on_a_tiny_model(tmp_path, local_model_dir, ca
     out = capsys.readouterr().out
     assert out.count("2 docs x") == 2 and "estimated" in out and "2 of 2 runs to run" in out
     assert not (tmp_path / "study").exists() and not (tmp_path / "store.sqlite").exists()   # nothing run
+
+
+def test_dry_run_timing_names_an_unknown_task(tmp_path, capsys):
+    path = tmp_path / "study.yaml"
+    path.write_text("output_path: out\nruns: [{name: x, model_args: {pretrained: smollm2-135m}, tasks: [no_such_task]}]\n")
+    assert cli.main(["study", str(path), "--dry_run"]) == 2
+    assert "x-no_such_task: no task 'no_such_task'" in capsys.readouterr().err

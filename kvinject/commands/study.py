@@ -44,7 +44,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"kvinject study: {error}", file=sys.stderr)
         return 2
     if args.dry_run:
-        return dry_run(study, timing=not args.no_timing)
+        try:
+            return dry_run(study, timing=not args.no_timing)
+        except ValueError as error:   # a task or model argument the timing could not use
+            print(f"kvinject study: {error}", file=sys.stderr)
+            return 2
     try:
         for index, study_run in enumerate(study.runs, start=1):
             run_one(study, study_run, f"[{index}/{len(study.runs)}]")
@@ -107,7 +111,10 @@ def run_one(study, study_run, position: str) -> dict:
               "docs_computed": config.get("docs_computed"),
               "docs_reused_from_store": config.get("docs_reused_from_store"),
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    (study_run.folder(study.output_path) / MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    marker = study_run.folder(study.output_path) / MARKER
+    partial = marker.with_suffix(".partial")   # written whole, then renamed: a kill leaves no half marker
+    partial.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    partial.replace(marker)
     print(f"{position} {study_run.name}: done in {record['wall_seconds']} s ({record['docs_computed']} docs "
           f"computed, {record['docs_reused_from_store']} reused from the result store)", flush=True)
     return record
@@ -214,7 +221,10 @@ class FirstDocTimer:
         from lm_eval.tasks import TaskManager, get_task_dict
 
         manager = TaskManager(include_defaults=False, metadata=study_run.metadata or None)
-        task = get_task_dict([study_run.task], manager)[study_run.task]
+        try:
+            task = get_task_dict([study_run.task], manager)[study_run.task]
+        except KeyError:
+            raise ValueError(f"{study_run.name}: no task {study_run.task!r} (see `lm_eval ls tasks`)") from None
         docs = list(task.eval_docs)
         n_docs = len(docs) if study_run.limit is None else min(study_run.limit, len(docs))
         lm, load_seconds = self._model(study_run.model_args)
