@@ -69,7 +69,7 @@ class StudyRun:
 
 
 @dataclasses.dataclass(frozen=True)
-class Comparison:
+class StudyComparison:
     name: str                       # file stem under <output_path>/comparisons/
     runs: tuple[str, ...]           # (a, b), or (run,) with points
     points: tuple[int, int] | None = None
@@ -79,7 +79,7 @@ class Comparison:
 class Study:
     output_path: Path
     runs: list[StudyRun]
-    comparisons: list[Comparison]
+    comparisons: list[StudyComparison]
 
 
 def _text(run: str, key: str, value) -> str:
@@ -147,7 +147,7 @@ def _expand(index: int, entry, shared: dict, result_store: str | None) -> list[S
     return runs
 
 
-def _comparison(index: int, entry, names: set[str]) -> Comparison:
+def _comparison(index: int, entry, names: set[str]) -> StudyComparison:
     where = f"comparisons[{index}]"
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: expected {{a: RUN, b: RUN}} or {{run: RUN, points: [N, M]}}, got {entry!r}")
@@ -165,7 +165,7 @@ def _comparison(index: int, entry, names: set[str]) -> Comparison:
         if run not in names:
             raise ValueError(f"{where}: no run named {run!r}; the study's runs: {', '.join(sorted(names))}")
     name = f"{runs[0]}__vs__{runs[1]}" if points is None else f"{runs[0]}__at{points[1]}_vs_{points[0]}"
-    return Comparison(name, runs, points)
+    return StudyComparison(name, runs, points)
 
 
 def parse_study(data, base: Path = Path(".")) -> Study:
