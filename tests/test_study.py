@@ -1,5 +1,11 @@
 """`kvinject study`: the study file, --dry_run, and a 2-run study end to end on a tiny model, resumed."""
 import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -146,3 +152,40 @@ def test_dry_run_timing_names_an_unknown_task(tmp_path, capsys):
     path.write_text("output_path: out\nruns: [{name: x, model_args: {pretrained: smollm2-135m}, tasks: [no_such_task]}]\n")
     assert cli.main(["study", str(path), "--dry_run"]) == 2
     assert "x-no_such_task: no task 'no_such_task'" in capsys.readouterr().err
+
+
+def _stored(store: Path) -> int:
+    try:
+        with sqlite3.connect(store, timeout=30) as connection:
+            return connection.execute("SELECT count(*) FROM traces").fetchone()[0]
+    except sqlite3.OperationalError:   # not created yet
+        return 0
+
+
+@pytest.mark.slow   # a tiny model, but two lm-eval processes and a kill: about two minutes on a shared CPU
+def test_a_study_killed_during_its_second_run_continues_there(tmp_path, local_model_dir):
+    limit = 5
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({
+        "output_path": str(tmp_path / "study"), "result_store": str(tmp_path / "store.sqlite"),
+        "model_args": {"pretrained": str(local_model_dir), "injection_points": [1, 3], "device": "cpu", "batch_size": 1},
+        "runs": [{"name": "tiny", "vary": {"strategy": ["append", "replace"]}, "tasks": ["adaptation_semantic"],
+                  "limit": limit, "gen_kwargs": {"max_gen_toks": 40}}]}))
+    log = (tmp_path / "killed.log").open("w")
+    process = subprocess.Popen([sys.executable, "-m", "kvinject.cli", "study", str(path)], stdout=log, stderr=log,
+                               start_new_session=True)   # its own process group: lm-eval is killed with it
+    deadline = time.monotonic() + 600
+    while _stored(tmp_path / "store.sqlite") <= limit and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)   # until the second run has stored a doc
+    assert process.poll() is None, f"the study ended before the kill; see {tmp_path / 'killed.log'}"
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    log.close()
+    stored = _stored(tmp_path / "store.sqlite")
+    assert limit < stored < 2 * limit, "the kill did not land during the second run"
+
+    assert cli.main(["study", str(path)]) == 0
+    first, second = (_marker(tmp_path, f"tiny-adaptation_semantic-{s}") for s in ("append", "replace"))
+    assert (first["docs_computed"], first["docs_reused_from_store"]) == (limit, 0)   # not run again
+    assert second["docs_reused_from_store"] == stored - limit >= 1
+    assert second["docs_computed"] == 2 * limit - stored
