@@ -2,7 +2,6 @@
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import stored_docs
 
 from kvinject import cli
 from kvinject.commands.study import MARKER
@@ -154,14 +154,6 @@ def test_dry_run_timing_names_an_unknown_task(tmp_path, capsys):
     assert "x-no_such_task: no task 'no_such_task'" in capsys.readouterr().err
 
 
-def _stored(store: Path) -> int:
-    try:
-        with sqlite3.connect(store, timeout=30) as connection:
-            return connection.execute("SELECT count(*) FROM traces").fetchone()[0]
-    except sqlite3.OperationalError:   # not created yet
-        return 0
-
-
 @pytest.mark.slow   # a tiny model, but two lm-eval processes and a kill: about two minutes on a shared CPU
 def test_a_study_killed_during_its_second_run_continues_there(tmp_path, local_model_dir):
     limit = 5
@@ -175,13 +167,13 @@ def test_a_study_killed_during_its_second_run_continues_there(tmp_path, local_mo
     process = subprocess.Popen([sys.executable, "-m", "kvinject.cli", "study", str(path)], stdout=log, stderr=log,
                                start_new_session=True)   # its own process group: lm-eval is killed with it
     deadline = time.monotonic() + 600
-    while _stored(tmp_path / "store.sqlite") <= limit and process.poll() is None and time.monotonic() < deadline:
+    while stored_docs(tmp_path / "store.sqlite") <= limit and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)   # until the second run has stored a doc
     assert process.poll() is None, f"the study ended before the kill; see {tmp_path / 'killed.log'}"
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     log.close()
-    stored = _stored(tmp_path / "store.sqlite")
+    stored = stored_docs(tmp_path / "store.sqlite")
     assert limit < stored < 2 * limit, "the kill did not land during the second run"
 
     assert cli.main(["study", str(path)]) == 0
