@@ -109,3 +109,12 @@ def write_prm(folder: Path, judge: str, summary: dict, date: str = DATE) -> Path
     path.write_text(json.dumps({"deprecated": "legacy", "traces": f"traces_{date}.jsonl",
                                 "judge": {"model_args": judge}, "summary": summary, "docs": {}}))
     return path
+
+
+def write_samples(folder: Path, task: str, samples: list[dict], date: str = DATE) -> Path:
+    """lm-eval's --log_samples file of a run: one JSON line per doc (doc_id, doc, doc_hash, metrics, values)."""
+    path = folder / f"samples_{task}_{date}.jsonl"
+    with path.open("w", encoding="utf-8") as handle:
+        for sample in samples:
+            handle.write(json.dumps(sample) + "\n")
+    return path
