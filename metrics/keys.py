@@ -119,7 +119,8 @@ METRICS: dict[str, MetricSpec] = {
         from_controls=True),
     "detection_rate": MetricSpec(
         DETECTION, True, "share of changed-problem injection runs with a calibrated CUSUM alarm "
-        "within H [share]", stats=("", CI_LOW, CI_HIGH)),
+        "within H* = detection_horizon (H unless the noise runs are shorter) [share]",
+        stats=("", CI_LOW, CI_HIGH)),
     "detection_latency": MetricSpec(
         DETECTION, False, "first alarm t, Kaplan-Meier median (inf: not reached) [tokens]; "
         "median_reached 1 / 0; censored / never counts",
