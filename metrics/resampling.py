@@ -57,6 +57,27 @@ def percentile_interval(replicates, confidence_level: float) -> tuple[float, flo
     return float(low), float(high)
 
 
+def censored_binomial_interval(known: int, unknown: int, total: int,
+                               confidence_level: float) -> tuple[float, float]:
+    """Two-sided interval for a share from `total` independent runs of which `known` had the
+    event and `unknown` ended (censored) before it could be seen.
+
+    Whatever the unknown runs would have done, the true count lies in [known, known + unknown];
+    the Clopper-Pearson low end of `known` and high end of `known + unknown` therefore cover the
+    share with probability >= confidence_level (each CP end errs with probability <= the tail).
+    It reduces to Clopper-Pearson without censoring and never claims certainty from a few runs.
+    NaN for no run.
+    """
+    if total == 0:
+        return float("nan"), float("nan")
+    tail = (1 - confidence_level) / 2
+    high_count = known + unknown
+    low = stats.beta.ppf(tail, known, total - known + 1) if known > 0 else 0.0
+    high = (stats.beta.ppf(1 - tail, high_count + 1, total - high_count)
+            if high_count < total else 1.0)
+    return float(low), float(high)
+
+
 def _mean_over(values: np.ndarray) -> Callable[..., float]:
     def statistic(indices, axis=-1):
         return values[indices].mean(axis=axis)
@@ -78,7 +99,8 @@ def paired_permutation_pvalue(treated, control, resamples: int, seed: int) -> fl
     """Two-sided sign-flip permutation p-value of mean(treated - control) = 0, in (0, 1].
 
     The pairs are documents (injection run vs noise run of the same problem). Exact when
-    2**n_pairs <= resamples. Fewer than two pairs, or all differences zero: 1.0 (no evidence).
+    2**n_pairs <= resamples. All differences zero: 1.0 (no evidence). Fewer than two pairs: 1.0
+    here, but the aggregations never form such a test (the key is left out).
     """
     differences = np.asarray(treated, dtype=float) - np.asarray(control, dtype=float)
     if differences.size < 2 or not np.any(differences):
