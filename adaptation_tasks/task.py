@@ -13,6 +13,7 @@ from typing import Any, Callable
 from lm_eval.api.task import ConfigurableTask
 
 from kvinject import metrics as adaptation_metrics
+from kvinject.lm_eval_internals import set_metric_tables
 
 
 class ResolvingDict(dict):
@@ -42,10 +43,11 @@ class AdaptationTask(ConfigurableTask):
         # lm-eval's factory passes the whole YAML, including the `class` key TaskConfig does not accept
         config = {key: value for key, value in (config or {}).items() if key != "class"}
         super().__init__(config=config, **kwargs)
-        self._aggregation_list = ResolvingDict(
-            lambda key: adaptation_metrics.metric_aggregation(key, self.adaptation_settings)
+        set_metric_tables(
+            self,
+            aggregation=ResolvingDict(lambda key: adaptation_metrics.metric_aggregation(key, self.adaptation_settings)),
+            higher_is_better=ResolvingDict(adaptation_metrics.metric_higher_is_better),
         )
-        self._higher_is_better = ResolvingDict(lambda key: adaptation_metrics.metric_higher_is_better(key))
         self.adaptation_settings  # validate --metadata settings now, before any generation  # noqa: B018
 
     @cached_property
@@ -86,5 +88,5 @@ class AdaptationTask(ConfigurableTask):
         }
         metrics = adaptation_metrics.doc_metrics(trace, answers, self.adaptation_settings)
         for key in metrics:  # resolve now, so the results JSON lists every metric's direction
-            self._higher_is_better[key]
+            self.higher_is_better()[key]
         return metrics

@@ -16,10 +16,13 @@ interpreter start. It must stay cheap and import only the standard library: it p
 - ``lm_eval.api.model``: ``--use_cache PATH`` with ``--model kvinject`` uses kvinject's result store at
   ``PATH.kvinject.sqlite`` (keyed by model, settings and doc) instead of lm-eval's request-text cache.
 
-Newer lm-eval versions that read the ``lm_eval.models`` / ``lm_eval.tasks`` entry points themselves
-(see setup.cfg) are detected, and the matching hook steps aside. ``KVINJECT_LMEVAL_DISABLE=1`` turns
-the hook off; ``python -m kvinject`` installs it regardless.
+Every lm-eval internal the hooks touch is reached through kvinject/lm_eval_internals.py. A hook that
+cannot be installed (an lm-eval upgrade renamed something) does not break lm-eval: its error is kept,
+and ``require_hooks`` raises it when ``--model kvinject`` is built, naming the lm-eval version and the
+missing symbol; ``--model hf`` runs are untouched. ``KVINJECT_LMEVAL_DISABLE=1`` turns the hook off;
+``python -m kvinject`` installs it regardless.
 """
+import importlib
 import importlib.abc
 import os
 import sys
@@ -28,21 +31,24 @@ MODEL_NAME = "kvinject"
 MODEL_TARGET = "kvinject.model_adapters.harness_model:KVInjectLM"
 
 
-def _on_registry(registry):
-    if hasattr(registry, "load_plugins"):  # newer lm-eval loads our entry point itself
-        return
+def _on_registry(registry_module):
+    from kvinject.lm_eval_internals import model_registry
+
     import lm_eval.models  # noqa: F401  (built-ins first, see the module docstring)
 
-    if MODEL_NAME not in registry.model_registry:
-        registry.model_registry.register(MODEL_NAME, target=MODEL_TARGET)
+    registry = model_registry()
+    if MODEL_NAME not in registry:
+        registry.register(MODEL_NAME, target=MODEL_TARGET)
 
 
-def _on_task_manager(manager):
+def _on_task_manager(manager_module):
     from kvinject.adaptation_tasks import TASKS_DIR
+    from kvinject.lm_eval_internals import task_manager_class
 
-    if hasattr(manager, "discover_plugin_task_paths") or getattr(manager.TaskManager, "_kvinject", False):
+    task_manager = task_manager_class()
+    if getattr(task_manager, "_kvinject", False):
         return
-    original_init = manager.TaskManager.__init__
+    original_init = task_manager.__init__
 
     def __init__(self, verbosity=None, include_path=None, *args, **kwargs):
         if include_path is None:
@@ -54,27 +60,31 @@ def _on_task_manager(manager):
         paths = [str(TASKS_DIR)] + [p for p in extra if str(p) != str(TASKS_DIR)]
         original_init(self, verbosity, *args, include_path=paths, **kwargs)
 
-    manager.TaskManager.__init__ = __init__
-    manager.TaskManager._kvinject = True
+    task_manager.__init__ = __init__
+    task_manager._kvinject = True
 
 
-def _on_evaluator(evaluator):
+def _on_evaluator(evaluator_module):
+    from kvinject.lm_eval_internals import evaluator_module as evaluator
     from kvinject.model_guard import refuse_models_that_cannot_inject
 
-    evaluator.evaluate = refuse_models_that_cannot_inject(evaluator.evaluate)
+    module = evaluator()
+    module.evaluate = refuse_models_that_cannot_inject(module.evaluate)
 
 
 def _on_evaluation_tracker(tracker_module):
+    from kvinject.lm_eval_internals import evaluation_tracker_class
     from kvinject.trace_export import copy_run_traces_beside_results
 
-    tracker_class = tracker_module.EvaluationTracker
-    tracker_class.save_results_aggregated = copy_run_traces_beside_results(tracker_class.save_results_aggregated)
+    tracker = evaluation_tracker_class()
+    tracker.save_results_aggregated = copy_run_traces_beside_results(tracker.save_results_aggregated)
 
 
 def _on_model_api(model_module):
     from kvinject.cache_routing import route_cache_to_result_store
+    from kvinject.lm_eval_internals import caching_lm_class
 
-    route_cache_to_result_store(model_module.CachingLM)
+    route_cache_to_result_store(caching_lm_class())
 
 
 _HOOKS = {
@@ -85,6 +95,7 @@ _HOOKS = {
     "lm_eval.loggers.evaluation_tracker": _on_evaluation_tracker,
 }
 _DONE = set()
+_FAILED = {}  # hooked module -> the error its hook raised, raised again by require_hooks()
 
 
 def _run_hook(name, module):
@@ -93,8 +104,22 @@ def _run_hook(name, module):
     _DONE.add(name)
     try:
         _HOOKS[name](module)
-    except Exception as error:  # a broken plugin must not break lm-eval itself
-        print(f"[kvinject] start-up hook for {name} failed: {error!r}", file=sys.stderr)
+    except Exception as error:  # kept, not printed: --model hf runs are untouched, --model kvinject stops
+        _FAILED[name] = error
+
+
+def require_hooks():
+    """Raise ``LmEvalIncompatible`` when a hook could not be installed or an lm-eval internal kvinject
+    uses is missing. ``--model kvinject`` calls it before loading anything (model_adapters/harness_model.py)."""
+    from kvinject.lm_eval_internals import LmEvalIncompatible, check_all, incompatible
+
+    for name in _HOOKS:  # every hook of an installed finder has run once its module is imported
+        importlib.import_module(name)
+    for name, error in _FAILED.items():
+        if isinstance(error, LmEvalIncompatible):
+            raise error
+        raise incompatible(f"kvinject's start-up hook for {name}", f"failed ({error!r})") from error
+    check_all()
 
 
 class _HookedLoader(importlib.abc.Loader):

@@ -128,6 +128,9 @@ class KVInjectLM(LM):
         return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
 
     def __init__(self, **model_args):
+        from kvinject._autoload import require_hooks
+
+        require_hooks()  # an lm-eval this plugin cannot hook into stops here, naming the missing symbol
         super().__init__()
         args = parse_model_args(model_args)  # before any weights load
         self.processes = ProcessGroup()  # lm-eval sees one process: the adapter splits the docs itself
