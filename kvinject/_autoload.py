@@ -18,11 +18,10 @@ interpreter start. It must stay cheap and import only the standard library: it p
 
 Every lm-eval internal the hooks touch is reached through kvinject/lm_eval_internals.py. A hook that
 cannot be installed (an lm-eval upgrade renamed something) does not break lm-eval: its error is kept,
-and ``require_hooks`` raises it when ``--model kvinject`` is built, naming the lm-eval version and the
+and ``lm_eval_internals.require_hooks`` raises it when ``--model kvinject`` is built, naming the lm-eval version and the
 missing symbol; ``--model hf`` runs are untouched. ``KVINJECT_LMEVAL_DISABLE=1`` turns the hook off;
 ``python -m kvinject`` installs it regardless.
 """
-import importlib
 import importlib.abc
 import os
 import sys
@@ -95,7 +94,6 @@ _HOOKS = {
     "lm_eval.loggers.evaluation_tracker": _on_evaluation_tracker,
 }
 _DONE = set()
-_FAILED = {}  # hooked module -> the error its hook raised, raised again by require_hooks()
 
 
 def _run_hook(name, module):
@@ -105,21 +103,9 @@ def _run_hook(name, module):
     try:
         _HOOKS[name](module)
     except Exception as error:  # kept, not printed: --model hf runs are untouched, --model kvinject stops
-        _FAILED[name] = error
+        from kvinject.lm_eval_internals import HOOK_FAILURES  # standard library only, like this module
 
-
-def require_hooks():
-    """Raise ``LmEvalIncompatible`` when a hook could not be installed or an lm-eval internal kvinject
-    uses is missing. ``--model kvinject`` calls it before loading anything (model_adapters/harness_model.py)."""
-    from kvinject.lm_eval_internals import LmEvalIncompatible, check_all, incompatible
-
-    for name in _HOOKS:  # every hook of an installed finder has run once its module is imported
-        importlib.import_module(name)
-    for name, error in _FAILED.items():
-        if isinstance(error, LmEvalIncompatible):
-            raise error
-        raise incompatible(f"kvinject's start-up hook for {name}", f"failed ({error!r})") from error
-    check_all()
+        HOOK_FAILURES[name] = error
 
 
 class _HookedLoader(importlib.abc.Loader):

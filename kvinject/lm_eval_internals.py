@@ -5,8 +5,8 @@ of its functions, and the tasks set two private tables. None of that is lm-eval'
 lm-eval upgrade may rename any of it. Each accessor below checks what kvinject assumes and otherwise
 raises ``LmEvalIncompatible``, which names the installed lm-eval version and the missing symbol;
 tests/test_lm_eval_internals.py checks each one against the installed lm-eval. ``--model kvinject``
-calls ``check_all`` (through ``_autoload.require_hooks``) before it loads anything, so an upgrade fails
-there, loudly, while ``--model hf`` runs are untouched.
+calls ``require_hooks`` before it loads anything, so an upgrade fails there, loudly, while ``--model hf``
+runs are untouched. Standard library only: the start-up hook imports it.
 """
 from __future__ import annotations
 
@@ -133,7 +133,20 @@ CHECKS = {
 }
 
 
+HOOK_FAILURES = {}  # hooked lm-eval module -> the error its start-up hook raised (kvinject/_autoload.py)
+
+
 def check_all() -> None:
     """Raise ``LmEvalIncompatible`` for the first internal the installed lm-eval lacks."""
     for check in CHECKS.values():
         check()
+
+
+def require_hooks() -> None:
+    """Raise ``LmEvalIncompatible`` when an internal is missing or a start-up hook could not be installed.
+    ``--model kvinject`` calls it before it loads anything (model_adapters/harness_model.py)."""
+    check_all()  # imports every hooked module, so each installed hook has run
+    for name, error in HOOK_FAILURES.items():
+        if isinstance(error, LmEvalIncompatible):
+            raise error
+        raise incompatible(f"kvinject's start-up hook for {name}", f"failed ({error!r})") from error

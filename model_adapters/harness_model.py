@@ -128,7 +128,7 @@ class KVInjectLM(LM):
         return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
 
     def __init__(self, **model_args):
-        from kvinject._autoload import require_hooks
+        from kvinject.lm_eval_internals import require_hooks
 
         require_hooks()  # an lm-eval this plugin cannot hook into stops here, naming the missing symbol
         super().__init__()
