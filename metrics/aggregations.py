@@ -41,21 +41,15 @@ _CACHE_SIZE = 128
 _CHUNK_FLOATS = 4_000_000
 
 
-def _plain_mean(values) -> float:
-    return sum(values) / len(values)
-
-
 def lm_eval_mean():
-    """lm-eval's registered `mean` aggregation when lm_eval is installed, else the same formula.
+    """lm-eval's registered `mean` aggregation.
 
     It must be lm-eval's own function object: lm-eval computes a standard error only for
-    aggregations it recognises by identity (`stderr_for_metric`). Imported lazily so that the
-    metrics import without lm_eval.
+    aggregations it recognises by identity (`stderr_for_metric`). Imported lazily so that importing
+    the metrics does not import lm-eval.
     """
-    try:
-        from lm_eval.api.metrics import mean
-    except ImportError:
-        return _plain_mean
+    from lm_eval.api.metrics import mean
+
     return mean
 
 

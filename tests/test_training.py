@@ -40,6 +40,22 @@ def test_a_doc_the_engine_would_not_inject_is_skipped_with_its_reason(tiny_model
     examples, skipped = build_examples(model, tokenizer, [stopping, PROBLEMS[1]], injection_point=3)
     assert [e.doc_id for e in examples] == ["d1"]
     assert skipped["d0"].startswith("baseline stopped after 1 tokens (stop_sequence)")
+    # the engine's rule and message, word for word
+    traces = InjectionEngine(model, tokenizer, InjectionSettings(injection_points=(3,))).run([stopping, PROBLEMS[1]])
+    assert skipped["d0"] == traces[0]["conditions"]["injection@3"]["not_injected_reason"]
+    assert traces[1]["conditions"]["injection@3"]["injected"]
+
+
+@pytest.mark.parametrize("field, value", [("target", "silver"), ("method", "qlora"), ("eval_fraction", 1.0)])
+def test_train_config_refuses_a_bad_choice(field, value):
+    with pytest.raises(ValueError, match=f"{field}={value!r}"):
+        TrainConfig(**{field: value})
+
+
+def test_a_saved_config_with_an_unknown_setting_is_named(tmp_path):
+    (tmp_path / "train_config.json").write_text(json.dumps({"task": "adaptation_math", "learning_rat": 0.1}))
+    with pytest.raises(ValueError, match=r"unknown training setting\(s\) \['learning_rat'\]; valid .*learning_rate"):
+        TrainConfig.load(tmp_path)
 
 
 def test_gold_target_is_the_solution_segment_and_eos(tiny_model_builder, tiny_tokenizer_class):

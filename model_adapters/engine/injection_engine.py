@@ -88,6 +88,15 @@ class _Branch:
 
 
 class InjectionEngine:
+    """Runs every condition of a batch of problems on one model and returns one schema-1 trace each.
+
+    ``run(problems)`` decodes the baseline and oracle, forks the baseline after each injection point for
+    the injection and noise runs, and scores every post-injection token under the run, old and new
+    contexts (module docstring, steps 1-3); ``check(problems)`` raises the tokenised input errors
+    (empty segments, context too long) before any compute. Greedy decoding only; the settings
+    (injection points, strategy, noise, tracking) are fixed per engine, the batch size may shrink.
+    """
+
     def __init__(self, model, tokenizer: EngineTokenizer, settings: InjectionSettings, batch_size: int = 1):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")
