@@ -18,8 +18,8 @@ interpreter start. It must stay cheap and import only the standard library: it p
 
 Every lm-eval internal the hooks touch is reached through kvinject/lm_eval_internals.py. A hook that
 cannot be installed (an lm-eval upgrade renamed something) does not break lm-eval: its error is kept,
-and ``lm_eval_internals.require_hooks`` raises it when ``--model kvinject`` is built, naming the lm-eval version and the
-missing symbol; ``--model hf`` runs are untouched. ``KVINJECT_LMEVAL_DISABLE=1`` turns the hook off;
+and ``lm_eval_internals.require_hooks`` raises it when ``--model kvinject`` is built, naming the
+lm-eval version and the missing symbol; ``--model hf`` runs are untouched. ``KVINJECT_LMEVAL_DISABLE=1`` turns the hook off;
 ``python -m kvinject`` installs it regardless.
 """
 import importlib.abc
@@ -30,7 +30,8 @@ MODEL_NAME = "kvinject"
 MODEL_TARGET = "kvinject.model_adapters.harness_model:KVInjectLM"
 
 
-def _on_registry(registry_module):
+# Each hook gets the lm-eval module just executed; what it patches it reaches through lm_eval_internals.
+def _on_registry(module):
     from kvinject.lm_eval_internals import model_registry
 
     import lm_eval.models  # noqa: F401  (built-ins first, see the module docstring)
@@ -40,7 +41,7 @@ def _on_registry(registry_module):
         registry.register(MODEL_NAME, target=MODEL_TARGET)
 
 
-def _on_task_manager(manager_module):
+def _on_task_manager(module):
     from kvinject.adaptation_tasks import TASKS_DIR
     from kvinject.lm_eval_internals import task_manager_class
 
@@ -63,23 +64,23 @@ def _on_task_manager(manager_module):
     task_manager._kvinject = True
 
 
-def _on_evaluator(evaluator_module):
-    from kvinject.lm_eval_internals import evaluator_module as evaluator
+def _on_evaluator(module):
+    from kvinject.lm_eval_internals import evaluator_module
     from kvinject.model_guard import refuse_models_that_cannot_inject
 
-    module = evaluator()
-    module.evaluate = refuse_models_that_cannot_inject(module.evaluate)
+    evaluator = evaluator_module()
+    evaluator.evaluate = refuse_models_that_cannot_inject(evaluator.evaluate)
 
 
-def _on_evaluation_tracker(tracker_module):
+def _on_evaluation_tracker(module):
     from kvinject.lm_eval_internals import evaluation_tracker_class
     from kvinject.trace_export import copy_run_traces_beside_results
 
-    tracker = evaluation_tracker_class()
-    tracker.save_results_aggregated = copy_run_traces_beside_results(tracker.save_results_aggregated)
+    tracker_class = evaluation_tracker_class()
+    tracker_class.save_results_aggregated = copy_run_traces_beside_results(tracker_class.save_results_aggregated)
 
 
-def _on_model_api(model_module):
+def _on_model_api(module):
     from kvinject.cache_routing import route_cache_to_result_store
     from kvinject.lm_eval_internals import caching_lm_class
 

@@ -41,15 +41,21 @@ _CACHE_SIZE = 128
 _CHUNK_FLOATS = 4_000_000
 
 
+def _plain_mean(values) -> float:
+    return sum(values) / len(values)
+
+
 def lm_eval_mean():
-    """lm-eval's registered `mean` aggregation.
+    """lm-eval's registered `mean` aggregation when lm_eval is installed, else the same formula.
 
     It must be lm-eval's own function object: lm-eval computes a standard error only for
-    aggregations it recognises by identity (`stderr_for_metric`). Imported lazily so that importing
-    the metrics does not import lm-eval.
+    aggregations it recognises by identity (`stderr_for_metric`). Imported lazily so that the
+    metrics import without lm_eval.
     """
-    from lm_eval.api.metrics import mean
-
+    try:
+        from lm_eval.api.metrics import mean
+    except ImportError:
+        return _plain_mean
     return mean
 
 
