@@ -86,15 +86,18 @@ def _on_evaluation_tracker(module):
 
 
 def _write_strict_json(tracker_class):
+    from kvinject.lm_eval_internals import evaluation_tracker_samples_saver
     from kvinject.strict_json import writes_strict_json
 
     tracker_class.save_results_aggregated = writes_strict_json(tracker_class.save_results_aggregated)
-    tracker_class.save_results_samples = writes_strict_json(tracker_class.save_results_samples)
+    tracker_class.save_results_samples = writes_strict_json(evaluation_tracker_samples_saver())
 
 
-def _on_evaluator_utils(utils_module):
+def _on_evaluator_utils(module):
+    from kvinject.lm_eval_internals import evaluator_utils_module
     from kvinject.task_aggregation import adaptation_task_aggregations
 
+    utils_module = evaluator_utils_module()
     utils_module._compute_task_aggregations = adaptation_task_aggregations(
         utils_module._compute_task_aggregations, utils_module.eval_logger)
 

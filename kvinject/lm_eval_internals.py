@@ -77,6 +77,22 @@ def evaluation_tracker_class():
     return tracker
 
 
+def evaluation_tracker_samples_saver():
+    """``EvaluationTracker.save_results_samples(task_name, samples)``, wrapped to write strict JSON."""
+    symbol = "lm_eval.loggers.evaluation_tracker.EvaluationTracker.save_results_samples"
+    return _parameters(_resolve("lm_eval.loggers.evaluation_tracker", "EvaluationTracker.save_results_samples"),
+                       ("task_name", "samples"), symbol)
+
+
+def evaluator_utils_module():
+    """``lm_eval.evaluator_utils``: its private ``_compute_task_aggregations(task, raw_metrics, ...)``, wrapped
+    for adaptation tasks (kvinject/task_aggregation.py), and the ``eval_logger`` it warns on."""
+    _parameters(_resolve("lm_eval.evaluator_utils", "_compute_task_aggregations"), ("task", "raw_metrics"),
+                "lm_eval.evaluator_utils._compute_task_aggregations")
+    _resolve("lm_eval.evaluator_utils", "eval_logger")
+    return importlib.import_module("lm_eval.evaluator_utils")
+
+
 def caching_lm_class():
     """``lm_eval.api.model.CachingLM``: built as ``CachingLM(lm, cache_db)``, the wrapped model in ``.lm``,
     every other attribute forwarded by its own ``__getattr__`` (both replaced for kvinject, cache_routing.py)."""
@@ -126,6 +142,8 @@ CHECKS = {
     "lm_eval.tasks.manager.TaskManager.__init__": task_manager_class,
     "lm_eval.evaluator.evaluate": evaluator_module,
     "lm_eval.loggers.evaluation_tracker.EvaluationTracker.save_results_aggregated": evaluation_tracker_class,
+    "lm_eval.loggers.evaluation_tracker.EvaluationTracker.save_results_samples": evaluation_tracker_samples_saver,
+    "lm_eval.evaluator_utils._compute_task_aggregations": evaluator_utils_module,
     "lm_eval.api.model.CachingLM": caching_lm_class,
     "lm_eval.tasks._yaml_loader.load_yaml": load_yaml,
     f"{_TASK}._aggregation_list": lambda: _check_metric_table("aggregation"),

@@ -54,6 +54,10 @@ def user_errors(tmp):
                 ["prm", str(tmp), "--judge", "smollm2-135m", "--confidence", "2"]),
         "train": (["train", "--output_path", str(tmp / "run"), "--model_args", f"pretrained={missing}"],
                   ["train", "--output_path", str(tmp / "run"), "--eval_fraction", "2"]),
+        "compare": (["compare", missing, str(tmp), "--output_path", str(tmp / "r")],
+                    ["compare", str(tmp), "--points", "5", "x"]),
+        "study": (["study", f"{missing}/study.yaml"],
+                  ["study", f"{missing}/study.yaml", "--bootstrap_resamples", "x"]),
     }
 
 

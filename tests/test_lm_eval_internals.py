@@ -20,6 +20,8 @@ def test_every_internal_is_there_in_the_installed_lm_eval():
         "lm_eval.tasks.manager.TaskManager.__init__",
         "lm_eval.evaluator.evaluate",
         "lm_eval.loggers.evaluation_tracker.EvaluationTracker.save_results_aggregated",
+        "lm_eval.loggers.evaluation_tracker.EvaluationTracker.save_results_samples",
+        "lm_eval.evaluator_utils._compute_task_aggregations",
         "lm_eval.api.model.CachingLM",
         "lm_eval.tasks._yaml_loader.load_yaml",
         "lm_eval.api.task.ConfigurableTask._aggregation_list",
@@ -89,6 +91,12 @@ REMOVALS = {
     "lm_eval.api.model.CachingLM.__getattr__": "import lm_eval.api.model as m; del m.CachingLM.__getattr__",
     "lm_eval.loggers.evaluation_tracker.EvaluationTracker.save_results_aggregated":
         "import lm_eval.loggers.evaluation_tracker as m; del m.EvaluationTracker.save_results_aggregated",
+    "lm_eval.loggers.evaluation_tracker.EvaluationTracker.save_results_samples":
+        "import lm_eval.loggers.evaluation_tracker as m; del m.EvaluationTracker.save_results_samples",
+    "lm_eval.evaluator_utils._compute_task_aggregations":
+        # renamed parameters, not a deletion: lm-eval calls it by its global name
+        "import lm_eval.evaluator_utils as m; f = m._compute_task_aggregations; "
+        "m._compute_task_aggregations = lambda t, raw, *a, **k: f(t, raw, *a, **k)",
 }
 PRELUDE = """
 import sys
