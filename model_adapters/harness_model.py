@@ -130,7 +130,7 @@ class KVInjectLM(LM):
     def __init__(self, **model_args):
         super().__init__()
         args = parse_model_args(model_args)  # before any weights load
-        self.processes = ProcessGroup()  # lm-eval sees one process: the adapter splits the docs itself
+        self.processes = ProcessGroup(args.device)  # lm-eval sees one process: the adapter splits the docs itself
         self.args = dataclasses.replace(args, device=self.processes.device_for(args.device))
         self.model, self.tokenizer, self._device = load_model_and_tokenizer(self.args)
         if not eos_ids(self.tokenizer, self.model):
@@ -233,13 +233,15 @@ class KVInjectLM(LM):
         self.docs_reused += len(traces)
         if traces:
             logger.warning("kvinject: %d of %d docs reused from the result store %s", len(traces), len(distinct), self.store.path)
-        pending = [i for i in distinct if i not in traces]
+        # Decided once for all processes: each read the store at its own moment (distributed.py).
+        pending = self.processes.agreed_pending([i for i in distinct if i not in traces])
         for i in pending:  # tokenised checks (context length, empty segments) before any compute
             try:
                 self.engine.check([problems[i]])
             except ValueError as error:
                 raise DocError(f"task {requests[i].task_name}, {error}") from None
-        mine = pending[self.processes.rank :: self.processes.world_size]
+        assigned = self.processes.share(pending)
+        mine = [i for i in assigned if i not in traces]  # a doc this process read as stored is not recomputed
         # One process: the spool is the run's trace file, reused and computed docs in request order.
         # Several: each spools the docs it computes, and rank 0 writes the trace file at the end.
         spool_order = distinct if self.processes.world_size == 1 else mine
@@ -273,7 +275,7 @@ class KVInjectLM(LM):
             progress.update(len(batch))
         progress.close()
         if self.processes.world_size > 1:
-            for computed_elsewhere in self.processes.all_gather_object({i: traces[i] for i in mine}):
+            for computed_elsewhere in self.processes.all_gather_object({i: traces[i] for i in assigned}):
                 traces.update(computed_elsewhere)
             self._publish_all_traces(requests, distinct, traces)
         outputs = []
