@@ -44,6 +44,12 @@ class RowCache:
         """The tokens from index ``start`` on."""
         return RowCache(tuple((k[:, start:], v[:, start:]) for k, v in self.layers))
 
+    def to(self, dtype: torch.dtype) -> "RowCache":
+        """This row in ``dtype`` (itself when it already is)."""
+        if self.layers[0][0].dtype == dtype:
+            return self
+        return RowCache(tuple((k.to(dtype), v.to(dtype)) for k, v in self.layers))
+
     def then(self, other: "RowCache") -> "RowCache":
         """This row followed by ``other`` (same model)."""
         return RowCache(
