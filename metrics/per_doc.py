@@ -74,6 +74,7 @@ def _doc_metrics(trace: dict, answers: dict, settings: AdaptationSettings) -> di
              {"run": run_metrics[0]["adaptation_point"], "control": control}, settings)
         if control:
             _put(values, "n_controls", point, 1.0, settings)
+            _put(values, "kl_noise_floor", point, _kl_gap_bound(run, noise), settings)
         else:
             pairs.update(_adaptation_values(values, run_metrics, noise, answers, point, settings))
             pair = _detection_pair(detection)
@@ -180,6 +181,15 @@ def _detection_payload(run: dict, noise: dict, control: bool, settings) -> dict:
     return {"run": _statistic(run, settings), "noise": _statistic(noise, settings),
             "run_budget_hit": run["stop_reason"] == BUDGET_STOP,
             "noise_budget_hit": noise["stop_reason"] == BUDGET_STOP, "control": control}
+
+
+def _kl_gap_bound(*runs: dict) -> float | None:
+    """The largest |KL(run||old) - KL(run||new)| over the runs' tokens (None: no token). For an
+    identical control old and new are the same tokens, so this is rounding: kl_noise_floor."""
+    gaps = [np.abs(np.asarray(r["series"]["kl_run_old"], dtype=float) - np.asarray(r["series"]["kl_run_new"], dtype=float))
+            for r in runs]
+    gaps = np.concatenate(gaps)
+    return float(gaps.max()) if gaps.size else None
 
 
 def _detection_pair(payload: dict) -> list[float] | None:

@@ -113,9 +113,10 @@ def test_identical_problem_control_gives_only_detection_values_and_its_adaptatio
     assert values["adaptation_point_vs_controls_pvalue@5"] == {
         "run": {"time": 3, "status": "event"}, "control": True}
     assert values["control_false_positive_rate@5"] == dict(_metrics()["detection_rate@5"], control=True)
+    assert values["kl_noise_floor@5"] == 2.0  # max |KL_old - KL_new| over both runs: |1 - 3| of the injection run
     assert {key.split("@")[0] for key in values} == {
         f"{metric}{stat}" for metric, stat in (
-            ("n_controls", ""), ("detection_rate", ""), ("detection_rate", "_ci_low"), ("detection_rate", "_ci_high"),
+            ("n_controls", ""), ("kl_noise_floor", ""), ("detection_rate", ""), ("detection_rate", "_ci_low"), ("detection_rate", "_ci_high"),
             ("detection_latency", "_median"), ("detection_latency", "_censored"),
             ("detection_latency", "_never"), ("detection_false_alarm_bound", ""),
             ("detection_calibrated", ""), ("control_false_positive_rate", ""),
