@@ -137,7 +137,8 @@ class KVInjectLM(LM):
             logger.warning(no_eos_message(self.args.pretrained))
         self.settings = self.args.injection
         self.batch_size = self._batch_size()
-        self.engine = InjectionEngine(self.model, self.tokenizer, self.settings, batch_size=self.batch_size)
+        self.engine = InjectionEngine(self.model, self.tokenizer, self.settings, batch_size=self.batch_size,
+                                      score_in_float32=self.args.score_dtype == "float32")
         # With several processes each spools the docs it computes; rank 0 writes the run's trace file.
         self.trace_log = TraceLog(self.args.trace_dir)
         self._merged_log = None

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # measure, comparisons, naive_reference as in the suite
+sys.path.insert(1, str(Path(__file__).parent.parent))  # tests/helpers.py (precision tolerances)
 
 from comparisons import batch_scaling, doc_analysis_vs_generate, inject_vs_reprefill, math_problems, naive_vs_engine  # noqa: E402
 from measure import Row, format_table, peak_memory_mib  # noqa: E402
