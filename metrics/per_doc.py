@@ -21,6 +21,8 @@ Which docs contribute what:
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from kvinject.trace_schema import SCHEMA_VERSION
@@ -28,7 +30,7 @@ from kvinject.trace_schema import SCHEMA_VERSION
 from . import keys as K
 from .events import CENSORED, EVENT, first_time, stabilization_time
 from .series import adaptation_scores, clamped_cosines, final_window, log_ratios, non_sink_masses
-from .settings import AdaptationSettings
+from .settings import AdaptationSettings, min_kl_gap
 
 BUDGET_STOP = "max_new_tokens"   # the only stop_reason that censors (see events.py)
 
@@ -52,6 +54,8 @@ def doc_metrics(trace: dict, answers: dict, settings: AdaptationSettings | None 
 
 
 def _doc_metrics(trace: dict, answers: dict, settings: AdaptationSettings) -> dict:
+    # The adapted rule's minimum effect respects the precision the trace was computed in.
+    settings = dataclasses.replace(settings, adapted_min_kl_gap=min_kl_gap(settings, trace["settings"]))
     prompts = trace["prompts"]
     control = prompts["original"]["ids"] == prompts["alternative"]["ids"]
     values: dict = {}

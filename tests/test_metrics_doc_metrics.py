@@ -224,3 +224,18 @@ def test_malformed_traces_are_reported_with_the_doc_id():
     nan_trace["conditions"]["injection@5"]["series"]["kl_run_old"][0] = float("nan")  # the builder refuses NaN
     with pytest.raises(ValueError, match="gsm-18.*NaN"):
         doc_metrics(nan_trace, build_answers([5]), SETTINGS)
+
+
+@pytest.mark.parametrize("dtype, score_dtype, adapted", [
+    (None, None, True), ("float32", "float32", True), ("float16", "float32", True),
+    ("bfloat16", "float32", False), ("bfloat16", "bfloat16", False), ("float16", "float16", True),
+])
+def test_the_adapted_rule_needs_a_gap_the_traces_precision_resolves(dtype, score_dtype, adapted):
+    """A 0.2-nat gap is far above float32 and float16 rounding but within bfloat16's (0.25 nats)."""
+    close = run_series([1.2, 1.2, 1.2, 1.2], [1.0, 1.0, 1.0, 1.0])
+    trace = build_trace({5: (close, NOISE)})
+    if dtype is not None:
+        trace["settings"].update(dtype=dtype, score_dtype=score_dtype)
+    values = doc_metrics(trace, build_answers([5]), SETTINGS)
+    event = values["adaptation_point_share@5"]["run"]
+    assert (event["status"] == "event") is adapted, event

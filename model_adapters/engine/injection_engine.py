@@ -262,6 +262,11 @@ class InjectionEngine:
 
     # ------------------------------------------------------------------------------ traces
 
+    def _precision(self) -> dict:
+        """The trace's precision settings (trace_schema.PRECISION_KEYS): the metrics' resolution depends on them."""
+        dtype = str(self.model.dtype).removeprefix("torch.")
+        return {"dtype": dtype, "score_dtype": "float32" if self.score_in_float32 else dtype}
+
     def _condition(self, doc: _Doc, prompt: str, ids: list[int], stop_reason: str) -> dict:
         text = truncate_at_stop(decode_generated(self.tokenizer, ids), doc.stop.stop_sequences)
         return condition(prompt, ids, text, stop_reason)
@@ -298,7 +303,7 @@ class InjectionEngine:
                 )
         problem = doc.problem
         trace_settings = {**settings.as_dict(), "max_new_tokens": problem.max_new_tokens,
-                          "stop_sequences": list(problem.stop_sequences)}
+                          "stop_sequences": list(problem.stop_sequences), **self._precision()}
         prompts = {
             "original": {"text": problem.original_prompt, "ids": list(doc.original_ids)},
             "alternative": {"text": problem.alternative_prompt, "ids": list(doc.alternative_ids)},
