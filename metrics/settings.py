@@ -82,7 +82,7 @@ class AdaptationSettings:
         layers numbered from 1).
     confidence_intervals: also report `<metric>_ci_low@N` / `<metric>_ci_high@N` (full report).
     report: "headline" (default): the lm-eval table shows the headline keys only (keys.HEADLINE,
-        at most ~25 rows per task); "full": every key (intervals, censored counts, medians,
+        at most ~30 rows per task); "full": every key (intervals, censored counts, medians,
         p-values, per-layer values), also written to the results JSON and --log_samples.
     seed: seeds the bootstrap and permutation resampling, so aggregates are reproducible.
     """
