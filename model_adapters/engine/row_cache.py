@@ -133,14 +133,19 @@ class PaddedBatch:
         """Additive [rows, 1, queries, slots] masks of the last ``width`` slots' queries, one per
         attention type (a dict keyed by type when the model mixes types): a query at position p sees a
         real slot at position q iff p - q >= 0 (and < window on sliding layers), as transformers' masks
-        do for one unpadded sequence. A pad query may see no slot at all: the finite additive mask
-        keeps its softmax finite (uniform), and its output is never read."""
+        do for one unpadded sequence. Every query also sees its own slot: a real query's own slot is
+        already visible, and a pad query, which would otherwise see no slot at all, attends to itself
+        only. A fully masked row is what some SDPA kernels turn into NaN on GPUs, and a NaN in a pad
+        slot's keys or values would reach real rows through the next layers' products (0 x NaN)."""
         positions = self._slot_positions()
+        slots = positions.shape[1]
         distance = positions[:, -width:, None] - positions[:, None, :]
         visible = self.mask.bool()[:, None, :] & (distance >= 0)
+        device = positions.device
+        own = torch.arange(slots, device=device)[None, :] == torch.arange(slots - width, slots, device=device)[:, None]
         masks = {}
         for layer_type, window in self.windows.items():
-            allowed = visible if window is None else visible & (distance < window)
+            allowed = (visible if window is None else visible & (distance < window)) | own
             additive = torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device)
             masks[layer_type] = additive.masked_fill_(~allowed, torch.finfo(self.dtype).min)[:, None]
         return masks if len(masks) > 1 else next(iter(masks.values()))
