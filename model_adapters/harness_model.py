@@ -106,6 +106,30 @@ def problem_from_request(
     )
 
 
+# CUDA allocation failures that PyTorch raises as a plain RuntimeError (cuBLAS/cuDNN workspaces,
+# allocations inside kernels) rather than torch.OutOfMemoryError.
+_ALLOCATION_ERRORS = ("CUDA out of memory", "CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
+                      "CUDNN_STATUS_ALLOC_FAILED")
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and any(marker in str(error) for marker in _ALLOCATION_ERRORS))
+
+
+def free_memory() -> None:
+    """Return a failed batch's memory (call outside the except that caught the error)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def generated_tokens(trace: dict) -> int:
     """Tokens the model generated for one doc over all branches (injected runs share their prefix)."""
     return sum(len(entry["post_ids"]) if "post_ids" in entry else len(entry["ids"]) for entry in trace["conditions"].values())
@@ -289,29 +313,29 @@ class KVInjectLM(LM):
 
     def _compute(self, requests, problems, batch: list[int], finished: int):
         """The traces of the docs at ``batch``; None when batch_size=auto had to shrink the batch."""
-        import torch
-
+        out_of_memory = False
         try:
             traces = self.engine.run([problems[i] for i in batch])
-        except torch.OutOfMemoryError:
+        except Exception as error:
+            if not is_out_of_memory(error):
+                ids = ", ".join(problems[i].doc_id for i in batch)
+                where = f" and in the result store {self.store.path}" if self.store is not None else ""
+                raise RuntimeError(
+                    f"kvinject failed on doc(s) {ids} of task {requests[batch[0]].task_name}; traces of the "
+                    f"{finished} docs before them are in {self.trace_log.path}{where}"
+                ) from error
+            out_of_memory = True  # handled below: inside the except its traceback still holds the batch's tensors
+        if out_of_memory:
+            free_memory()
             if self.args.batch_size != "auto" or len(batch) == 1:
                 raise RuntimeError(
                     f"kvinject ran out of memory on doc(s) {', '.join(problems[i].doc_id for i in batch)} with "
                     f"batch_size={len(batch)}; use batch_size=auto or a smaller batch_size (finished docs are kept "
                     "in the result store and reused when the run is restarted)"
-                ) from None
+                )
             self.batch_size = self.engine.batch_size = max(1, len(batch) // 2)
             logger.warning("kvinject: out of memory with %d docs per batch; retrying with %d", len(batch), self.batch_size)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
             return None
-        except Exception as error:
-            ids = ", ".join(problems[i].doc_id for i in batch)
-            where = f" and in the result store {self.store.path}" if self.store is not None else ""
-            raise RuntimeError(
-                f"kvinject failed on doc(s) {ids} of task {requests[batch[0]].task_name}; traces of the "
-                f"{finished} docs before them are in {self.trace_log.path}{where}"
-            ) from error
         # Through JSON and back, so a computed trace is exactly what a resumed run reads from the store.
         traces = [json.loads(json.dumps(trace, ensure_ascii=False)) for trace in traces]
         for i, trace in zip(batch, traces):

@@ -68,3 +68,52 @@ def test_a_failing_batch_names_its_docs_and_keeps_earlier_traces(lm, monkeypatch
 def test_loglikelihood_is_refused_with_a_reason(lm):
     with pytest.raises(NotImplementedError, match="use --model hf"):
         lm.loglikelihood([])
+
+
+@pytest.mark.parametrize("error, expected", [
+    ("OutOfMemoryError", True),
+    (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"), True),
+    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True),
+    (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), True),
+    (RuntimeError("out of memory"), False),  # not an allocation failure PyTorch reports: a plain failure
+    (ValueError("CUDA out of memory"), False),
+])
+def test_cuda_allocation_errors_count_as_out_of_memory(error, expected):
+    import torch
+
+    from kvinject.model_adapters.harness_model import is_out_of_memory
+
+    error = torch.OutOfMemoryError("simulated") if error == "OutOfMemoryError" else error
+    assert is_out_of_memory(error) is expected
+
+
+def test_out_of_memory_frees_the_failed_batch_before_retrying(lm, monkeypatch):
+    """The batch's tensors are referenced by the traceback while the except runs: memory is freed
+    after leaving it, when nothing of the failed batch is alive any more."""
+    import dataclasses
+    import weakref
+
+    from kvinject.model_adapters import harness_model
+
+    class BatchMemory:  # stands for the failed batch's caches
+        pass
+
+    real_run, batches, alive_at_free = lm.engine.run, [], []
+
+    def run(problems):
+        memory = BatchMemory()
+        batches.append(weakref.ref(memory))
+        if len(batches) == 1:
+            raise RuntimeError("CUDA error: out of memory")
+        return real_run(problems)
+
+    monkeypatch.setattr(lm.engine, "run", run)
+    monkeypatch.setattr(lm, "args", dataclasses.replace(lm.args, batch_size="auto"))
+    monkeypatch.setattr(harness_model, "free_memory", lambda: alive_at_free.append(batches[0]() is not None))
+    lm.batch_size = lm.engine.batch_size = 2
+    try:
+        outputs = lm.generate_until([request("oom-a"), request("oom-b")])
+    finally:
+        lm.batch_size = lm.engine.batch_size = 1
+    assert alive_at_free == [False]
+    assert [o.trace["doc_id"] for o in outputs] == ["oom-a", "oom-b"] and len(batches) == 3  # 2 docs, then 1 + 1
