@@ -17,6 +17,7 @@ in between, so the lists read can differ; split unagreed, some docs would be com
 from __future__ import annotations
 
 import os
+import sys
 
 # The processes wait for each other in all_gather_object while the slowest finishes its share: a
 # share can take hours, so the collective timeout must not be the 10 minutes NCCL defaults to.
@@ -50,6 +51,7 @@ class ProcessGroup:
                                         timeout=datetime.timedelta(hours=COLLECTIVE_TIMEOUT_HOURS))
             check_backend(dist.get_backend(), gpus, device)
             self.rank = dist.get_rank()
+            sys.excepthook = exit_at_once(sys.excepthook)
 
     def device_for(self, device: str) -> str:
         """Each process gets its own GPU (lm-eval's CLI passes cuda:0 to every rank)."""
@@ -78,6 +80,21 @@ class ProcessGroup:
     def share(self, pending: list[int]) -> list[int]:
         """This process's docs of an agreed pending list."""
         return pending[self.rank :: self.world_size]
+
+
+def exit_at_once(print_exception):
+    """An excepthook for a process of a group: print the uncaught exception, then end the process
+    at once. A normal exit runs the process group's destructors, which with NCCL can block on the
+    collectives the other processes are waiting in; until this process is gone, the launcher
+    (torchrun, accelerate) does not stop the others, which would wait for the collective timeout."""
+
+    def hook(kind, value, traceback):
+        print_exception(kind, value, traceback)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+
+    return hook
 
 
 def check_gpu_count(local_rank: int, gpus: int) -> None:

@@ -102,3 +102,14 @@ def test_nccl_with_a_cpu_device_is_refused():
         check_backend("nccl", gpus=False, device="cpu")
     check_backend("gloo", gpus=False, device="cpu")
     check_backend("nccl", gpus=True, device="cuda")
+
+
+def test_an_uncaught_exception_in_a_process_of_a_group_ends_it_at_once(monkeypatch):
+    from kvinject.model_adapters import distributed
+
+    printed, exits = [], []
+    monkeypatch.setattr(distributed.os, "_exit", exits.append)
+    hook = distributed.exit_at_once(lambda *info: printed.append(info[1]))
+    error = RuntimeError("kvinject failed on doc(s) a")
+    hook(RuntimeError, error, None)
+    assert printed == [error] and exits == [1]  # printed first, then no destructors that could block
