@@ -180,12 +180,13 @@ def _reduce_chunk(out, triples, slots, series, start, stop, width, track_attenti
     logp = log_probs(out.logits)
     run, old, new = logp[:count], logp[count : 2 * count], logp[2 * count :]
     columns = stop - start
-    targets = torch.zeros(count, columns, dtype=torch.long, device=logp.device)
-    for row, triple in enumerate(triples):
+    # Built on the host and copied once per chunk (not one element at a time); 0 left of a row's queries.
+    rows = []
+    for triple in triples:
         first = width - len(triple.targets)  # column of this triple's first query
-        for column in range(max(start, first), stop):
-            targets[row, column - start] = triple.targets[column - first]
-    targets = targets.unsqueeze(-1)
+        scored_from = min(max(start, first), stop)
+        rows.append([0] * (scored_from - start) + list(triple.targets[scored_from - first : stop - first]))
+    targets = torch.tensor(rows, dtype=torch.long).to(logp.device).unsqueeze(-1)
     numbers = {
         "logp_run": run.gather(-1, targets).squeeze(-1),
         "logp_old": old.gather(-1, targets).squeeze(-1),
@@ -196,25 +197,26 @@ def _reduce_chunk(out, triples, slots, series, start, stop, width, track_attenti
         "entropy_run": entropy(run),
     }
     del logp, run, old, new
+    numbers = {key: values.tolist() for key, values in numbers.items()}  # one device-to-host copy per series
     if track_attention:
         one_hot = slots.one_hot(count)  # [count, slots, segments]
         # Head-averaged weights of each run query over all slots, summed within segments.
-        mass = torch.stack([torch.bmm(a[:count].float().mean(1), one_hot) for a in out.attentions], dim=2)
+        mass = torch.stack([torch.bmm(a[:count].float().mean(1), one_hot) for a in out.attentions], dim=2).tolist()
     if track_hidden:
         hidden = out.hidden_states[1:]
-        cos_new = torch.stack([cosine_similarity(h[:count], h[2 * count :]) for h in hidden], dim=-1)
-        cos_old = torch.stack([cosine_similarity(h[:count], h[count : 2 * count]) for h in hidden], dim=-1)
+        cos_new = torch.stack([cosine_similarity(h[:count], h[2 * count :]) for h in hidden], dim=-1).tolist()
+        cos_old = torch.stack([cosine_similarity(h[:count], h[count : 2 * count]) for h in hidden], dim=-1).tolist()
     for row, triple in enumerate(triples):
         first_column = max(start, width - len(triple.targets)) - start
         if first_column >= columns:
             continue
         row_series = series[row]
         for key, values in numbers.items():
-            row_series[key].extend(values[row, first_column:].tolist())
+            row_series[key].extend(values[row][first_column:])
         if track_attention:
-            per_token = mass[row, first_column:].tolist()  # [tokens][layers][segments]
+            per_token = mass[row][first_column:]  # [tokens][layers][segments]
             for index, segment in enumerate(SEGMENTS):
                 row_series["attention"][segment].extend([[layer[index] for layer in token] for token in per_token])
         if track_hidden:
-            row_series["hidden_cos_new"].extend(cos_new[row, first_column:].tolist())
-            row_series["hidden_cos_old"].extend(cos_old[row, first_column:].tolist())
+            row_series["hidden_cos_new"].extend(cos_new[row][first_column:])
+            row_series["hidden_cos_old"].extend(cos_old[row][first_column:])
