@@ -60,3 +60,32 @@ def test_scoring_in_one_column_chunks_gives_the_traces_of_one_chunk(tiny_tokeniz
     monkeypatch.setattr(scoring, "LOGIT_ELEMENTS_PER_CHUNK", 1)  # one query column per chunk
     chunked = InjectionEngine(model, tiny_tokenizer, settings, batch_size=2).run(problems)
     assert_same_trace(chunked, whole)
+
+
+def test_a_padded_batch_holds_one_padded_layer_beside_its_cache(monkeypatch):
+    """DynamicCache copies what it is given: the padded layers are made one at a time, so assembling
+    a batch never holds a second copy of the whole cache."""
+    import gc
+    import weakref
+
+    from transformers.cache_utils import DynamicLayer
+
+    from helpers import build_tiny_model
+    from kvinject.model_adapters.engine.decoding import extend_caches
+    from kvinject.model_adapters.engine.row_cache import PaddedBatch
+
+    model = build_tiny_model("llama")
+    caches = extend_caches(model, [None, None], [[5, 6, 7, 8], [9, 10]])
+    given, alive_at_update = [], []
+    real_update = DynamicLayer.update
+
+    def update(layer, keys, values, *args, **kwargs):
+        gc.collect()
+        alive_at_update.append(sum(ref() is not None for ref in given))  # earlier padded layers still alive
+        given.append(weakref.ref(keys))
+        return real_update(layer, keys, values, *args, **kwargs)
+
+    monkeypatch.setattr(DynamicLayer, "update", update)
+    batch = PaddedBatch(model, caches)
+    assert alive_at_update == [0] * model.config.num_hidden_layers
+    assert batch.cache.layers[0].keys.shape[2] == 4

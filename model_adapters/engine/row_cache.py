@@ -163,17 +163,22 @@ class PaddedBatch:
 
 
 def _padded_layers(caches: list[RowCache | None], width: int):
-    """Per layer (keys, values) of shape [rows, kv_heads, width, head_dim], zeros in the left padding."""
+    """Per layer (keys, values) of shape [rows, kv_heads, width, head_dim], zeros in the left padding,
+    one layer at a time (None: no cached token). DynamicCache copies each layer it is given (its
+    update concatenates onto an empty tensor), so a generator keeps one padded layer alive beside
+    the cache instead of a second copy of the whole batch's cache."""
     template = next((c for c in caches if c is not None and c.length > 0), None)
     if template is None:
         return None
-    layers = []
-    for index, (k_ref, v_ref) in enumerate(template.layers):
-        keys = k_ref.new_zeros((len(caches), k_ref.shape[0], width, k_ref.shape[2]))
-        values = v_ref.new_zeros((len(caches), v_ref.shape[0], width, v_ref.shape[2]))
-        for row, cache in enumerate(caches):
-            if cache is not None and cache.length > 0:
-                keys[row, :, width - cache.length :] = cache.layers[index][0]
-                values[row, :, width - cache.length :] = cache.layers[index][1]
-        layers.append((keys, values))
-    return layers
+    return (_padded_layer(caches, width, index) for index in range(len(template.layers)))
+
+
+def _padded_layer(caches: list[RowCache | None], width: int, index: int):
+    k_ref, v_ref = next(c for c in caches if c is not None and c.length > 0).layers[index]
+    keys = k_ref.new_zeros((len(caches), k_ref.shape[0], width, k_ref.shape[2]))
+    values = v_ref.new_zeros((len(caches), v_ref.shape[0], width, v_ref.shape[2]))
+    for row, cache in enumerate(caches):
+        if cache is not None and cache.length > 0:
+            keys[row, :, width - cache.length :] = cache.layers[index][0]
+            values[row, :, width - cache.length :] = cache.layers[index][1]
+    return keys, values
