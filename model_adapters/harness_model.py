@@ -14,8 +14,16 @@ from lm_eval.api.model import LM
 from kvinject.model_adapters.distributed import ProcessGroup
 from kvinject.model_adapters.chat_turns import user_turn_frame
 from kvinject.model_adapters.engine import InjectionEngine, Problem
-from kvinject.model_adapters.engine.tokens import eos_ids
+from kvinject.model_adapters.engine.tokens import encode_prompt, encode_segment, eos_ids
 from kvinject.model_adapters.loading import load_model_and_tokenizer, weights_location
+from kvinject.model_adapters.memory import (
+    DocShape,
+    device_free_bytes,
+    fitting_batch_size,
+    free_memory,
+    is_out_of_memory,
+    kv_bytes_per_position,
+)
 from kvinject.model_adapters.model_args import ModelArgs, parse_model_args
 from kvinject.model_adapters.result_store import ResultStore
 from kvinject.model_adapters.run_fingerprint import digest, doc_key, run_fingerprint
@@ -106,30 +114,6 @@ def problem_from_request(
     )
 
 
-# CUDA allocation failures that PyTorch raises as a plain RuntimeError (cuBLAS/cuDNN workspaces,
-# allocations inside kernels) rather than torch.OutOfMemoryError.
-_ALLOCATION_ERRORS = ("CUDA out of memory", "CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
-                      "CUDNN_STATUS_ALLOC_FAILED")
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    import torch
-
-    return isinstance(error, torch.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and any(marker in str(error) for marker in _ALLOCATION_ERRORS))
-
-
-def free_memory() -> None:
-    """Return a failed batch's memory (call outside the except that caught the error)."""
-    import gc
-
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def generated_tokens(trace: dict) -> int:
     """Tokens the model generated for one doc over all branches (injected runs share their prefix)."""
     return sum(len(entry["post_ids"]) if "post_ids" in entry else len(entry["ids"]) for entry in trace["conditions"].values())
@@ -209,20 +193,29 @@ class KVInjectLM(LM):
     def _batch_size(self) -> int:
         if self.args.batch_size != "auto":
             return self.args.batch_size
-        import torch
-
         if not self.device.startswith("cuda"):
             return min(8, self.args.max_batch_size)
-        # Each doc holds a cache per branch (baseline, oracle, and injection + noise per point) for
-        # about 2k positions; use half of the free memory for them.
-        config = self.model.config.get_text_config()
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        bytes_per_position = 2 * config.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize
-        branches = 2 + 2 * len(self.settings.injection_points)
-        free, _ = torch.cuda.mem_get_info(torch.device(self.device))
-        fit = int(0.5 * free // (bytes_per_position * 2048 * branches))
-        return max(1, min(fit, self.args.max_batch_size))
+        return self.args.max_batch_size  # sized from the docs themselves in generate_until (_size_auto_batch)
+
+    def _size_auto_batch(self, problems: list[Problem]) -> None:
+        """batch_size=auto on a GPU: the most docs whose peak caches fit in the free memory, from these
+        docs' own lengths (memory.py); never more than a size an out-of-memory error already halved."""
+        free = device_free_bytes(self.device) if self.args.batch_size == "auto" else None
+        if free is None or not problems:
+            return
+        import torch
+
+        position = kv_bytes_per_position(self.model.config, self.model.dtype.itemsize)
+        scored = kv_bytes_per_position(self.model.config, torch.float32.itemsize) if self.engine.score_in_float32 else position
+        shapes = [self._doc_shape(problem) for problem in problems]
+        self.batch_size = self.engine.batch_size = min(
+            self.batch_size, fitting_batch_size(free, shapes, position, scored, self.args.max_batch_size))
+
+    def _doc_shape(self, problem: Problem) -> DocShape:
+        prompt = max(len(encode_prompt(self.tokenizer, problem.original_prompt)),
+                     len(encode_prompt(self.tokenizer, problem.alternative_prompt)))
+        segment = len(encode_segment(self.tokenizer, problem.injection_text)) if self.settings.strategy == "append" else 0
+        return DocShape(prompt, segment, problem.max_new_tokens, len(self.settings.injection_points))
 
     def get_model_info(self) -> dict:
         return {
@@ -267,6 +260,7 @@ class KVInjectLM(LM):
                 raise DocError(f"task {requests[i].task_name}, {error}") from None
         assigned = self.processes.share(pending)
         mine = [i for i in assigned if i not in traces]  # a doc this process read as stored is not recomputed
+        self._size_auto_batch([problems[i] for i in mine])
         # One process: the spool is the run's trace file, reused and computed docs in request order.
         # Several: each spools the docs it computes, and rank 0 writes the trace file at the end.
         spool_order = distinct if self.processes.world_size == 1 else mine

@@ -70,23 +70,6 @@ def test_loglikelihood_is_refused_with_a_reason(lm):
         lm.loglikelihood([])
 
 
-@pytest.mark.parametrize("error, expected", [
-    ("OutOfMemoryError", True),
-    (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"), True),
-    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True),
-    (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), True),
-    (RuntimeError("out of memory"), False),  # not an allocation failure PyTorch reports: a plain failure
-    (ValueError("CUDA out of memory"), False),
-])
-def test_cuda_allocation_errors_count_as_out_of_memory(error, expected):
-    import torch
-
-    from kvinject.model_adapters.harness_model import is_out_of_memory
-
-    error = torch.OutOfMemoryError("simulated") if error == "OutOfMemoryError" else error
-    assert is_out_of_memory(error) is expected
-
-
 def test_out_of_memory_frees_the_failed_batch_before_retrying(lm, monkeypatch):
     """The batch's tensors are referenced by the traceback while the except runs: memory is freed
     after leaving it, when nothing of the failed batch is alive any more."""
