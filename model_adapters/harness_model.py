@@ -324,8 +324,9 @@ class KVInjectLM(LM):
             if self.args.batch_size != "auto" or len(batch) == 1:
                 raise RuntimeError(
                     f"kvinject ran out of memory on doc(s) {', '.join(problems[i].doc_id for i in batch)} with "
-                    f"batch_size={len(batch)}; use batch_size=auto or a smaller batch_size (finished docs are kept "
-                    "in the result store and reused when the run is restarted)"
+                    f"batch_size={len(batch)}; use batch_size=auto or a smaller batch_size, or score_dtype=model "
+                    "(a 16-bit model scores in float32 by default, its weights then take twice the memory; finished "
+                    "docs are kept in the result store and reused when the run is restarted)"
                 )
             self.batch_size = self.engine.batch_size = max(1, len(batch) // 2)
             logger.warning("kvinject: out of memory with %d docs per batch; retrying with %d", len(batch), self.batch_size)

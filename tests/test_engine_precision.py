@@ -118,3 +118,16 @@ def test_greedy_ties_go_to_the_lowest_id_in_each_precision(dtype):
     together = [result.new_ids for result in greedy_decode(model, rows)]
     assert together == alone
     assert {i for ids in alone for i in ids} <= {0, 5}  # the lowest id among the maxima: never 7
+
+
+def test_a_float32_scoring_pass_that_fails_leaves_the_weights_as_they_were(monkeypatch):
+    from kvinject.model_adapters.engine import scoring
+
+    model = build_tiny_model("llama").to(torch.bfloat16)
+    before = {name: p.clone() for name, p in model.named_parameters()}
+    with pytest.raises(RuntimeError, match="simulated"):
+        with scoring.float32_weights(model):
+            assert next(model.parameters()).dtype == torch.float32
+            raise RuntimeError("simulated failure while scoring")
+    for name, p in model.named_parameters():
+        assert p.dtype == torch.bfloat16 and torch.equal(p, before[name]), name

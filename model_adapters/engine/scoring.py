@@ -60,11 +60,11 @@ def float32_weights(model):
         return
     originals = [p.dtype for p in params]
     attention = model.config._attn_implementation
-    for p in params:
-        p.data = p.data.to(SCORE_DTYPE)
-    if attention == "flash_attention_2":  # no float32 kernel
-        model.set_attn_implementation("sdpa")
-    try:
+    try:  # a cast that runs out of memory half-way is undone too
+        for p in params:
+            p.data = p.data.to(SCORE_DTYPE)
+        if attention == "flash_attention_2":  # no float32 kernel
+            model.set_attn_implementation("sdpa")
         yield
     finally:
         for p, dtype in zip(params, originals):
