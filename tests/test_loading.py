@@ -43,9 +43,8 @@ def test_bfloat16_on_a_gpu_without_native_bfloat16_falls_back_to_float16_with_a_
 
 def test_flash_attention_with_float32_is_refused_before_loading(monkeypatch):
     monkeypatch.setattr(loading, "weights_location", lambda args: pytest.fail("tried to load weights"))
-    args = parse_model_args({"attn_implementation": "flash_attention_2", "dtype": "float32", "device": "cpu"})
     with pytest.raises(ModelArgsError, match="flash_attention_2 needs dtype=bfloat16 or float16"):
-        load_model_and_tokenizer(args)
+        parse_model_args({"attn_implementation": "flash_attention_2", "dtype": "float32"})  # explicit: at parse time
     auto = parse_model_args({"attn_implementation": "flash_attention_2", "device": "cpu"})  # auto is float32 here
     with pytest.raises(ModelArgsError, match="flash_attention_2 needs dtype=bfloat16 or float16"):
         load_model_and_tokenizer(auto)
