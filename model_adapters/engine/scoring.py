@@ -164,7 +164,7 @@ def score_triples(model, triples: list[ScoringTriple], track_attention: bool, tr
     width = max(len(t.targets) for t in triples)
     series = [empty_series(track_attention, track_hidden) for _ in triples]
     with float32_weights(model) if float32 else contextlib.nullcontext():
-        contexts = [dataclasses.replace(c, cache=c.cache and c.cache.to(model.dtype)) for c in contexts]
+        contexts = [c if c.cache is None else dataclasses.replace(c, cache=c.cache.to(model.dtype)) for c in contexts]
         chunks = teacher_forced_chunks(
             model, contexts, [len(t.targets) for t in triples] * 3, labels,
             output_attentions=track_attention, output_hidden_states=track_hidden,
