@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, TypeError, KeyError) as error:   # one bad trace costs its task, not the report
             print(f"kvinject report: {task}: {error}", file=sys.stderr)
             failures += 1
+    failures += _untraced_problems(runs, labels, page)
     written.append(_html_page(board, runs, labels, page, out))
     print(board.markdown())
     print(f"wrote {len(written)} files under {out}")
@@ -132,18 +133,28 @@ def _tokenizer(run, page: dict):
     return cache[run]
 
 
+def _untraced_problems(runs, labels, page: dict) -> int:
+    """Adds the problems of the runs without traces (their logged samples: outputs and answers
+    only) to `page`; returns the number of tasks that failed."""
+    from kvinject.reports.html_page import sample_problems
+
+    failures = 0
+    for run in runs:
+        for task in run.tasks if not run.trace_paths else ():
+            try:
+                page["problems"] += sample_problems(run, task, labels[run])
+            except (ValueError, TypeError, KeyError) as error:   # costs the run's samples, not the page
+                print(f"kvinject report: {run.results_path}: {task}: {error}", file=sys.stderr)
+                failures += 1
+    return failures
+
+
 def _html_page(board, runs, labels, page: dict, out: Path) -> Path:
-    """OUT/index.html: the leaderboard, the curves and every problem; runs without traces give
-    the problems of their logged samples (outputs and answers, no token colouring)."""
+    """OUT/index.html: the leaderboard, the curves and every problem of `page`."""
     from kvinject.reports import html_page
 
-    problems = list(page["problems"])
-    for run in runs:
-        if not run.trace_paths:
-            for task in run.tasks:
-                problems += html_page.sample_problems(run, task, labels[run])
     data = html_page.page_data(f"kvinject report: {', '.join(sorted({labels[run] for run in runs}))}",
-                               html_page.leaderboard_data(board), page["curves"], problems, board.notes)
+                               html_page.leaderboard_data(board), page["curves"], page["problems"], board.notes)
     path = out / "index.html"
     path.write_text(html_page.render_page(data), encoding="utf-8")
     return path
