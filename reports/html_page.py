@@ -20,8 +20,8 @@ a run without traces gives its logged samples (output, answer, per-doc metric va
 """
 from __future__ import annotations
 
-import dataclasses
 import csv
+import dataclasses
 import importlib
 import io
 import json

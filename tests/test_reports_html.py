@@ -145,11 +145,17 @@ def _chromium(*args, timeout=120) -> subprocess.CompletedProcess:
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
 
 
-def _dom(url: str) -> str:
+def _dom_and_console(url: str) -> tuple[str, list[str]]:
+    """The DOM after the page's script ran, and what the page logged to the console."""
     result = _chromium("--dump-dom", url)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "Uncaught" not in result.stderr, result.stderr[-2000:]
-    return result.stdout
+    return result.stdout, [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
+
+
+def _dom(url: str) -> str:
+    dom, console = _dom_and_console(url)
+    assert not console, console
+    return dom
 
 
 def _body(dom: str) -> dict:
@@ -202,6 +208,15 @@ def test_page_renders_in_a_real_browser(tmp_path, local_model_dir):
     assert [tuple(map(int, rgb)) for *_, r, g, b in coloured for rgb in [(r, g, b)]] == \
         [_scale_colour(a) for a in expected]
     assert all(item["post"] is not None for item in shown)   # the tokenizer gave token texts
+
+    # The error checks can fail: a page with a broken script shows the error and logs it.
+    broken = tmp_path / "report" / "broken.html"
+    broken.write_text((tmp_path / "report" / "index.html").read_text().replace(
+        "</body>", "<script>notDefinedAnywhere();</script></body>"))
+    dom, console = _dom_and_console(broken.as_uri())
+    assert _body(dom).get("data-js-errors") == "1"
+    assert re.search(r'<div id="js-errors">JavaScript error: [^<]*notDefinedAnywhere is not defined', dom)
+    assert any("Uncaught ReferenceError" in line for line in console), console
 
     for name, address in (("page", url), ("problem", f"{url}#problem={index}")):
         pixels = _screenshot(address, tmp_path / f"{name}.png")

@@ -3,8 +3,8 @@
 The page measures itself: `data-load-ms` on <body> is performance.now() when its script has built
 the leaderboard, curves and problem list (milliseconds since navigation start, so reading and
 parsing the file count). Timed with ``--benchmark-enable``; the unit run loads a 20-problem page
-once. Token texts come from a tiny local model's tokenizer. Each problem: baseline, oracle, injection@N and noise@N at N = 2, 4, 8, 48 tokens after
-the injection with every series."""
+once. Token texts come from a tiny local model's tokenizer. Each problem: baseline, oracle,
+injection@N and noise@N at N = 2, 4, 8, 48 tokens after the injection with every series."""
 import re
 import shutil
 import subprocess
