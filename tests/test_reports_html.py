@@ -164,6 +164,19 @@ def _body(dom: str) -> dict:
     return dict(re.findall(r'([\w-]+)="([^"]*)"', tag))
 
 
+def _with_script(tmp_path, name: str, script: str) -> str:
+    """A copy of the report's page with a script run after the page's own (what a reader's clicks would do)."""
+    page = tmp_path / "report" / f"{name}.html"
+    page.write_text((tmp_path / "report" / "index.html").read_text(encoding="utf-8").replace(
+        "</body>", f"<script>{script}</script></body>"), encoding="utf-8")
+    return page.as_uri()
+
+
+def _set_filters(values: dict) -> str:
+    return "".join(f'var f = document.querySelector(\'[data-filter="{name}"]\'); f.value = "{value}"; '
+                   'f.dispatchEvent(new Event("input", {bubbles: true}));' for name, value in values.items())
+
+
 def _screenshot(url: str, path) -> np.ndarray:
     from matplotlib.image import imread
 
@@ -209,11 +222,23 @@ def test_page_renders_in_a_real_browser(tmp_path, local_model_dir):
         [_scale_colour(a) for a in expected]
     assert all(item["post"] is not None for item in shown)   # the tokenizer gave token texts
 
+    # Sorting the leaderboard: the first click sorts descending, the second ascending.
+    docs_column = data["leaderboard"]["header"].index("n_docs")
+    for clicks, expected in ((1, ["3", "1"]), (2, ["1", "3"])):
+        click = f'document.querySelector(\'#board th[data-col="{docs_column}"]\').click();' * clicks
+        dom = _dom(_with_script(tmp_path, f"sorted{clicks}", click))
+        assert re.findall(rf'<td data-col="{docs_column}" data-v="(\d*)"', dom) == expected, clicks
+
+    # Filters and search, as a reader would set them.
+    dom = _dom(_with_script(tmp_path, "filtered", _set_filters({"model": "model-b"})))
+    assert re.search(r'id="count">3 of 6 problems<', dom)
+    dom = _dom(_with_script(tmp_path, "searched", _set_filters({"search": "GERMANY"})))
+    assert re.search(r'id="count">2 of 6 problems<', dom)
+    shown = re.findall(r'<tr data-i="\d+" data-doc="([^"]+)"(?: style="")?>', dom)
+    assert sorted(shown) == ["capital-fr-de", "capital-fr-de"]
+
     # The error checks can fail: a page with a broken script shows the error and logs it.
-    broken = tmp_path / "report" / "broken.html"
-    broken.write_text((tmp_path / "report" / "index.html").read_text().replace(
-        "</body>", "<script>notDefinedAnywhere();</script></body>"))
-    dom, console = _dom_and_console(broken.as_uri())
+    dom, console = _dom_and_console(_with_script(tmp_path, "broken", "notDefinedAnywhere();"))
     assert _body(dom).get("data-js-errors") == "1"
     assert re.search(r'<div id="js-errors">JavaScript error: [^<]*notDefinedAnywhere is not defined', dom)
     assert any("Uncaught ReferenceError" in line for line in console), console
