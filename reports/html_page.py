@@ -241,9 +241,10 @@ def traced_problem(trace: dict, values: dict, alarms: dict, index: int, doc: dic
 
 
 def _correct(conditions: list[dict], point: int) -> bool | None:
-    """The injection run's answer matches the alternative (new) gold; None without an answer."""
+    """The injection run's answer matches the alternative (new) gold, as injection_accuracy@N
+    counts it; None without an answer or when the run was not injected at N."""
     for item in conditions:
-        if item["name"] == f"injection@{point}" and item["answer"] is not None:
+        if item["name"] == f"injection@{point}" and item["answer"] is not None and "series" in item:
             return item["answer"]["new"]
     return None
 
