@@ -12,7 +12,11 @@ interpreter start. It must stay cheap and import only the standard library: it p
   registration: AdaptationTask resolves each key's aggregation and direction itself.)
 - ``lm_eval.evaluator``: refuse, before any generation, to run an adaptation task with a model that
   cannot inject (it would generate for every doc and only fail at scoring time).
-- ``lm_eval.loggers.evaluation_tracker``: copy the run's own trace file beside lm-eval's results file.
+- ``lm_eval.loggers.evaluation_tracker``: copy the run's own trace file beside lm-eval's results file,
+  and write results and samples as strict JSON (no NaN / Infinity; kvinject/strict_json.py).
+- ``lm_eval.evaluator_utils``: for adaptation tasks only, replace lm-eval's "not scored on the same
+  number of documents" warning by one line and leave out p-value keys without a test
+  (kvinject/task_aggregation.py).
 - ``lm_eval.api.model``: ``--use_cache PATH`` with ``--model kvinject`` uses kvinject's result store at
   ``PATH.kvinject.sqlite`` (keyed by model, settings and doc) instead of lm-eval's request-text cache.
 
@@ -69,6 +73,21 @@ def _on_evaluation_tracker(tracker_module):
 
     tracker_class = tracker_module.EvaluationTracker
     tracker_class.save_results_aggregated = copy_run_traces_beside_results(tracker_class.save_results_aggregated)
+    _write_strict_json(tracker_class)
+
+
+def _write_strict_json(tracker_class):
+    from kvinject.strict_json import writes_strict_json
+
+    tracker_class.save_results_aggregated = writes_strict_json(tracker_class.save_results_aggregated)
+    tracker_class.save_results_samples = writes_strict_json(tracker_class.save_results_samples)
+
+
+def _on_evaluator_utils(utils_module):
+    from kvinject.task_aggregation import adaptation_task_aggregations
+
+    utils_module._compute_task_aggregations = adaptation_task_aggregations(
+        utils_module._compute_task_aggregations, utils_module.eval_logger)
 
 
 def _on_model_api(model_module):
@@ -83,6 +102,7 @@ _HOOKS = {
     "lm_eval.tasks.manager": _on_task_manager,
     "lm_eval.evaluator": _on_evaluator,
     "lm_eval.loggers.evaluation_tracker": _on_evaluation_tracker,
+    "lm_eval.evaluator_utils": _on_evaluator_utils,
 }
 _DONE = set()
 

@@ -16,6 +16,8 @@ COMMANDS = {
     "analyze": "the original study's flags (--dataset --num_problems --injection_points ...) run through lm-eval",
     "prm": "(deprecated, kept for comparison with the original study) score reasoning steps with a PRM judge",
     "train": "fine-tune a model to follow mid-generation updates on a training split of an adaptation task",
+    "compare": "paired comparison (B - A) of two runs, or two injection points of one run, on their shared docs",
+    "study": "run a list of lm-eval runs from a YAML file, resumably, then the report and the comparisons",
 }
 
 

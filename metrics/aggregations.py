@@ -8,7 +8,9 @@ content of the list, so it runs once per run.
 
 Zero usable documents: a share, median, rate or interval over no document is NaN (e.g.
 control_false_positive_rate@N of a run without identical controls), a count 0. lm-eval never
-aggregates an empty list (a key exists only when some doc emitted it).
+aggregates an empty list (a key exists only when some doc emitted it). Every aggregation but
+lm-eval's own `mean` returns its non-finite results as the named values of values.py ("not
+estimable", "not reached", "no test").
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ from .events import CENSORED, EVENT, NEVER, event
 from .resampling import (
     adjust_pvalues,
     bootstrap_mean_interval,
+    censored_binomial_interval,
     paired_permutation_pvalue,
     percentile_interval,
     permutation_pvalue,
 )
 from .settings import AdaptationSettings
-from .survival import counts, kaplan_meier_median, log_rank_z, share_by, unpack
+from .survival import counts, kaplan_meier_median, log_rank_z, share_by, share_estimable, unpack
+from .values import NO_TEST, readable
 
 NAN = float("nan")
 _CACHE_SIZE = 128
@@ -63,13 +67,17 @@ def metric_aggregation(key: str, settings: AdaptationSettings | None = None):
     """The aggregation of a result key: callable(list of per-doc values) -> float."""
     settings = settings or AdaptationSettings()
     parsed = K.parse_key(key)
+    if parsed.spec.kind == K.MEAN and (parsed.layer is not None or parsed.stat == ""):
+        # lm-eval adds a standard error only when the aggregation *is* its own `mean`.
+        return lm_eval_mean()
+    return _readable_result(_aggregation(parsed, settings))
+
+
+def _aggregation(parsed: K.ParsedKey, settings: AdaptationSettings):
     if parsed.stat == K.PVALUE:
         own = K.format_key(parsed.metric, parsed.injection_point)
         return functools.partial(corrected_pvalue, own, settings=settings)
     kind = parsed.spec.kind
-    if kind == K.MEAN and (parsed.layer is not None or parsed.stat == ""):
-        # lm-eval adds a standard error only when the aggregation *is* its own `mean`.
-        return lm_eval_mean()
     if kind == K.MEAN:
         return functools.partial(mean_interval_end, parsed.stat, settings=settings)
     if kind == K.COUNT:
@@ -79,6 +87,21 @@ def metric_aggregation(key: str, settings: AdaptationSettings | None = None):
     if kind == K.CONTROL_TEST:
         return functools.partial(adapted_vs_controls_pvalue, settings=settings)
     return functools.partial(detection_summary, parsed.metric, parsed.stat, settings=settings)
+
+
+def _readable_result(aggregation):
+    """The aggregation with a non-finite result returned as a named value (values.py)."""
+
+    @functools.wraps(aggregation)
+    def aggregate(values):
+        return readable(aggregation(values))
+
+    return aggregate
+
+
+def _median_reached(median: float) -> float:
+    """1.0: the KM median was reached; 0.0: not reached (median inf); NaN: no data."""
+    return median if np.isnan(median) else float(np.isfinite(median))
 
 
 def _count(values) -> float:
@@ -134,33 +157,40 @@ def _mean_interval(values, settings: AdaptationSettings) -> tuple[float, float]:
 def time_to_event_summary(stat: str, values, settings: AdaptationSettings) -> float:
     """Aggregation of per-doc {"run": event, "noise": event} (events.py).
 
-    share: Kaplan-Meier share of injection runs with the event within horizon_tokens;
-    share_ci_low/high: its cluster-bootstrap interval; median: KM median (inf: not reached);
-    censored / never: run counts; vs_noise: share of the injection runs - of the noise runs.
+    share: Kaplan-Meier share of injection runs with the event within horizon_tokens (NaN, not
+    estimable, when runs are censored before H and none is followed to H);
+    share_ci_low/high: censoring-bounded Clopper-Pearson interval (_share_interval);
+    median: KM median (inf: not reached); median_reached: 1 / 0; censored / never: run counts;
+    vs_noise: share of the injection runs - of the noise runs.
     """
     runs = [value["run"] for value in values]
     if stat in ("censored", "never"):
         return float(counts(runs)[CENSORED if stat == "censored" else NEVER])
     if stat == "median":
         return kaplan_meier_median(*unpack(runs))
+    if stat == "median_reached":
+        return _median_reached(kaplan_meier_median(*unpack(runs)))
     if stat == "share":
-        return share_by(*unpack(runs), settings.horizon_tokens)
+        return _share(runs, settings.horizon_tokens)
     if stat == "vs_noise":
         noise = [value["noise"] for value in values]
-        return (share_by(*unpack(runs), settings.horizon_tokens)
-                - share_by(*unpack(noise), settings.horizon_tokens))
-    return _interval_end(_share_interval(values, settings), stat)
+        return _share(runs, settings.horizon_tokens) - _share(noise, settings.horizon_tokens)
+    return _interval_end(_share_interval(runs, settings), stat)
 
 
-@cached_on_content
-def _share_interval(values, settings: AdaptationSettings) -> tuple[float, float]:
-    times, observed = unpack([value["run"] for value in values])
-    if not times.size:
-        return NAN, NAN
-    rng = np.random.default_rng(settings.seed)
-    resamples = rng.integers(0, times.size, size=(settings.bootstrap_resamples, times.size))
-    shares = [share_by(times[rows], observed[rows], settings.horizon_tokens) for rows in resamples]
-    return percentile_interval(shares, settings.confidence_level)
+def _share(events, horizon: int) -> float:
+    """KM share within the horizon; NaN where the budget hides it (survival.share_estimable)."""
+    return share_by(*unpack(events), horizon) if share_estimable(events, horizon) else NAN
+
+
+def _share_interval(events, settings: AdaptationSettings) -> tuple[float, float]:
+    """Clopper-Pearson bounds widened over the unknown outcomes of runs censored before H:
+    the low end from the runs known to have the event within H, the high end counting every
+    such censored run as an event (resampling.censored_binomial_interval)."""
+    horizon = settings.horizon_tokens
+    known = sum(e["status"] == EVENT and e["time"] <= horizon for e in events)
+    unknown = sum(e["status"] == CENSORED and e["time"] < horizon for e in events)
+    return censored_binomial_interval(known, unknown, len(events), settings.confidence_level)
 
 
 # ---- calibrated detection ---------------------------------------------------------------------
@@ -172,6 +202,7 @@ class DetectionOutcome:
     alarm: np.ndarray      # 1 / 0 / NaN undecided
     time: np.ndarray
     bound: np.ndarray
+    horizon: int           # H*, the evaluated length of a run that reaches it
     control: np.ndarray    # bool: identical-problem control
     events: tuple          # {"time", "status"} of the decided changed-problem runs
     times: np.ndarray      # alarm_times of every doc's injection run (-inf: undecided)
@@ -187,18 +218,20 @@ def _budget_hits(payloads, run: str) -> np.ndarray:
     return np.array([bool(p[f"{run}_budget_hit"]) for p in payloads])
 
 
-def alarm_times(alarm, time, matrix, budget_hit, horizon: int) -> tuple[np.ndarray, np.ndarray]:
+def alarm_times(found, matrix, budget_hit, horizon: int) -> tuple[np.ndarray, np.ndarray]:
     """Times to the first alarm for the log-rank and Kaplan-Meier: (times, observed).
 
-    An alarm is an event at its t; no alarm is censored at the evaluated length when the run was
-    unobserved past it (it reached H, or the budget cut it), else never (inf: the run stopped by
-    itself). Undecided runs (NaN alarm) get -inf: in no risk set. Shapes broadcast (..., n).
+    found: detect()'s Detection of the runs in `matrix`. An alarm is an event at its t; no alarm
+    is censored at the evaluated length when the run was unobserved past it (cut at H* or H, or
+    by the budget), else never (inf: the run stopped by itself). Undecided runs (NaN alarm) get
+    -inf: in no risk set. Shapes broadcast (..., n).
     """
     lengths = np.sum(~np.isnan(matrix), axis=-1)
-    observed = alarm == 1
-    censored = (alarm == 0) & ((lengths >= horizon) | budget_hit)
-    times = np.where(observed | censored, time, np.inf)
-    return np.where(np.isnan(alarm), -np.inf, times), observed
+    observed = found.alarm == 1
+    cut = (found.length < lengths) | (lengths >= horizon) | budget_hit
+    censored = (found.alarm == 0) & cut
+    times = np.where(observed | censored, found.time, np.inf)
+    return np.where(np.isnan(found.alarm), -np.inf, times), observed
 
 
 @cached_on_content
@@ -208,13 +241,15 @@ def detection_outcome(payloads, settings: AdaptationSettings) -> DetectionOutcom
     found = detect(noise[None], runs[None], settings.false_alarm_rate, settings.cusum_drift)
     alarm, time, bound = found.alarm[0], found.time[0], found.bound[0]
     control = np.array([bool(p["control"]) for p in payloads])
-    times, observed = alarm_times(alarm, time, runs, _budget_hits(payloads, "run"),
+    times, observed = alarm_times(found, runs[None], _budget_hits(payloads, "run")[None],
                                   settings.horizon_tokens)
+    times, observed = times[0], observed[0]
     events = tuple(
         event(time[index], EVENT if observed[index] else CENSORED if np.isfinite(times[index])
               else NEVER)
         for index in np.flatnonzero(~control & ~np.isnan(alarm)))
-    return DetectionOutcome(alarm, time, bound, control, events, times, observed)
+    return DetectionOutcome(alarm, time, bound, int(found.horizon[0]), control, events, times,
+                            observed)
 
 
 def _rate(alarm: np.ndarray, members: np.ndarray) -> np.ndarray:
@@ -247,14 +282,20 @@ def detection_summary(metric: str, stat: str, values, settings: AdaptationSettin
     """Aggregation of per-doc detection payloads (per_doc._detection_payload); see keys.METRICS."""
     outcome = detection_outcome(values, settings)
     if metric == "detection_latency":
-        if stat == "median":
-            return kaplan_meier_median(*unpack(outcome.events))
+        if stat in ("median", "median_reached"):
+            median = kaplan_meier_median(*unpack(outcome.events))
+            return median if stat == "median" else _median_reached(median)
         return float(counts(outcome.events)[CENSORED if stat == "censored" else NEVER])
     decided = ~np.isnan(outcome.alarm)
+    if metric == "n_undecided":
+        return float(np.sum(~decided))
+    if metric == "detection_horizon":
+        return float(outcome.horizon)
     if metric == "detection_false_alarm_bound":
         return float(np.max(outcome.bound[decided])) if decided.any() else NAN
     if metric == "detection_calibrated":
-        return float(decided.any() and np.max(outcome.bound[decided]) <= settings.false_alarm_rate + 1e-12)
+        # Undecided runs leave the rate without a guarantee for them: uncalibrated.
+        return float(decided.all() and np.max(outcome.bound) <= settings.false_alarm_rate + 1e-12)
     if metric == "detection_vs_controls_pvalue":
         return _controls_pvalue(outcome, settings)
     if metric == "detection_latency_vs_controls_pvalue":
@@ -347,8 +388,7 @@ def _latency_vs_noise_pvalue(payloads, settings: AdaptationSettings) -> float:
         both = np.concatenate([tested[:, changed], null[:, changed]], axis=1)
         found = detect(null, both, settings.false_alarm_rate, settings.cusum_drift)
         budget_hit = np.concatenate([tested_budget[:, changed], null_budget[:, changed]], axis=1)
-        times, observed = alarm_times(found.alarm, found.time, both, budget_hit,
-                                      settings.horizon_tokens)
+        times, observed = alarm_times(found, both, budget_hit, settings.horizon_tokens)
         return log_rank_z(times, observed, group)
 
     observed_z = float(statistic(np.zeros((1, changed.size), dtype=bool))[0])
@@ -367,9 +407,10 @@ def corrected_pvalue(own_key: str, values, settings: AdaptationSettings) -> floa
 
     values: per-doc {"<metric>@<N>": [injection value, noise value], ...} of the docs carrying
     the key. Every (metric, N) with at least two pairs is a test (sign-flip permutation,
-    two-sided); settings.correction adjusts the family. With fewer pairs there is no test: 1.0.
+    two-sided); settings.correction adjusts the family. With fewer pairs there is no test:
+    NO_TEST, a key the result hook (kvinject/results_output.py) leaves out.
     """
-    return _family_pvalues(values, settings).get(own_key, 1.0)
+    return _family_pvalues(values, settings).get(own_key, NO_TEST)
 
 
 @cached_on_content

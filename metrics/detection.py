@@ -1,17 +1,25 @@
 """One-sided CUSUM change detector on a fixed horizon, calibrated conformally on the noise runs.
 
 The detector accumulates a per-token statistic x_t (the run's divergence from the old context, or
-its log-ratio; nats) over the first H post-injection tokens (H = horizon_tokens):
-S_t = max(0, S_{t-1} + x_t - drift), S_0 = 0, and alarms at the first t <= L with S_t > threshold,
-where L = min(T, H) is the run's evaluated length.
+its log-ratio; nats) over the first tokens after the injection: S_t = max(0, S_{t-1} + x_t - drift),
+S_0 = 0, and alarms at the first t <= L with S_t > threshold, where L is the run's evaluated length.
 
+Evaluated length (the same rule for every run of an injection point, so no run is dropped):
+- the detection horizon H* = min(H, the k-th longest noise run), k = min(n_alpha, the number of
+  noise runs with a token), n_alpha = ceil(1/alpha - 1) (19 at alpha = 0.05), the smallest
+  calibration that supports alpha: the longest length that enough noise runs cover to calibrate;
+- a run is evaluated over L = min(T, H*) tokens; a run longer than H* is cut at H* (its later
+  tokens are not looked at, so a missed alarm there is censored at H*).
 Calibration (the null is the noise@N runs: an injection that carries no change of problem):
 - a run of evaluated length L is compared with the peaks max_{t<=L} S_t of the noise runs that
-  have at least L tokens, so the null distribution of the statistic never depends on run length;
+  have at least L tokens (at least k of them, since L <= H*), so the null distribution of the
+  statistic never depends on run length;
 - the threshold is the k-th smallest of those m peaks, k = ceil((m+1)(1-alpha)): a fresh null run
   exchangeable with them alarms with probability <= (m+1-k)/(m+1) <= alpha (conformal);
 - when k > m (m < 1/alpha - 1) no threshold supports alpha: the largest peak is used, the bound
   (m+1-k)/(m+1) = 1/(m+1) > alpha is reported, and the detection is flagged uncalibrated;
+- a run with tokens is undecided only when no noise run has a token (H* = 0): nothing to compare
+  it with; a run with no token is decided (no alarm);
 - drift: a fixed setting, or the mean statistic over the noise runs' horizon tokens.
 
 Everything is vectorised over replicate axes, so the same code gives the point estimate, each
@@ -48,14 +56,32 @@ class Detection:
     """Per replicate r and run j (arrays of shape (R, n_runs)).
 
     alarm: 1.0 alarm within the run's evaluated length, 0.0 none (always for a run with no token),
-    NaN undecided (no noise run is as long as the run); time: first alarm t (1-based) or the evaluated length; bound: the conformal
-    false-alarm bound (m+1-k)/(m+1) of the threshold the run was compared with (NaN undecided).
+    NaN undecided (no noise run has a token); time: first alarm t (1-based) or the evaluated
+    length; bound: the conformal false-alarm bound (m+1-k)/(m+1) of the threshold the run was
+    compared with (NaN undecided); length: the evaluated length L = min(T, H*).
     """
 
     alarm: np.ndarray
     time: np.ndarray
     bound: np.ndarray
-    drift: np.ndarray   # (R,)
+    length: np.ndarray
+    drift: np.ndarray     # (R,)
+    horizon: np.ndarray   # (R,) H*: the evaluated length of a run as long as the horizon
+
+
+def supporting_size(false_alarm_rate: float) -> int:
+    """n_alpha: the fewest noise runs whose conformal threshold supports alpha, ceil(1/alpha - 1)."""
+    return int(np.ceil(1 / false_alarm_rate - 1 - 1e-9))
+
+
+def detection_horizon(noise_length: np.ndarray, false_alarm_rate: float) -> np.ndarray:
+    """H* per replicate (noise_length (R, n), already capped at H): the k-th longest noise run,
+    k = min(n_alpha, number of noise runs with a token); 0 when no noise run has a token."""
+    longest_first = -np.sort(-noise_length, axis=-1)
+    nonempty = np.sum(noise_length > 0, axis=-1)
+    k = np.minimum(supporting_size(false_alarm_rate), nonempty)
+    chosen = np.take_along_axis(longest_first, np.maximum(k - 1, 0)[:, None], axis=-1)[:, 0]
+    return np.where(k > 0, chosen, 0)
 
 
 def detect(noise: np.ndarray, runs: np.ndarray, false_alarm_rate: float,
@@ -63,7 +89,9 @@ def detect(noise: np.ndarray, runs: np.ndarray, false_alarm_rate: float,
     """Calibrate on `noise` (R, n, H) and detect on `runs` (R, m, H); NaN pads past a run's end."""
     noise, runs = np.asarray(noise, dtype=float), np.asarray(runs, dtype=float)
     noise_length = np.sum(~np.isnan(noise), axis=-1)              # (R, n)
-    run_length = np.sum(~np.isnan(runs), axis=-1)                 # (R, m)
+    horizon = detection_horizon(noise_length, false_alarm_rate)   # (R,)
+    full_length = np.sum(~np.isnan(runs), axis=-1)                # (R, m)
+    run_length = np.minimum(full_length, horizon[:, None])        # evaluated length L
     if drift is None:
         with warnings.catch_warnings():   # no noise token at all: drift 0
             warnings.simplefilter("ignore", RuntimeWarning)
@@ -73,9 +101,11 @@ def detect(noise: np.ndarray, runs: np.ndarray, false_alarm_rate: float,
     # Padding contributes nothing; positions past a run's end are masked out below.
     noise_peaks = np.maximum.accumulate(cusum(np.nan_to_num(noise), drift_r[:, None]), axis=-1)
     run_paths = cusum(np.nan_to_num(runs), drift_r[:, None])
-    # A run with no token cannot alarm: decided, threshold +inf, bound 0.
-    threshold = np.where(run_length == 0, np.inf, np.nan)
-    bound = np.where(run_length == 0, 0.0, np.nan)
+    # A run with no token cannot alarm: decided, threshold +inf, bound 0. A run with tokens but
+    # L = 0 (no noise token, H* = 0) stays NaN: undecided.
+    empty = full_length == 0
+    threshold = np.where(empty, np.inf, np.nan)
+    bound = np.where(empty, 0.0, np.nan)
     for length in np.unique(run_length):
         if length == 0:
             continue
@@ -96,5 +126,6 @@ def detect(noise: np.ndarray, runs: np.ndarray, false_alarm_rate: float,
     alarmed = crossing.any(axis=-1)
     time = np.where(alarmed, crossing.argmax(axis=-1) + 1, run_length).astype(float)
     alarm = np.where(np.isnan(threshold), np.nan, alarmed.astype(float))
-    return Detection(alarm=alarm, time=time, bound=bound, drift=drift_r)
+    return Detection(alarm=alarm, time=time, bound=bound, length=run_length, drift=drift_r,
+                     horizon=horizon)
 

@@ -4,9 +4,11 @@ A key is `[pvalue_]<metric>[_<stat>|_layer<l>]@<N>` (`baseline_accuracy`, `oracl
 no `@N`). Each metric kind has its own statistics (`stat`, "" = the metric's own value):
     MEAN           ""  lm-eval mean (with its stderr); ci_low, ci_high (bootstrap BCa)
     COUNT          ""  number of docs
-    TIME_TO_EVENT  share (event within the horizon H, Kaplan-Meier), share_ci_low, share_ci_high,
-                   median (KM; inf = not reached), censored, never (run counts), vs_noise (share of
-                   injection runs - share of noise runs)
+    TIME_TO_EVENT  share (event within the horizon H, Kaplan-Meier; NaN = not estimable when the
+                   budget ends runs before H), share_ci_low, share_ci_high (censoring-bounded
+                   Clopper-Pearson), median (KM; inf = not reached), median_reached (1 / 0),
+                   censored, never (run counts), vs_noise (share of injection runs - share of
+                   noise runs)
     DETECTION      as listed per metric below (rate, intervals, latency, calibration, tests)
     CONTROL_TEST   ""  p-value of changed-problem vs identical-control injection runs
 `pvalue_<metric>@N`: corrected paired sign-flip p-value, injection vs noise (paired metrics).
@@ -29,8 +31,8 @@ PVALUE = "pvalue"
 _STATS = {
     MEAN: ("", CI_LOW, CI_HIGH),
     COUNT: ("",),
-    TIME_TO_EVENT: ("share", "share_ci_low", "share_ci_high", "median", "censored", "never",
-                    "vs_noise"),
+    TIME_TO_EVENT: ("share", "share_ci_low", "share_ci_high", "median", "median_reached",
+                    "censored", "never", "vs_noise"),
 }
 _INTERVAL_STATS = {CI_LOW, CI_HIGH, "share_ci_low", "share_ci_high"}
 
@@ -117,10 +119,19 @@ METRICS: dict[str, MetricSpec] = {
         from_controls=True),
     "detection_rate": MetricSpec(
         DETECTION, True, "share of changed-problem injection runs with a calibrated CUSUM alarm "
-        "within H [share]", paired_test=True, stats=("", CI_LOW, CI_HIGH)),
+        "within H* = detection_horizon (H unless the noise runs are shorter) [share]",
+        stats=("", CI_LOW, CI_HIGH)),
     "detection_latency": MetricSpec(
         DETECTION, False, "first alarm t, Kaplan-Meier median (inf: not reached) [tokens]; "
-        "censored / never counts", stats=("median", "censored", "never")),
+        "median_reached 1 / 0; censored / never counts",
+        stats=("median", "median_reached", "censored", "never")),
+    "detection_horizon": MetricSpec(
+        DETECTION, True, "H*: the detector's evaluated length, min(H, the k-th longest noise run), "
+        "k = min(ceil(1/alpha - 1), noise runs with a token) [tokens]", stats=("",)),
+    "n_undecided": MetricSpec(
+        DETECTION, False, "injection runs the detector could not decide (no noise run has a token); "
+        "the rates leave them out and detection_calibrated is 0 [runs]", stats=("",),
+        from_controls=True),
     "detection_false_alarm_bound": MetricSpec(
         DETECTION, False, "conformal bound on a fresh null run's alarm probability [probability]",
         stats=("",)),
@@ -221,6 +232,8 @@ def metric_higher_is_better(key: str) -> bool:
     parsed = parse_key(key)
     if parsed.stat in (PVALUE, "censored", "never"):
         return False
+    if parsed.stat == "median_reached":
+        return True
     if parsed.stat == "median":
         return not parsed.spec.higher_is_better if parsed.spec.kind == TIME_TO_EVENT else False
     return parsed.spec.higher_is_better

@@ -76,9 +76,6 @@ def _doc_metrics(trace: dict, answers: dict, settings: AdaptationSettings) -> di
             _put(values, "n_controls", point, 1.0, settings)
         else:
             pairs.update(_adaptation_values(values, run_metrics, noise, answers, point, settings))
-            pair = _detection_pair(detection)
-            if pair is not None:
-                pairs[K.format_key("detection_rate", point)] = pair
     if settings.report == "full":
         # A doc carries pvalue_<metric>@N for each pair it has; the payload is its whole family
         # so each p-value aggregation can correct across the family (aggregations.py).
@@ -180,15 +177,6 @@ def _detection_payload(run: dict, noise: dict, control: bool, settings) -> dict:
     return {"run": _statistic(run, settings), "noise": _statistic(noise, settings),
             "run_budget_hit": run["stop_reason"] == BUDGET_STOP,
             "noise_budget_hit": noise["stop_reason"] == BUDGET_STOP, "control": control}
-
-
-def _detection_pair(payload: dict) -> list[float] | None:
-    """Mean detection statistic of the injection and the noise run over their common length:
-    the paired test of the detector's input (its null: the two runs are exchangeable)."""
-    common = min(len(payload["run"]), len(payload["noise"]))
-    if common == 0:
-        return None
-    return [float(np.mean(payload["run"][:common])), float(np.mean(payload["noise"][:common]))]
 
 
 def _run_metrics(condition: dict, settings: AdaptationSettings) -> tuple[dict, dict]:

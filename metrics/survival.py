@@ -84,3 +84,22 @@ def counts(events) -> dict:
     """How many runs had each status."""
     status = [item["status"] for item in events]
     return {name: status.count(name) for name in (EVENT, CENSORED, NEVER)}
+
+
+def share_estimable(events, horizon: int) -> bool:
+    """Whether the Kaplan-Meier share within `horizon` is identified by these runs.
+
+    Not when some run was censored before the horizon (the budget ended it first), no run that
+    could still have the event was followed to the horizon (an event or a censoring at t >=
+    horizon), and the estimate had not already reached 1 (every run at risk had its event): what
+    the censored runs would have done before the horizon is then seen in no run. This is the
+    case of every run of an injection point whose token budget ends before H. "Never" runs (they
+    stopped) do not count as followed: they cannot show an event after they stopped.
+    """
+    if not events:
+        return False
+    if not any(item["status"] == CENSORED and item["time"] < horizon for item in events):
+        return True
+    if any(item["status"] != NEVER and item["time"] >= horizon for item in events):
+        return True
+    return share_by(*unpack(events), horizon) >= 1.0

@@ -23,6 +23,7 @@ import json
 import os
 import time
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -62,29 +63,46 @@ class TraceLog:
 def read_traces(path: str | os.PathLike) -> list[dict]:
     """The ``{"task", "trace"}`` records of a trace file (``.jsonl.gz`` or plain ``.jsonl``), in order.
 
-    A file cut short by a crash while a batch was being written yields the records before that batch,
-    with a warning naming the file.
+    A ``.jsonl.gz`` file cut short by a crash while a batch (one gzip member) was being written
+    yields the records of the complete batches only: the partial batch is dropped whole, even
+    when some of its lines were complete. A plain ``.jsonl`` file has no batch boundaries: only a
+    last line cut mid-write is dropped. Either way with a warning naming the file.
     """
     path = Path(path)
-    with open(path, "rb") as probe:
-        compressed = probe.read(2) == b"\x1f\x8b"
+    data = path.read_bytes()
+    plain = data[:2] != b"\x1f\x8b"
+    texts, complete = ([data.decode("utf-8")], True) if plain else _gzip_members(data, path)
+    lines = [line for text in texts for line in text.splitlines(keepends=True)]
     records = []
-    opener = gzip.open if compressed else open
-    try:
-        with opener(path, "rt", encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    records.append(unpack_floats(json.loads(line)))
-                except json.JSONDecodeError as error:
-                    if line.endswith("\n"):
-                        raise ValueError(f"trace file {path}, line {number}: not JSON ({error})") from None
-                    raise EOFError from None  # a last line cut off mid-write
-    except EOFError:
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(unpack_floats(json.loads(line)))
+        except json.JSONDecodeError as error:
+            if not (plain and number == len(lines) and not line.endswith("\n")):
+                raise ValueError(f"trace file {path}, line {number}: not JSON ({error})") from None
+            complete = False  # a last plain line cut off mid-write
+    if not complete:
         warnings.warn(f"trace file {path} ends in an incomplete batch (a run stopped while writing it); "
-                      f"read the {len(records)} complete records before it", stacklevel=2)
+                      f"read the {len(records)} records of the complete batches before it", stacklevel=2)
     return records
+
+
+def _gzip_members(data: bytes, path: Path) -> tuple[list[str], bool]:
+    """The text of each complete gzip member (one batch each), and whether the last was complete."""
+    texts = []
+    while data:
+        member = zlib.decompressobj(wbits=31)   # one gzip member, header and CRC checked
+        try:
+            text = member.decompress(data)
+        except zlib.error as error:
+            raise ValueError(f"trace file {path}: batch {len(texts) + 1} is corrupt ({error})") from None
+        if not member.eof:
+            return texts, False   # cut while this batch was written: drop it whole
+        texts.append(text.decode("utf-8"))
+        data = member.unused_data
+    return texts, True
 
 
 def pack_floats(value):

@@ -18,6 +18,9 @@ import json
 import math
 import re
 
+from kvinject.metrics.values import readable
+from kvinject.strict_json import decoded_value
+
 from .runs import Run
 
 # The measures shown, in this order; each appears once per injection point the runs report.
@@ -91,10 +94,15 @@ def read_measures(task_results: dict, filter_name: str = FILTER) -> dict[str, Me
     for key, value in task_results.items():
         name, _, key_filter = key.rpartition(",")
         parsed = parse_measure_name(name) if key_filter == filter_name else None
-        if parsed is None or _number(value) is None:
+        if parsed is None:
             continue
         metric, point, companion = parsed
-        parts.setdefault((metric, point), {})[companion or "value"] = _number(value)
+        if companion is None and (value is None or _number(value) is not None):
+            # null: not estimable, or a median not reached (strict_json.py says which)
+            value = decoded_value(name, value, task_results, f",{filter_name}")
+        if _number(value) is not None:
+            parts.setdefault((metric, point), {})[companion or "value"] = (
+                value if isinstance(value, float) else _number(value))
     measures = {}
     for (metric, point), found in parts.items():
         if "value" in found:
@@ -217,7 +225,7 @@ class Leaderboard:
 
 
 def _fixed(value: float, digits: int) -> str:
-    return "nan" if math.isnan(value) else f"{value:.{digits}f}"
+    return f"{readable(value):.{digits}f}"   # "not estimable" / "not reached" when not finite
 
 
 def _text(value, missing: str = "–") -> str:

@@ -417,3 +417,14 @@ def request(doc_id, question="What is 3 + 5?", alternative="What is 4 + 5?", gen
         idx=0,
         metadata=("adaptation_semantic", doc_id, 1),
     )
+
+
+def stored_docs(store) -> int:
+    """Docs in a result store file (0 before it exists), read without the store class."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(store, timeout=30) as connection:
+            return connection.execute("SELECT count(*) FROM traces").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0

@@ -111,6 +111,15 @@ def write_prm(folder: Path, judge: str, summary: dict, date: str = DATE) -> Path
     return path
 
 
+def write_samples(folder: Path, task: str, samples: list[dict], date: str = DATE) -> Path:
+    """lm-eval's --log_samples file of a run: one JSON line per doc (doc_id, doc, doc_hash, metrics, values)."""
+    path = folder / f"samples_{task}_{date}.jsonl"
+    with path.open("w", encoding="utf-8") as handle:
+        for sample in samples:
+            handle.write(json.dumps(sample) + "\n")
+    return path
+
+
 SEMANTIC_MATCHER = "kvinject.adaptation_tasks.adaptation_semantic.answers.match_semantic_answer"
 # (doc id, original question/answer, alternative question/answer); the last is an identical control.
 HTML_DOCS = (("capital-fr-de", "What is the capital of France?", "Paris", "What is the capital of Germany?", "Berlin"),
@@ -160,9 +169,8 @@ def write_html_runs(out: Path, traced_model: str = "model-a") -> dict:
         data = json.loads(results_path.read_text())
         data["configs"][task]["metadata"]["answer_matcher"] = SEMANTIC_MATCHER
         results_path.write_text(json.dumps(data))
-        with (folder / f"samples_{task}_{DATE}.jsonl").open("w") as handle:
-            for index, doc in enumerate(docs):
-                text = f"The answer is {doc['original_answer']}."
-                handle.write(json.dumps({"doc_id": index, "doc": doc, "resps": [[text]], "filtered_resps": [text],
-                                         "injection_accuracy@1": float(index == 0)}) + "\n")
+        said = [f"The answer is {doc['original_answer']}." for doc in docs]
+        write_samples(folder, task, [{"doc_id": index, "doc": doc, "resps": [[text]], "filtered_resps": [text],
+                                      "injection_accuracy@1": float(index == 0)}
+                                     for index, (doc, text) in enumerate(zip(docs, said))])
     return {"traces": traces, "docs": docs}

@@ -125,9 +125,10 @@ EVERY_METRIC_PER_POINT = (
     "adaptation_point_censored", "adaptation_point_never", "adaptation_point_vs_noise",
     "stabilization_share", "attention_stabilization_share", "detection_rate", "detection_rate_ci_high",
     "detection_latency_median", "detection_latency_never", "detection_false_alarm_bound", "detection_calibrated",
-    "detection_latency_vs_noise_pvalue",
-    "pvalue_kl_run_new", "pvalue_injection_accuracy", "oracle_convergence_ci_low",
+    "detection_latency_vs_noise_pvalue", "detection_horizon", "n_undecided",
+    "adaptation_point_median_reached", "detection_latency_median_reached", "oracle_convergence_ci_low",
 )
+PAIRED_TESTS = ("pvalue_kl_run_new", "pvalue_injection_accuracy")   # need two changed docs at N
 POINTS = (1, 2, 4)  # SmolLM2 often answers a MAWPS problem in under 15 tokens: inject early
 
 
@@ -160,8 +161,11 @@ def test_smollm2_run_from_the_command_line_reports_every_metric(tmp_path):
         expected = {"baseline_accuracy", "oracle_accuracy"}
         for n in POINTS:
             injected = [t for t in traces if t["conditions"][f"injection@{n}"]["injected"]]
-            if any(t["prompts"]["original"]["ids"] != t["prompts"]["alternative"]["ids"] for t in injected):
+            changed = [t for t in injected if t["prompts"]["original"]["ids"] != t["prompts"]["alternative"]["ids"]]
+            if changed:
                 expected |= {f"{name}@{n}" for name in EVERY_METRIC_PER_POINT}
+            if len(changed) >= 2:
+                expected |= {f"{name}@{n}" for name in PAIRED_TESTS}
             if any(t["prompts"]["original"]["ids"] == t["prompts"]["alternative"]["ids"] for t in injected):
                 expected |= {f"control_false_positive_rate@{n}", f"detection_vs_controls_pvalue@{n}", f"n_controls@{n}",
                              f"detection_latency_vs_controls_pvalue@{n}",

@@ -6,13 +6,13 @@ process tests start tests/evaluation_run.py (lm-eval's simple_evaluate) in a sub
 import json
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from helpers import stored_docs
 
 DRIVER = Path(__file__).parent / "evaluation_run.py"
 TASK = "adaptation_semantic"
@@ -33,14 +33,6 @@ def evaluate(out, args, launcher=(sys.executable,)):
     result = subprocess.run(driver_command(out, args, launcher), capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(Path(out).read_text())
-
-
-def stored_docs(store: Path) -> int:
-    try:
-        with sqlite3.connect(store, timeout=30) as connection:
-            return connection.execute("SELECT count(*) FROM traces").fetchone()[0]
-    except sqlite3.OperationalError:  # not created yet
-        return 0
 
 
 def without_timestamps(run: dict) -> dict:

@@ -87,9 +87,11 @@ def assert_alternatives_follow_their_text(docs):
 
 
 _STEP_SENTENCE = re.compile(
-    r"After that, (?:(?P<subject>(?:the )?[A-Za-z]+) (?:(?:gets|get|got|will get) \d+ more|(?:loses|lose|lost|will lose) \d+) "
-    r"|\d+ more (?=.* are added\.)|\d+ (?=.* are taken away\.))(?P<noun>[A-Za-z]+(?: [a-z]+){0,2}?)(?: are added| are taken away)?\."
+    r"After that, (?:(?P<subject>(?:the |Mrs?\. )?[A-Za-z]+(?: and [A-Z][a-z]+)?) (?:(?:gets|get|got|will get) \d+ more|(?:loses|lose|lost|will lose) \d+) "
+    r"|\d+ more (?=.* are added(?: in all)?\.)|\d+ (?=.* are taken away(?: in all)?\.))(?P<noun>[A-Za-z]+(?: [a-z]+){0,2}?)"
+    r"(?: are added| are taken away)?(?P<in_all> in all)?\."
 )
+_PRONOUN_SUBJECT = re.compile(r"\b(?:does|do|did|will) (he|she|they|it) have\b")
 _PRONOUN_OR_VERB = {"he", "she", "they", "it", "does", "do", "did", "is", "are", "was", "were", "will", "have", "has", "more"}
 
 
@@ -104,8 +106,19 @@ def assert_added_steps_change_the_asked_count(docs):
         assert not set(noun.lower().split()) & _PRONOUN_OR_VERB, sentence
         question = doc["alternative_question"].split(sentence)[1].strip()
         assert question.startswith(f"How many {noun} "), (sentence, question)  # the step changes the asked count
-        if match.group("subject"):
-            assert f" {match.group('subject')} have " in question, (sentence, question)
+        subject = match.group("subject")
+        story = doc["alternative_question"].split(sentence)[0]
+        if subject:
+            pronoun = _PRONOUN_SUBJECT.search(question)
+            if pronoun is None:
+                assert f" {subject} have " in question, (sentence, question)
+            else:  # a pronoun is replaced by the one person (two for "they") the story names
+                names = subject.split(" and ")
+                assert len(names) == (2 if pronoun.group(1) == "they" else 1), (sentence, question)
+                assert all(re.search(rf"\b{re.escape(name)}\b(?!'s)", story) for name in names), (sentence, story)
+        # after an "each" story, or for two people, the step says the amount is in all
+        if re.search(r"\b(?:each|every|per)\b", story, re.IGNORECASE) or (subject and " and " in subject):
+            assert match.group("in_all"), sentence
         assert question.count("?") == 1 and doc["alternative_question"].count("?") == 1
 
 
@@ -135,6 +148,8 @@ def assert_text_reads_naturally(docs):
             assert " ." not in text and " ," not in text and " ?" not in text, text
             assert ".0 " not in text and not text.endswith(".0"), text
             assert " ' " not in text and not re.search(r"(?<![\w'])'\s", text), text  # no "' whack a mole '"
+            # no source tokenisation: "Mary ’ s", "grown - ups", "M & M ’ s"
+            assert "’" not in text and not re.search(r"[A-Za-z] [-&] [A-Za-z]", text), text
 
 
 @pytest.mark.parametrize("source", FIXTURE_SOURCES.values(), ids=FIXTURE_SOURCES.keys())
@@ -315,3 +330,129 @@ def test_real_source_builds_500_problems_with_exact_answers():
 @pytest.mark.parametrize("source", REAL_JSON_SOURCES, ids=lambda path: path.name)
 def test_real_mwptoolkit_files_build_500_problems_with_exact_answers(source):
     assert_full_set(build_augmented_set(read_mawps_source(str(source)).problems))
+
+
+
+# Issue 20: problems wrong as written, impossible changes, constants, tokenisation, unambiguous added steps.
+def svamp_problems(tmp_path, *rows):
+    """SourceProblems read from a one-fold SVAMP folder holding `rows` (question, numbers, prefix equation, answer)."""
+    import csv
+
+    fold = tmp_path / "svamp" / "fold0"
+    fold.mkdir(parents=True)
+    with (fold / "dev.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["Question", "Numbers", "Equation", "Answer", "group_nums", "Body", "Ques_Statement"])
+        for question, numbers, equation, answer in rows:
+            writer.writerow([question, numbers, equation, answer, "[]", "", ""])
+    return read_mawps_source(str(tmp_path / "svamp")).problems
+
+
+WRONG_AS_WRITTEN = [
+    ("Tessa has number0 apples . Anita gave her number1 more . She needs number2 apples to make a pie . "
+     "Does she have enough to make a pie ?", "4.0 5.0 10.0", "+ number0 number1", "9", "yes/no"),
+    ("Mary found number0 seashells and Keith found number1 seashells on the beach . When they cleaned them , they "
+     "discovered that number2 were cracked . How many seashells did they find together ?", "2.0 5.0 9.0",
+     "+ number0 number1", "7", "larger than the answer"),
+    ("Beth has number0 packs of crayons . Each pack has number1 crayons in it . She also has number2 extra crayons . "
+     "How many crayons does Beth have altogether ?", "4.0 10.0 6.0", "* number0 number1", "40", "leaves out a number"),
+]
+SOUND = [  # distractors, comparisons and wh-questions with an auxiliary after a comma stay in
+    ("Jason has number0 blue and number1 red marbles . Tom has number2 blue marbles . How many blue marbles do they "
+     "have in all ?", "43.0 16.0 24.0", "+ number0 number2", "67"),
+    ("There are number0 erasers in a box . Jane has number1 erasers in a bag . Doris takes number2 erasers out of the "
+     "box . How many erasers are left in the box ?", "69.0 15.0 54.0", "- number0 number2", "15"),
+    ("How much interest , in dollars , will you pay on a number0 dollars loan if the rate is number1 percent ?",
+     "8100.0 15.0", "* number0 number1", "121500"),
+    ("Tom has number0 apples . Jane has number1 apples . How many more apples does Jane have than Tom ?",
+     "5.0 12.0", "- number1 number0", "7"),
+    ("Mary found number0 seashells and Keith found number1 seashells on the beach . When they cleaned them , they "
+     "discovered that number2 were cracked . How many seashells did they find together ?", "15.0 43.0 29.0",
+     "+ number0 number1", "58"),
+]
+
+
+def test_problems_wrong_as_written_are_left_out_and_listed(tmp_path):
+    from kvinject.adaptation_tasks.adaptation_math.mawps_builder import left_out_problems, usable_problems
+
+    problems = svamp_problems(tmp_path, *[row[:4] for row in WRONG_AS_WRITTEN], *SOUND)
+    left_out = left_out_problems(problems)
+    assert [source_id for source_id, _ in left_out] == [p.source_id for p in problems[: len(WRONG_AS_WRITTEN)]]
+    for (_, reason), row in zip(left_out, WRONG_AS_WRITTEN):
+        assert row[4] in reason, (row[0], reason)
+    kept = {p.source_id for p in usable_problems(problems)}
+    assert kept == {p.source_id for p in problems[len(WRONG_AS_WRITTEN):]}  # the sound seashell story replaces the wrong one
+    assert not kept & {source_id for source_id, _ in left_out}
+
+
+CARROTS = ("Maria picked number0 carrots from her garden . If she threw out number1 of them and then picked number2 "
+           "more the next day , how many carrots would she have total ?", "48.0 11.0 15.0", "- + number0 number2 number1", "52")
+
+
+def test_changed_numbers_keep_the_story_possible_in_reading_order(tmp_path):
+    from kvinject.adaptation_tasks.adaptation_math.story_checks import positive_in_reading_order
+
+    [problem] = svamp_problems(tmp_path, CARROTS)
+    assert positive_in_reading_order(problem, problem.numbers, problem.equation)
+    # picked 59, threw out 67, picked 15 more: (59 + 15) - 67 > 0, but 59 - 67 < 0 as the story tells it
+    impossible = {0: Fraction(59), 1: Fraction(67), 2: Fraction(15)}
+    assert evaluate(problem.equation, impossible) > 0
+    assert not positive_in_reading_order(problem, impossible, problem.equation)
+    variants = [make_variant(problem, "multiple_numbers", random.Random(seed)) for seed in range(200)]
+    variants = [variant for variant in variants if variant is not None]
+    assert len(variants) > 100
+    for variant in variants:
+        assert variant.values[1] < variant.values[0], variant.question
+
+
+def test_a_number_the_equation_uses_twice_never_changes(tmp_path):
+    """"each team plays the other team 2 times" with SVAMP's `n0 * (n0 - 1) * n1 / n1`: n1 acts as the constant 2."""
+    from kvinject.adaptation_tasks.adaptation_math.mawps_builder import changeable_slots
+
+    [problem] = svamp_problems(tmp_path, (
+        "The league has number0 teams . Each team plays every other team number1 times . How many games are played ?",
+        "10.0 2.0", "/ * * number0 - number0 1.0 number1 number1", "90"))
+    assert 1 not in changeable_slots(problem)
+    for seed in range(50):
+        variant = make_variant(problem, "single_number", random.Random(seed))
+        assert variant is None or variant.values[1] == 2
+
+
+def test_source_tokenisation_is_normalised():
+    segments = ("Mary ’ s mom bought ", 0, " bags of M & M ’ s for the grown - ups at a part - time job .")
+    assert render_problem(segments, {0: Fraction(3)}) == "Mary's mom bought 3 bags of M&M's for the grown-ups at a part-time job."
+
+
+@pytest.mark.parametrize(
+    "story, question, expected",
+    [
+        ("Sara has 31 red and 15 green balloons. Sandy has 24 red balloons.",
+         "How many red balloons do they have in total?", r"After that, Sara and Sandy get \d+ more red balloons in all\."),
+        ("Sam had 49 pennies in his bank. His dad gave him 39 pennies.",
+         "How many pennies does he have now?", r"After that, Sam (gets \d+ more|loses \d+) pennies\."),
+        ("There are 397 butterflies. Each butterfly has 12 black dots.",
+         "How many black dots are there in all?", r"After that, \d+ more black dots are added in all\."),
+        ("Clarence has 5 oranges. He gets 3 more from Joyce.", "How many oranges does he have now?", None),  # he: two people
+        ("Cindy's mom baked 41 cookies. Paul's dad baked 38 cookies.", "How many cookies do they have in all?", None),
+    ],
+)
+def test_added_steps_name_their_subject_and_say_in_all(story, question, expected):
+    from kvinject.adaptation_tasks.adaptation_math.added_step import make_step
+
+    match = step_question(story, question)
+    assert match is not None
+    for seed in range(10):
+        step = make_step(match, Fraction(50), random.Random(seed), story)
+        if expected is None:
+            assert step is None
+        else:
+            assert re.fullmatch(expected, step.sentence), step.sentence
+
+
+@pytest.mark.skipif(not REAL_SOURCE, reason=f"{SOURCE_ENV_VAR} is not set (CI points it at ../shared/data/mawps/svamp/cv_mawps)")
+def test_dataset_card_lists_the_problems_left_out_of_the_svamp_copy():
+    from kvinject.adaptation_tasks.adaptation_math.mawps_builder import left_out_problems
+
+    card = (Path(math_data.__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    listed = re.findall(r"^  \| `([^`]+)` \| ([^|]+?) \|", card, flags=re.MULTILINE)
+    assert listed == left_out_problems(read_mawps_source(REAL_SOURCE).problems)

@@ -63,26 +63,94 @@ def test_too_few_noise_runs_cannot_support_alpha(noise_runs, supported):
 
 
 @pytest.mark.parametrize("noise_runs", [20, 40, 100])
+@pytest.mark.parametrize("noise_length", [16, 48], ids=["noise-shorter-than-H", "noise-longer-than-H"])
 @pytest.mark.parametrize("length_factor", [1, 2, 4])
-def test_false_alarm_rate_is_at_most_alpha_whatever_the_run_length(noise_runs, length_factor):
-    """Null: injection runs from the noise runs' per-token distribution, 1x/2x/4x as long.
-    A fresh null run alarms with probability (n+1-k)/(n+1) <= alpha; the old detector (drift =
-    null mean, whole run) alarmed 5.9% / 20% / 48% at n = 100."""
-    rng = np.random.default_rng(noise_runs * 10 + length_factor)
-    replicates, length, horizon = 3000, 40, 40
+def test_false_alarm_rate_is_at_most_alpha_whatever_the_run_length(noise_runs, noise_length,
+                                                                   length_factor):
+    """Null: injection runs from the noise runs' per-token distribution, 1x/2x/4x as long as the
+    noise runs, which are shorter (16) or longer (48) than H = 32: injection runs of 16..192
+    tokens, shorter and longer than H. A fresh null run alarms with probability (n+1-k)/(n+1)
+    <= alpha, and every run is decided (none is NaN); the old detector (drift = null mean, whole
+    run) alarmed 5.9% / 20% / 48% at n = 100."""
+    rng = np.random.default_rng(noise_runs * 10 + length_factor + noise_length)
+    replicates, horizon = 3000, 32
     alarms = []
     for chunk in range(3):
-        found = detect(_runs(rng, replicates // 3, noise_runs, length, horizon),
-                       _runs(rng, replicates // 3, 1, length * length_factor, horizon), ALPHA, None)
+        found = detect(_runs(rng, replicates // 3, noise_runs, noise_length, horizon),
+                       _runs(rng, replicates // 3, 1, noise_length * length_factor, horizon),
+                       ALPHA, None)
+        assert (found.horizon == min(noise_length, horizon)).all()
         alarms.append(found.alarm[:, 0])
-    rate = np.concatenate(alarms).mean()
+    alarms = np.concatenate(alarms)
+    assert not np.isnan(alarms).any()
+    rate = alarms.mean()
     assert rate <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / replicates), rate
 
 
+def test_noise_runs_shorter_than_the_injection_runs_drop_no_run():
+    """Noise runs of 8..16 tokens, injection runs of 24..40 (H = 32): the detector evaluates
+    every run over H* = the 19th longest noise run, so no run is undecided, the false-alarm rate
+    of null injection runs stays <= alpha + 3 simulation standard errors, and a real shift is
+    still found. (Before: every run longer than all noise runs was undecided, the rate NaN.)"""
+    rng = np.random.default_rng(12)
+    replicates, noise_runs, horizon = 3000, 40, 32
+
+    def cut(matrix, low, high):
+        lengths = rng.integers(low, high + 1, size=matrix.shape[:-1])
+        matrix[np.arange(horizon) >= lengths[..., None]] = np.nan
+        return matrix
+
+    noise = cut(_runs(rng, replicates, noise_runs, horizon, horizon), 8, 16)
+    null_runs = cut(_runs(rng, replicates, 2, horizon, horizon), 24, 40)
+    found = detect(noise, null_runs, ALPHA, None)
+    assert not np.isnan(found.alarm).any() and not np.isnan(found.bound).any()
+    assert (found.horizon >= 8).all() and (found.horizon <= 16).all()
+    assert (found.length == found.horizon[:, None]).all()
+    assert found.alarm.mean() <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / found.alarm.size)
+    shifted = cut(_runs(rng, replicates, 2, horizon, horizon, shift=1.5), 24, 40)
+    assert detect(noise, shifted, ALPHA, None).alarm.mean() > 0.5
+
+
+def _length_payloads(rng, docs, run_length, noise_length, shift=0.0):
+    return [{"run": (rng.exponential(size=run_length) + shift).tolist(),
+             "noise": rng.exponential(size=noise_length).tolist(),
+             "run_budget_hit": True, "noise_budget_hit": True, "control": False}
+            for _ in range(docs)]
+
+
+def test_detection_keys_use_the_noise_runs_length_and_are_never_nan():
+    """The issue's example: noise runs of 16 tokens, injection runs of 32 (H = 32)."""
+    rng = np.random.default_rng(13)
+    settings = AdaptationSettings(report="full", bootstrap_resamples=50, permutation_resamples=99)
+    payloads = _length_payloads(rng, 30, 32, 16, shift=1.0)
+    results = {key: metric_aggregation(key, settings)(payloads) for key in (
+        "detection_rate@5", "detection_rate_ci_low@5", "detection_rate_ci_high@5",
+        "detection_calibrated@5", "detection_false_alarm_bound@5", "n_undecided@5",
+        "detection_horizon@5", "detection_latency_median@5", "detection_latency_vs_noise_pvalue@5")}
+    assert not any(math.isnan(value) for value in results.values()), results
+    assert results["n_undecided@5"] == 0 and results["detection_horizon@5"] == 16
+    assert results["detection_calibrated@5"] == 1.0 and results["detection_rate@5"] > 0.5
+    # a run cut at H* without an alarm is censored there (unobserved beyond), not "never"
+    quiet = _length_payloads(rng, 30, 32, 16)
+    assert metric_aggregation("detection_latency_never@5", settings)(quiet) == 0.0
+
+
+def test_runs_without_any_noise_token_are_counted_undecided_and_uncalibrated():
+    rng = np.random.default_rng(14)
+    settings = AdaptationSettings(report="full", bootstrap_resamples=20)
+    payloads = _length_payloads(rng, 25, 10, 0)
+    assert metric_aggregation("n_undecided@5", settings)(payloads) == 25.0
+    assert metric_aggregation("detection_calibrated@5", settings)(payloads) == 0.0
+    assert str(metric_aggregation("detection_rate@5", settings)(payloads)) == "not estimable"
+    payloads[0]["noise"] = [1.0, 1.0]   # one noise run: every run decided, uncalibrated
+    assert metric_aggregation("n_undecided@5", settings)(payloads) == 0.0
+    assert metric_aggregation("detection_calibrated@5", settings)(payloads) == 0.0
+
+
 def test_false_alarm_rate_holds_for_runs_shorter_than_the_horizon():
-    """Mixed lengths: a run of L < H tokens is compared with the noise runs of >= L tokens. Where
-    fewer than 19 noise runs are that long the run's bound exceeds alpha (flagged uncalibrated):
-    the alarm rate stays below the reported bounds, and below alpha where they support it."""
+    """Mixed lengths: a run of L < H tokens is compared with the noise runs of >= L tokens, a
+    longer one cut at H* (the 19th longest noise run), so at least 19 noise runs calibrate every
+    run: all are decided and calibrated, and the alarm rate stays <= alpha."""
     rng = np.random.default_rng(11)
     replicates, noise_runs, horizon = 3000, 60, 32
     noise = _runs(rng, replicates, noise_runs, horizon, horizon)
@@ -91,14 +159,11 @@ def test_false_alarm_rate_holds_for_runs_shorter_than_the_horizon():
     run = _runs(rng, replicates, 1, horizon, horizon)
     run[np.arange(horizon)[None, None, :] >= rng.integers(8, horizon + 1, size=(replicates, 1, 1))] = np.nan
     found = detect(noise, run, ALPHA, None)
-    decided = ~np.isnan(found.alarm[:, 0])   # undecided: no noise run is as long
-    assert decided.mean() > 0.95
-    alarm, bound = found.alarm[decided, 0], found.bound[decided, 0]
-    calibrated = bound <= ALPHA
-    assert 0.5 < calibrated.mean() < 1   # both cases occur
-    assert alarm.mean() <= bound.mean() + 3 * math.sqrt(bound.mean() / replicates)
-    supported = calibrated.sum()
-    assert alarm[calibrated].mean() <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / supported)
+    decided = ~np.isnan(found.alarm[:, 0])
+    assert decided.all()   # every run is evaluated over at most H*, which noise runs cover
+    assert (found.bound[:, 0] <= ALPHA).all()
+    assert (found.length[:, 0] < np.sum(~np.isnan(run[:, 0]), axis=-1)).any()   # some are cut
+    assert found.alarm.mean() <= ALPHA + 3 * math.sqrt(ALPHA * (1 - ALPHA) / replicates)
 
 
 def test_latency_of_a_fixed_shift_does_not_depend_on_the_run_length():

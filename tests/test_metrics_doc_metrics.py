@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from kvinject.metrics import AdaptationSettings, doc_metrics, result_keys
+from kvinject.metrics import keys as K
 from helpers import build_answers, build_trace, run_series
 
 SETTINGS = AdaptationSettings(window_tokens=2, per_layer=True, report="full")
@@ -75,8 +76,20 @@ def test_paired_values_for_the_tests_cover_the_whole_family():
     assert "adaptation_point@5" not in payload   # the noise run was censored before H
     stopped_noise = _metrics(stop_reasons=("max_new_tokens", "eos"))["pvalue_kl_run_new@5"]
     assert stopped_noise["adaptation_point@5"] == [1.0, 0.0]   # adapted within H: inj vs noise
-    assert payload["detection_rate@5"] == [2.0, 1.0]     # mean statistic over the common length
     assert "stuck_rate@5" not in payload   # not a paired metric
+
+
+def test_detection_rate_has_no_paired_test_of_its_own():
+    """Its former pvalue_detection_rate@N tested the mean detection statistic, with the default
+    statistic the same test as pvalue_kl_run_old@N: one test counted twice in the Holm family.
+    The detector's own test against the noise runs is detection_latency_vs_noise_pvalue@N."""
+    values = _metrics()
+    assert "pvalue_detection_rate@5" not in values
+    assert "detection_rate@5" not in values["pvalue_kl_run_old@5"]
+    assert "kl_run_old@5" in values["pvalue_kl_run_old@5"]
+    assert "pvalue_detection_rate@5" not in result_keys([5], SETTINGS)
+    with pytest.raises(ValueError, match="has no paired test"):
+        K.parse_key("pvalue_detection_rate@5")
 
 
 def test_a_pair_censored_before_the_horizon_is_left_out_of_the_test():
@@ -116,7 +129,8 @@ def test_identical_problem_control_gives_only_detection_values_and_its_adaptatio
     assert {key.split("@")[0] for key in values} == {
         f"{metric}{stat}" for metric, stat in (
             ("n_controls", ""), ("detection_rate", ""), ("detection_rate", "_ci_low"), ("detection_rate", "_ci_high"),
-            ("detection_latency", "_median"), ("detection_latency", "_censored"),
+            ("detection_latency", "_median"), ("detection_latency", "_median_reached"),
+            ("detection_latency", "_censored"), ("detection_horizon", ""), ("n_undecided", ""),
             ("detection_latency", "_never"), ("detection_false_alarm_bound", ""),
             ("detection_calibrated", ""), ("control_false_positive_rate", ""),
             ("control_false_positive_rate", "_ci_low"), ("control_false_positive_rate", "_ci_high"),

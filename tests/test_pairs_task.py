@@ -115,3 +115,11 @@ def test_the_builtin_task_takes_the_file_from_metadata_and_names_a_bad_one(local
                       "--metadata", json.dumps({"dataset_path": "bad.jsonl"}), "--limit", "1"], cwd=tmp_path)
     assert result.returncode != 0
     assert "bad.jsonl, line 2: field 'alternative' must be a non-empty string" in result.stderr
+
+
+def test_own_pairs_matcher_reads_negations_and_corrections(tmp_path):
+    number, text = read_pairs(write_jsonl(tmp_path / "pairs.jsonl", PAIRS))[:2]
+    for output in ("The answer is not 8 but 9.", "The answer is 9 (not 8).", "The answer is 8 — no, 9.", "The answer is nine, not eight."):
+        assert (match_pair_answer(output, number)["new"], match_pair_answer(output, number)["old"]) == (True, False), output
+    for output in ("The answer is not Paris but Madrid.", "The answer is Madrid (Paris is France's capital).", "The answer is Paris — no, Madrid."):
+        assert (match_pair_answer(output, text)["new"], match_pair_answer(output, text)["old"]) == (True, False), output

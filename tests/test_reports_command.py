@@ -1,8 +1,9 @@
 """`kvinject report` writes every output for a run folder and names bad input without a traceback."""
+import json
 import subprocess
 import sys
 
-from report_runs import simple_trace, write_run
+from report_runs import make_trace, simple_trace, write_run
 
 from kvinject import cli
 
@@ -54,3 +55,32 @@ def test_an_unreadable_trace_file_costs_its_task_not_the_leaderboard(tmp_path, c
     assert cli.main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "r")]) == 1
     assert f"cannot read traces {trace_file}" in capsys.readouterr().err
     assert "0.500" in (tmp_path / "r" / "leaderboard.md").read_text()
+
+
+def test_report_says_why_it_draws_no_curves_when_nothing_was_injected(tmp_path, capsys):
+    never_injected = [make_trace({1: (None, None)}, doc_id=f"doc-{i}") for i in range(2)]
+    write_run(tmp_path / "out", "model-a", {"injection_accuracy@1,none": 0.5}, never_injected)
+    assert cli.main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert "adaptation_semantic: no curves: no changed-problem run was injected" in err
+    assert not (tmp_path / "r" / "curves").exists()
+
+
+def test_null_values_of_a_strict_results_json_read_as_words(tmp_path, capsys):
+    """Strict results JSON writes null for "not estimable" and for a median not reached (its
+    _median_reached key says which); the leaderboard shows the words, not nan or a blank."""
+    write_run(tmp_path / "out", "model-a", {
+        "injection_accuracy@1,none": 0.5, "adaptation_point_share@1,none": None,
+        "adaptation_point_share_ci_low@1,none": 0.1, "adaptation_point_share_ci_high@1,none": 1.0,
+        "adaptation_point_median@1,none": None, "adaptation_point_median_reached@1,none": 0.0,
+        "detection_latency_median@1,none": None, "detection_latency_median_reached@1,none": None,
+    })
+    assert cli.main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "r")]) == 0
+    table = (tmp_path / "r" / "leaderboard.md").read_text()
+    assert "not estimable [0.100, 1.000]" in table
+    from kvinject.reports.leaderboard import read_measures
+
+    results = json.loads((next((tmp_path / "out").glob("results_*.json"))).read_text())
+    measures = read_measures(results["results"]["adaptation_semantic"])
+    assert str(measures["adaptation_point_median@1"].value) == "not reached"
+    assert str(measures["detection_latency_median@1"].value) == "not estimable"

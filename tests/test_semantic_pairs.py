@@ -108,3 +108,36 @@ def test_place_names_that_take_an_article_get_it(committed):
             question = pair[f"{side}_question"]
             assert not re.search(r" of (?:Isle of|United|Czech|Dominican|Central African|Republic of|[A-Z]\w+ Islands\?)", question), question
     assert build_pairs._place("Isle of Man") == "the Isle of Man" and build_pairs._place("France") == "France"
+
+
+def test_capitals_and_currencies_follow_the_dated_review():
+    """Issue 20: Gitega (Burundi's capital since 2019), common names of currencies and capitals, ambiguous
+    currency questions left out, and every currency is CLDR's only legal tender on the review date."""
+    import datetime
+
+    import countryinfo
+    from babel.numbers import get_territory_currencies
+
+    facts = build_pairs.collect_facts()
+    capitals = {fact.subject: fact for fact in facts["country_capital"]}
+    currencies = {fact.subject: fact for fact in facts["country_currency"]}
+    assert capitals["Burundi"].answer == "Gitega"
+    assert not {"Indonesia", "Equatorial Guinea"} & set(capitals)  # capital moves under way
+    assert not {"Jersey", "Guernsey", "Isle of Man", "Faroe Islands"} & set(currencies)
+    expected_names = {
+        "Grenada": "The answer is the Eastern Caribbean dollar.", "Guyana": "The answer is the Guyanese dollar.",
+        "Uzbekistan": "The answer is the Uzbek som.", "Turkmenistan": "The answer is the Turkmen manat.",
+        "Nicaragua": "The answer is the córdoba.", "Poland": "The answer is the Polish złoty.",
+    }
+    for subject, output in expected_names.items():
+        doc = {"original_aliases": list(currencies[subject].aliases), "alternative_aliases": ["Atlantis crown"]}
+        assert match_semantic_answer(output, doc)["old"], (subject, currencies[subject].aliases)
+    doc = {"original_aliases": list(capitals["Kiribati"].aliases), "alternative_aliases": ["Atlantis"]}
+    assert match_semantic_answer("The answer is Tarawa.", doc)["old"]
+    territory = {build_pairs.COUNTRY_RENAMES.get(c.name(), c.name()): c.iso(2) for c in countryinfo.all_countries()}
+    import iso4217
+
+    code_of = {currency.currency_name: currency.code for currency in iso4217.Currency}
+    for subject, fact in currencies.items():
+        tender = get_territory_currencies(territory[subject], datetime.date(2026, 1, 1), tender=True)
+        assert tender == [code_of[fact.answer]], (subject, tender, fact.aliases)

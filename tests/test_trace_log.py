@@ -140,3 +140,36 @@ def test_a_run_of_another_model_copies_nothing(tmp_path):
     save = copy_run_traces_beside_results(lambda tracker, results, samples=None: (Path(tracker.output_path) / "my__model").mkdir(parents=True))
     save(FakeTracker(tmp_path / "out"), {"config": {"model": "hf"}})
     assert not list((tmp_path / "out" / "my__model").iterdir())
+
+
+@pytest.mark.parametrize("cut", [0.3, 0.6, 0.95])
+def test_a_multi_doc_batch_cut_short_is_dropped_whole(tmp_path, cut):
+    """Batches of 2 and 3 docs; a crash part-way through the second batch (its first line may
+    already be complete in the decompressed text) keeps exactly the first batch."""
+    log = TraceLog(tmp_path)
+    for doc in ("a1", "a2"):
+        log.append("t", random_trace(doc, tokens=4, layers=2))
+    log.flush()
+    complete = log.path.stat().st_size
+    for doc in ("b1", "b2", "b3"):
+        log.append("t", random_trace(doc, tokens=4, layers=2, seed=1))
+    log.flush()
+    data = log.path.read_bytes()
+    log.path.write_bytes(data[: complete + int((len(data) - complete) * cut)])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        records = read_traces(log.path)
+    assert [r["trace"]["doc_id"] for r in records] == ["a1", "a2"]
+    assert any("incomplete batch" in str(w.message) for w in caught)
+
+
+def test_complete_multi_doc_batches_read_without_warning(tmp_path):
+    log = TraceLog(tmp_path)
+    for batch in (("a1", "a2"), ("b1", "b2")):
+        for doc in batch:
+            log.append("t", random_trace(doc, tokens=4, layers=2))
+        log.flush()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        records = read_traces(log.path)
+    assert [r["trace"]["doc_id"] for r in records] == ["a1", "a2", "b1", "b2"]

@@ -7,6 +7,10 @@ Only two question shapes qualify, because only there the step is unambiguous and
   are taken away).
 Questions about what was grown, picked, earned or needed are left out: "4 more watermelons are added"
 does not say whether the added ones were grown. Two-question problems are left out as well.
+The step names its subject: a pronoun ("he", "they") is replaced by the one person (or, for "they", the two
+people) the story names, and the problem is left out when the story names another number of people. After
+a story with "each", "every" or "per", and for a plural subject, the step says "in all", so that "3 more"
+cannot be read as 3 more each.
 """
 from __future__ import annotations
 
@@ -33,6 +37,18 @@ _VERBS = {
     "will": ("will get", "will lose"),
 }
 GAIN, LOSS = "+", "-"
+_PRONOUNS = {"he": 1, "she": 1, "it": 1, "they": 2}  # how many named people the pronoun must point at
+# a named person, not in the possessive ("Cindy's mom baked ..." does not make Cindy the one who acts)
+_PERSON = re.compile(r"\b(?:(?:Mr|Mrs|Ms|Dr)\. )?[A-Z][a-z]+\b(?!'s)")
+# capitalised words that are no person: sentence openers, pronouns, titles alone, days and feasts
+_NOT_A_PERSON = frozenset({
+    "There", "The", "A", "An", "After", "Then", "Later", "If", "How", "Each", "Every", "He", "She", "They", "It",
+    "His", "Her", "Their", "Its", "In", "On", "At", "For", "When", "During", "Before", "Some", "All", "One", "This",
+    "That", "These", "Those", "Mr", "Mrs", "Ms", "Dr", "So", "But", "And", "Now", "Today", "Yesterday", "Last",
+    "Next", "Halloween", "Christmas", "Easter", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday",
+    "Saturday", "Sunday", "What", "Of", "With", "To", "As", "From", "Over", "While", "Since", "Altogether",
+})
+_EACH = re.compile(r"\b(?:each|every|per)\b", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -58,20 +74,38 @@ def step_question(story: str, question: str) -> re.Match | None:
     return match
 
 
-def make_step(match: re.Match, answer: Fraction, rng: random.Random) -> AddedStep | None:
-    """A gain for totals, a loss for what is left; "now" may be either. None when a loss would not fit."""
+def named_subject(subject: str, story: str) -> str | None:
+    """The question's subject as the step names it: a name stays, a pronoun becomes the person (two people
+    for "they") the story names; None when the story names a different number of people."""
+    people = _PRONOUNS.get(subject.lower())
+    if people is None:
+        return subject
+    names = list(dict.fromkeys(name for name in _PERSON.findall(story) if name not in _NOT_A_PERSON))
+    if len(names) != people:
+        return None
+    return " and ".join(names)
+
+
+def make_step(match: re.Match, answer: Fraction, rng: random.Random, story: str) -> AddedStep | None:
+    """A gain for totals, a loss for what is left; "now" may be either. None when a loss would not fit or
+    the subject cannot be named."""
     ending = match.group(match.re.groups).lower()
     operation = LOSS if ending == "left" else GAIN if ending != "now" else rng.choice((GAIN, LOSS))
     if operation == LOSS and answer < 4:
         return None
     amount = rng.randint(2, min(20, int(answer) - 2) if operation == LOSS else 20)
     noun = match.group(1)
+    in_all = " in all" if _EACH.search(story) else ""
     if match.re is _HAVE_QUESTION:
-        subject = match.group(3)
+        subject = named_subject(match.group(3), story)
+        if subject is None:
+            return None
+        if " and " in subject or match.group(3).lower() == "they":
+            in_all = " in all"
         gain, loss = _VERBS[match.group(2).lower()]
         verb = f"{gain} {amount} more" if operation == GAIN else f"{loss} {amount}"
-        sentence = f"After that, {subject} {verb} {noun}."
+        sentence = f"After that, {subject} {verb} {noun}{in_all}."
     else:
         change = "more {noun} are added" if operation == GAIN else "{noun} are taken away"
-        sentence = f"After that, {amount} {change.format(noun=noun)}."
+        sentence = f"After that, {amount} {change.format(noun=noun)}{in_all}."
     return AddedStep(sentence, operation, amount)

@@ -20,7 +20,9 @@ from kvinject.adaptation_tasks.adaptation_math.mawps_sources import DEFAULT_SOUR
 from kvinject.paths import user_cache_dir
 
 # Everything that decides the built set: the readers, the text rendering, the arithmetic and the builder.
-BUILDER_MODULES = ("mawps_sources.py", "mawps_text.py", "expression.py", "added_step.py", "mawps_builder.py")
+BUILDER_MODULES = (
+    "mawps_sources.py", "mawps_text.py", "expression.py", "added_step.py", "story_checks.py", "mawps_builder.py",
+)
 
 
 MATH_SCHEMA = DocSchema(

@@ -33,6 +33,7 @@ from kvinject.adaptation_tasks.adaptation_math.expression import (
 )
 from kvinject.adaptation_tasks.adaptation_math.mawps_sources import SourceProblem, numbers_in_text
 from kvinject.adaptation_tasks.adaptation_math.mawps_text import render_problem, split_question
+from kvinject.adaptation_tasks.adaptation_math.story_checks import source_problem_fault, story_fault, used_more_than_once
 
 SEED = 20240611
 CHANGED_TYPES = ("single_number", "multiple_numbers", "added_step")
@@ -124,17 +125,33 @@ def _proportional(mix: Counter, total: int) -> dict[str, int]:
 
 
 def usable_problems(problems: list[SourceProblem]) -> list[SourceProblem]:
-    """Problems whose equation gives the stated answer through positive whole numbers, one per template
-    (MAWPS repeats some texts with other numbers; those would be near-duplicates in the set)."""
+    """Problems whose equation gives the stated answer through positive whole numbers and that are not wrong
+    as written (`story_checks`), one per template (MAWPS repeats some texts with other numbers; those would
+    be near-duplicates in the set)."""
     by_template: dict[str, SourceProblem] = {}
     for problem in sorted(problems, key=lambda problem: problem.source_id):
-        if not _whole_positive_run(problem.equation, problem.numbers):
-            continue
-        if evaluate(problem.equation, problem.numbers) != problem.stated_answer:
+        if not _answers_itself(problem) or source_problem_fault(problem) is not None:
             continue
         template = "#".join(part.lower() if isinstance(part, str) else "" for part in problem.segments)
         by_template.setdefault(" ".join(template.split()), problem)
     return list(by_template.values())
+
+
+def _answers_itself(problem: SourceProblem) -> bool:
+    """The equation gives the stated answer through positive whole numbers."""
+    return _whole_positive_run(problem.equation, problem.numbers) and (
+        evaluate(problem.equation, problem.numbers) == problem.stated_answer
+    )
+
+
+def left_out_problems(problems: list[SourceProblem]) -> list[tuple[str, str]]:
+    """(source id, reason) of every problem that answers itself but is wrong as written, in id order: the
+    list in the dataset card."""
+    return [
+        (problem.source_id, fault)
+        for problem in sorted(problems, key=lambda problem: problem.source_id)
+        if _answers_itself(problem) and (fault := source_problem_fault(problem)) is not None
+    ]
 
 
 def _whole_positive_run(equation: Expr, values: dict[int, Fraction]) -> bool:
@@ -161,15 +178,17 @@ def make_variant(problem: SourceProblem, variation: str, rng: random.Random) -> 
 
 
 def changeable_slots(problem: SourceProblem) -> list[int]:
-    """Slots the equation uses whose value is written once in the text, is no constant of the equation
-    and is at least 2: changing such a number changes exactly one text occurrence and one leaf."""
+    """Slots the equation uses once whose value is written once in the text, is no constant of the equation
+    and is at least 2: changing such a number changes exactly one text occurrence and one leaf (a slot used
+    twice, as in `n0 * (n0 - 1) * n1 / n1`, acts as a constant)."""
     in_text = Counter(problem.numbers[part] for part in problem.segments if isinstance(part, int))
     in_text.update(value for part in problem.segments if isinstance(part, str) for value in numbers_in_text(part))
     fixed = set(constants(problem.equation))
+    repeated = used_more_than_once(problem.equation)
     return [
         slot
         for slot in used_slots(problem.equation)
-        if in_text[problem.numbers[slot]] == 1 and problem.numbers[slot] not in fixed and problem.numbers[slot] >= 2
+        if slot not in repeated and in_text[problem.numbers[slot]] == 1 and problem.numbers[slot] not in fixed and problem.numbers[slot] >= 2
     ]
 
 
@@ -188,7 +207,8 @@ def _changed_numbers(problem: SourceProblem, several: bool, rng: random.Random) 
         # a new value must not repeat another number of the text, or the text would stop saying which is which
         if set(new_values) & taken or len(set(new_values)) < len(new_values):
             continue
-        if _whole_positive_run(problem.equation, values) and evaluate(problem.equation, values) != original_answer:
+        if (_whole_positive_run(problem.equation, values) and evaluate(problem.equation, values) != original_answer
+                and story_fault(problem, values, problem.equation) is None):
             changed = [
                 {"original": format_number(problem.numbers[slot]), "alternative": format_number(values[slot])}
                 for slot in chosen
@@ -213,11 +233,11 @@ def _added_step(problem: SourceProblem, original_text: str, rng: random.Random) 
     match = step_question(story, question)
     if match is None:
         return None
-    step = make_step(match, evaluate(problem.equation, problem.numbers), rng)
+    step = make_step(match, evaluate(problem.equation, problem.numbers), rng, story)
     if step is None:
         return None
     equation = BinOp(step.operation, problem.equation, Const(Fraction(step.amount)))
-    if not _whole_positive_run(equation, problem.numbers):
+    if not _whole_positive_run(equation, problem.numbers) or story_fault(problem, problem.numbers, equation) is not None:
         return None
     return _Variant(f"{story} {step.sentence} {question}", equation, problem.numbers, [], step.sentence)
 

@@ -1,4 +1,5 @@
-"""Turn a MAWPS problem back into natural text: numbers in, tokenisation artefacts (" .", "$ 5", "' a b '") out."""
+"""Turn a MAWPS problem back into natural text: numbers in, tokenisation artefacts (" .", "$ 5", "' a b '",
+"Mary ’ s", "grown - ups", "M & M ’ s") out."""
 from __future__ import annotations
 
 import re
@@ -8,6 +9,11 @@ from typing import Mapping
 from kvinject.adaptation_tasks.adaptation_math.expression import format_number
 
 _DETOKENISE = (
+    (re.compile(r"[’‘]"), "'"),  # curly apostrophes as the straight ones the rest of the text uses
+    (re.compile(r"(?<=[A-Za-z]) - (?=[A-Za-z])"), "-"),  # grown - ups -> grown-ups
+    (re.compile(r"\b([A-Z]) & ([A-Z])\b"), r"\1&\2"),  # M & M -> M&M
+    (re.compile(r"(?<=\w) (' ?s)\b"), r"\1"),  # Mary ' s -> Mary 's (joined below)
+    (re.compile(r"(?<=\w)' s\b"), "'s"),
     (re.compile(r"\s+([.,?!;:%)\]])"), r"\1"),
     (re.compile(r"([($\[])\s+"), r"\1"),
     (re.compile(r"\s+(n't|'s|'re|'ve|'ll|'m|'d)\b", re.IGNORECASE), r"\1"),

@@ -7,6 +7,7 @@ checked by rebuilding it byte for byte (with the package versions recorded in th
 """
 from __future__ import annotations
 
+import datetime
 import json
 import random
 import re
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from kvinject.adaptation_tasks.adaptation_semantic.answers import normalise
 
-BUILDER_VERSION = "2"
+BUILDER_VERSION = "3"
 SEED = 20240611
 OUTPUT_PATH = Path(__file__).parent / "data" / "semantic_pairs.json"
 SOURCE_PACKAGES = ("babel", "countryinfo", "iso4217", "periodictable", "us")
@@ -54,9 +55,19 @@ EXCLUDED_COUNTRIES |= {
     "French Southern and Antarctic Lands", "Zimbabwe", "Burma",
 }
 EXCLUDED_CAPITALS = frozenset({"Kingston"})  # names two capitals (Jamaica, Norfolk Island)
-# Renamed after the package's data was written: Nur-Sultan -> Astana (Sept 2022); Republic of Macedonia
-# -> North Macedonia (Feb 2019).
-CAPITAL_CORRECTIONS = {"Kazakhstan": "Astana"}
+# Capital moves under way at the review date, so either answer can be defended: Indonesia (Nusantara by law
+# since 2022, Jakarta until the presidential decree), Equatorial Guinea (Malabo -> Ciudad de la Paz).
+CAPITAL_IN_TRANSITION = frozenset({"Indonesia", "Equatorial Guinea"})
+# Currency questions with two defensible answers: a local issue circulates at par beside the ISO currency
+# (Jersey, Guernsey and Manx pounds beside sterling, the Faroese króna beside the Danish krone; Scottish
+# banknotes are sterling but "Scottish pound" is a common answer).
+AMBIGUOUS_CURRENCY = frozenset({"Jersey", "Guernsey", "Isle of Man", "Faroe Islands", "Scotland"})
+# Changed after the package's data was written: Nur-Sultan -> Astana (Sept 2022); Bujumbura -> Gitega (Burundi's
+# political capital since Jan 2019); Republic of Macedonia -> North Macedonia (Feb 2019).
+CAPITAL_CORRECTIONS = {"Kazakhstan": "Astana", "Burundi": "Gitega"}
+# Currencies are checked against CLDR's legal tender of each territory on this date (babel's CLDR, the date
+# of the pinned iso4217 table): a subject whose countryinfo code differs, or that has two, is left out.
+CURRENCY_REVIEW_DATE = datetime.date(2026, 1, 1)
 COUNTRY_RENAMES = {"Republic of Macedonia": "North Macedonia"}
 # Names read with "the" in a question ("the capital of the Isle of Man")
 _NEEDS_ARTICLE = re.compile(
@@ -70,6 +81,7 @@ CAPITAL_ALIASES = {
     "Bern": ["Berne"],
     "Washington, D.C.": ["Washington"],
     "Washington D.C.": ["Washington, D.C.", "Washington"],
+    "South Tarawa": ["Tarawa"],
 }
 # Common English names beyond the ISO 4217 name and the CLDR names (babel): reviewed by hand.
 CURRENCY_ALIASES = {
@@ -81,6 +93,12 @@ CURRENCY_ALIASES = {
     "XAF": ["CFA franc"],
     "KRW": ["Korean won"],
     "KGS": ["Kyrgyzstani som"],
+    "XCD": ["Eastern Caribbean dollar"],
+    "GYD": ["Guyanese dollar"],
+    "UZS": ["Uzbek som", "Uzbek sum"],
+    "TMT": ["Turkmen manat", "Turkmenistani manat"],
+    "NIO": ["córdoba", "Nicaraguan córdoba"],
+    "PLN": ["złoty", "Polish złoty"],
 }
 # ISO codes that are also English words would match ordinary prose, so they are not used as aliases.
 WORDLIKE_CODES = frozenset({"ALL", "TOP", "CUP", "MOP", "PEN", "TRY", "SOS", "BOB", "MAD", "GEL", "AMD", "DOP"})
@@ -148,13 +166,13 @@ def _country_facts() -> dict[str, list[Fact]]:
         # "Georgia" also names a U.S. state, which would make "the capital of Georgia" ambiguous
         if name in EXCLUDED_COUNTRIES or name in state_names or capital in EXCLUDED_CAPITALS:
             continue
-        records.append((name, capital, country.currencies()))
-    capital_count = Counter(normalise(capital) for _, capital, _ in records)
+        records.append((name, capital, country.currencies(), country.iso(2)))
+    capital_count = Counter(normalise(capital) for _, capital, _, _ in records)
     capitals, currencies = [], []
-    for name, capital, codes in sorted(records):
-        if capital_count[normalise(capital)] == 1:
+    for name, capital, codes, territory in sorted(records):
+        if capital_count[normalise(capital)] == 1 and name not in CAPITAL_IN_TRANSITION:
             capitals.append(Fact(name, capital, _spellings([capital, *CAPITAL_ALIASES.get(capital, [])])))
-        if _is_current(codes):
+        if _is_current(codes) and name not in AMBIGUOUS_CURRENCY and _legal_tender(territory) == codes:
             code = codes[0]
             currency = iso4217.Currency(code).currency_name
             aliases = [currency, *_english_currency_names(code), *CURRENCY_ALIASES.get(code, [])]
@@ -187,6 +205,13 @@ def _spellings(names: list[str]) -> tuple[str, ...]:
     for variant in variants:
         unique.setdefault(normalise(variant), variant)
     return tuple(unique.values())
+
+
+def _legal_tender(territory: str) -> list[str]:
+    """The currencies CLDR lists as legal tender of an ISO 3166 territory on CURRENCY_REVIEW_DATE."""
+    from babel.numbers import get_territory_currencies
+
+    return get_territory_currencies(territory, CURRENCY_REVIEW_DATE, tender=True)
 
 
 def _is_current(codes: list[str]) -> bool:

@@ -107,6 +107,10 @@ def _curves_and_problems(task, runs, labels, thresholds, args, out: Path, page: 
         written += draw_curves(curves, f"Adaptation after a KV-cache injection: {task} ({models})",
                                out / "curves" / task, settings.adapted_threshold, args.confidence_level)
         page["curves"][task] = html_page.curves_data(curves, settings, args.confidence_level)
+    else:
+        print(f"kvinject report: {task}: no curves: no changed-problem run was injected at any point "
+              "(each baseline stopped before its injection point; the traces' not_injected_reason "
+              "says when)", file=sys.stderr)
     for run in task_runs:
         folder = out / "problems" / _safe(labels[run]) / task
         folder.mkdir(parents=True, exist_ok=True)
