@@ -22,7 +22,14 @@ CONTRACT_FIELDS = (
 
 
 class MalformedDocError(ValueError):
-    pass
+    """A doc breaks the contract; ``field`` and ``problem`` say how, so a caller can word it its own way."""
+
+    def __init__(self, doc: str, field: str, problem: str):
+        super().__init__(f"{doc}: field {field!r} {problem}")
+        self.doc, self.field, self.problem = doc, field, problem
+
+    def __reduce__(self):  # rebuilt from its parts when pickled (e.g. by a worker process)
+        return type(self), (self.doc, self.field, self.problem)
 
 
 def is_number(text: str) -> bool:
@@ -52,10 +59,10 @@ def validated_test_split(docs: list[dict], schema: DocSchema) -> datasets.Datase
 def validate_doc(doc: dict, schema: DocSchema, position: int) -> None:
     doc_id = doc.get("id")
     if not isinstance(doc_id, str) or not doc_id.strip():
-        raise MalformedDocError(f"doc at position {position}: field 'id' is missing or empty")
+        raise MalformedDocError(f"doc at position {position}", "id", "is missing or empty")
 
     def fail(name: str, problem: str) -> None:
-        raise MalformedDocError(f"doc {doc_id!r}: field {name!r} {problem}")
+        raise MalformedDocError(f"doc {doc_id!r}", name, problem)
 
     for name in CONTRACT_FIELDS[1:] + schema.extra_text_fields:
         value = doc.get(name)

@@ -6,13 +6,16 @@ metric settings in `metadata.adaptation` (see kvinject.metrics.AdaptationSetting
 """
 from __future__ import annotations
 
+import hashlib
 import importlib
+import json
 from functools import cached_property
 from typing import Any, Callable
 
 from lm_eval.api.task import ConfigurableTask
 
 from kvinject import metrics as adaptation_metrics
+from kvinject.lm_eval_internals import set_metric_tables
 
 
 class ResolvingDict(dict):
@@ -38,15 +41,40 @@ class ResolvingDict(dict):
 
 
 class AdaptationTask(ConfigurableTask):
+    """An lm-eval task whose docs follow the doc contract and whose model output carries a kvinject trace.
+
+    ``process_results`` matches the answer of every condition with the YAML's ``metadata.answer_matcher``
+    and turns the trace into per-doc metrics (``metadata.adaptation`` settings); each key's aggregation
+    and direction are resolved on first use. The task config records where the docs came from
+    (``dataset_record``).
+    """
+
     def __init__(self, config: dict | None = None, **kwargs):
         # lm-eval's factory passes the whole YAML, including the `class` key TaskConfig does not accept
         config = {key: value for key, value in (config or {}).items() if key != "class"}
         super().__init__(config=config, **kwargs)
-        self._aggregation_list = ResolvingDict(
-            lambda key: adaptation_metrics.metric_aggregation(key, self.adaptation_settings)
+        set_metric_tables(
+            self,
+            aggregation=ResolvingDict(lambda key: adaptation_metrics.metric_aggregation(key, self.adaptation_settings)),
+            higher_is_better=ResolvingDict(adaptation_metrics.metric_higher_is_better),
         )
-        self._higher_is_better = ResolvingDict(lambda key: adaptation_metrics.metric_higher_is_better(key))
         self.adaptation_settings  # validate --metadata settings now, before any generation  # noqa: B018
+        # lm-eval writes the task config, metadata included, into the results JSON
+        self.config.metadata = {**self._metadata, "dataset": self.dataset_record}
+
+    @cached_property
+    def dataset_record(self) -> dict:
+        """Where the docs came from (the loader module's ``dataset_source(metadata)`` where it has one,
+        else the metadata's ``dataset_path`` or the loader's name) and a sha256 of the docs as built."""
+        loader = self.config.custom_dataset
+        describe = getattr(importlib.import_module(loader.__module__), "dataset_source", None) if loader else None
+        if describe is not None:
+            source = describe(self._metadata)
+        else:
+            source = self._metadata.get("dataset_path") or self.config.dataset_path or (
+                f"{loader.__module__}.{loader.__qualname__}" if loader else None)
+        docs = json.dumps(list(self.eval_docs), sort_keys=True, ensure_ascii=False, default=str)
+        return {"source": str(source), "sha256": hashlib.sha256(docs.encode("utf-8")).hexdigest()}
 
     @cached_property
     def adaptation_settings(self):
@@ -86,5 +114,5 @@ class AdaptationTask(ConfigurableTask):
         }
         metrics = adaptation_metrics.doc_metrics(trace, answers, self.adaptation_settings)
         for key in metrics:  # resolve now, so the results JSON lists every metric's direction
-            self._higher_is_better[key]
+            self.higher_is_better()[key]
         return metrics

@@ -20,9 +20,11 @@ interpreter start. It must stay cheap and import only the standard library: it p
 - ``lm_eval.api.model``: ``--use_cache PATH`` with ``--model kvinject`` uses kvinject's result store at
   ``PATH.kvinject.sqlite`` (keyed by model, settings and doc) instead of lm-eval's request-text cache.
 
-Newer lm-eval versions that read the ``lm_eval.models`` / ``lm_eval.tasks`` entry points themselves
-(see setup.cfg) are detected, and the matching hook steps aside. ``KVINJECT_LMEVAL_DISABLE=1`` turns
-the hook off; ``python -m kvinject`` installs it regardless.
+Every lm-eval internal the hooks touch is reached through kvinject/lm_eval_internals.py. A hook that
+cannot be installed (an lm-eval upgrade renamed something) does not break lm-eval: its error is kept,
+and ``lm_eval_internals.require_hooks`` raises it when ``--model kvinject`` is built, naming the
+lm-eval version and the missing symbol; ``--model hf`` runs are untouched. ``KVINJECT_LMEVAL_DISABLE=1`` turns the hook off;
+``python -m kvinject`` installs it regardless.
 """
 import importlib.abc
 import os
@@ -32,21 +34,25 @@ MODEL_NAME = "kvinject"
 MODEL_TARGET = "kvinject.model_adapters.harness_model:KVInjectLM"
 
 
-def _on_registry(registry):
-    if hasattr(registry, "load_plugins"):  # newer lm-eval loads our entry point itself
-        return
+# Each hook gets the lm-eval module just executed; what it patches it reaches through lm_eval_internals.
+def _on_registry(module):
+    from kvinject.lm_eval_internals import model_registry
+
     import lm_eval.models  # noqa: F401  (built-ins first, see the module docstring)
 
-    if MODEL_NAME not in registry.model_registry:
-        registry.model_registry.register(MODEL_NAME, target=MODEL_TARGET)
+    registry = model_registry()
+    if MODEL_NAME not in registry:
+        registry.register(MODEL_NAME, target=MODEL_TARGET)
 
 
-def _on_task_manager(manager):
+def _on_task_manager(module):
     from kvinject.adaptation_tasks import TASKS_DIR
+    from kvinject.lm_eval_internals import task_manager_class
 
-    if hasattr(manager, "discover_plugin_task_paths") or getattr(manager.TaskManager, "_kvinject", False):
+    task_manager = task_manager_class()
+    if getattr(task_manager, "_kvinject", False):
         return
-    original_init = manager.TaskManager.__init__
+    original_init = task_manager.__init__
 
     def __init__(self, verbosity=None, include_path=None, *args, **kwargs):
         if include_path is None:
@@ -58,42 +64,49 @@ def _on_task_manager(manager):
         paths = [str(TASKS_DIR)] + [p for p in extra if str(p) != str(TASKS_DIR)]
         original_init(self, verbosity, *args, include_path=paths, **kwargs)
 
-    manager.TaskManager.__init__ = __init__
-    manager.TaskManager._kvinject = True
+    task_manager.__init__ = __init__
+    task_manager._kvinject = True
 
 
-def _on_evaluator(evaluator):
+def _on_evaluator(module):
+    from kvinject.lm_eval_internals import evaluator_module
     from kvinject.model_guard import refuse_models_that_cannot_inject
 
+    evaluator = evaluator_module()
     evaluator.evaluate = refuse_models_that_cannot_inject(evaluator.evaluate)
 
 
-def _on_evaluation_tracker(tracker_module):
+def _on_evaluation_tracker(module):
+    from kvinject.lm_eval_internals import evaluation_tracker_class
     from kvinject.trace_export import copy_run_traces_beside_results
 
-    tracker_class = tracker_module.EvaluationTracker
+    tracker_class = evaluation_tracker_class()
     tracker_class.save_results_aggregated = copy_run_traces_beside_results(tracker_class.save_results_aggregated)
     _write_strict_json(tracker_class)
 
 
 def _write_strict_json(tracker_class):
+    from kvinject.lm_eval_internals import evaluation_tracker_samples_saver
     from kvinject.strict_json import writes_strict_json
 
     tracker_class.save_results_aggregated = writes_strict_json(tracker_class.save_results_aggregated)
-    tracker_class.save_results_samples = writes_strict_json(tracker_class.save_results_samples)
+    tracker_class.save_results_samples = writes_strict_json(evaluation_tracker_samples_saver())
 
 
-def _on_evaluator_utils(utils_module):
+def _on_evaluator_utils(module):
+    from kvinject.lm_eval_internals import evaluator_utils_module
     from kvinject.task_aggregation import adaptation_task_aggregations
 
+    utils_module = evaluator_utils_module()
     utils_module._compute_task_aggregations = adaptation_task_aggregations(
         utils_module._compute_task_aggregations, utils_module.eval_logger)
 
 
-def _on_model_api(model_module):
+def _on_model_api(module):
     from kvinject.cache_routing import route_cache_to_result_store
+    from kvinject.lm_eval_internals import caching_lm_class
 
-    route_cache_to_result_store(model_module.CachingLM)
+    route_cache_to_result_store(caching_lm_class())
 
 
 _HOOKS = {
@@ -113,8 +126,10 @@ def _run_hook(name, module):
     _DONE.add(name)
     try:
         _HOOKS[name](module)
-    except Exception as error:  # a broken plugin must not break lm-eval itself
-        print(f"[kvinject] start-up hook for {name} failed: {error!r}", file=sys.stderr)
+    except Exception as error:  # kept, not printed: --model hf runs are untouched, --model kvinject stops
+        from kvinject.lm_eval_internals import HOOK_FAILURES  # standard library only, like this module
+
+        HOOK_FAILURES[name] = error
 
 
 class _HookedLoader(importlib.abc.Loader):

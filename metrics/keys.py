@@ -153,12 +153,24 @@ METRICS: dict[str, MetricSpec] = {
         "runs; label permutations (uncorrected)", stats=("",), from_controls=True),
 }
 
-# The default lm-eval table (report: headline): the main measures per injection point.
-HEADLINE = frozenset({
+# The headline measures (result keys without @N), in reading order; every list of them lives here.
+# HEADLINE: the default lm-eval table (report: headline), the main measures per injection point.
+HEADLINE = (
     "baseline_accuracy", "oracle_accuracy", "n_docs", "injection_accuracy", "adaptation_gap",
     "adaptation_point_share", "detection_rate", "detection_calibrated", "kl_run_new",
     "embedding_contrast",
-})
+)
+# LEADERBOARD: the headline measures that tell models apart, the columns of `kvinject report`'s
+# leaderboard (the accuracies without @N, n_docs and the calibration flag stay in the results JSON).
+LEADERBOARD = tuple(name for name in HEADLINE
+                    if name not in ("baseline_accuracy", "oracle_accuracy", "n_docs", "detection_calibrated"))
+# ONE_PROBLEM: what `kvinject single` prints per injection point, the values one doc has (statistics
+# over docs, such as detection rates and p-values, need many problems).
+ONE_PROBLEM = (
+    "adaptation_point_share", "stabilization_share", "adaptation_score", "oracle_convergence",
+    "final_log_ratio", "attention_injected", "attention_shift", "embedding_similarity",
+    "injection_accuracy", "stuck_rate", "noise_specificity",
+)
 
 PAIRED_METRICS = tuple(name for name, spec in METRICS.items() if spec.paired_test)
 
@@ -224,6 +236,15 @@ def parse_key(key: str) -> ParsedKey:
         if failed:
             raise ValueError(f"invalid adaptation result key {key!r}: {metric} {reason}")
     return parsed
+
+
+def split_interval(stat: str) -> tuple[str, str | None]:
+    """(statistic, interval end) of a statistic: ("share", "ci_low") for share_ci_low, ("", "ci_high")
+    for ci_high, (stat, None) for a statistic that is no interval end."""
+    for end in (CI_LOW, CI_HIGH):
+        if stat == end or stat.endswith("_" + end):
+            return stat[: -len(end)].rstrip("_"), end
+    return stat, None
 
 
 def metric_higher_is_better(key: str) -> bool:

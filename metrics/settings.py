@@ -11,6 +11,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from kvinject.settings_mapping import from_mapping
+
 DETECTION_STATISTICS = ("kl_run_old", "log_ratio")
 CORRECTIONS = ("holm", "bh", "by")
 REPORTS = ("headline", "full")
@@ -93,14 +95,7 @@ class AdaptationSettings:
         Raises ValueError for an unknown key (listing the valid ones) and TypeError/ValueError
         naming the key for a value of the wrong type or out of range.
         """
-        mapping = dict(mapping or {})
-        valid = [field.name for field in dataclasses.fields(cls)]
-        unknown = sorted(set(mapping) - set(valid))
-        if unknown:
-            raise ValueError(
-                f"unknown adaptation setting(s) {unknown}; valid settings: {', '.join(valid)}"
-            )
-        return cls(**mapping)
+        return from_mapping(cls, mapping, "adaptation setting")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -111,6 +111,30 @@ def generated_tokens(trace: dict) -> int:
     return sum(len(entry["post_ids"]) if "post_ids" in entry else len(entry["ids"]) for entry in trace["conditions"].values())
 
 
+def first_occurrences(requests) -> tuple[dict[int, int], list[int]]:
+    """(id(request) -> index of its first occurrence, those indices in order): lm-eval repeats the
+    same Instance object for repeats > 1, and a repeat is run and logged once."""
+    first = {}
+    for i, request in enumerate(requests):
+        first.setdefault(id(request), i)
+    return first, sorted(set(first.values()))
+
+
+class TraceSpool:
+    """Appends traces to the trace log in ``order`` (request indices) as soon as every earlier one is
+    known, so the file holds the finished docs in request order even when a later batch fails."""
+
+    def __init__(self, trace_log, requests, order: list[int]):
+        self.trace_log, self.requests, self.order, self.written = trace_log, requests, order, 0
+
+    def write_ready(self, traces: dict[int, dict]) -> None:
+        while self.written < len(self.order) and self.order[self.written] in traces:
+            index = self.order[self.written]
+            self.trace_log.append(self.requests[index].task_name, traces[index])
+            self.written += 1
+        self.trace_log.flush()
+
+
 class KVInjectLM(LM):
     """lm-eval model adapter; ``--model_args`` are documented in model_args.ModelArgs and the README."""
 
@@ -128,6 +152,9 @@ class KVInjectLM(LM):
         return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
 
     def __init__(self, **model_args):
+        from kvinject.lm_eval_internals import require_hooks
+
+        require_hooks()  # an lm-eval this plugin cannot hook into stops here, naming the missing symbol
         super().__init__()
         args = parse_model_args(model_args)  # before any weights load
         self.processes = ProcessGroup()  # lm-eval sees one process: the adapter splits the docs itself
@@ -214,45 +241,53 @@ class KVInjectLM(LM):
         }
 
     def generate_until(self, requests, disable_tqdm: bool = False):
-        from tqdm import tqdm
-
-        # Check every request before computing anything: a bad doc fails the run at once.
-        problems = [
-            problem_from_request(self.args, r.task_name, r.doc, r.args[0], r.args[1], self.turn_frame) for r in requests
-        ]
-        # A request repeated in the list (repeats > 1) is run and logged once.
-        first = {}
-        for i, request in enumerate(requests):
-            first.setdefault(id(request), i)
-        distinct = sorted(set(first.values()))
+        problems = self._checked_problems(requests)  # a bad request fails the run before any compute
+        first, distinct = first_occurrences(requests)  # a request repeated in the list runs once
         keys = {i: doc_key(self.fingerprint, problems[i]) for i in distinct}
-        traces = {}
-        if self.store is not None:
-            stored = self.store.get_many([keys[i] for i in distinct])
-            traces = {i: stored[keys[i]] for i in distinct if keys[i] in stored}
+        traces = self._stored_traces(keys)
+        pending = [i for i in distinct if i not in traces]
+        self._check_tokenised(requests, problems, pending)
+        mine = pending[self.processes.rank :: self.processes.world_size]
+        # One process: the spool is the run's trace file, reused and computed docs in request order.
+        # Several: each spools the docs it computes, and rank 0 writes the trace file at the end.
+        spool = TraceSpool(self.trace_log, requests, distinct if self.processes.world_size == 1 else mine)
+        spool.write_ready(traces)
+        self._compute_docs(requests, problems, mine, keys, traces, spool, disable_tqdm)
+        if self.processes.world_size > 1:
+            self._gather_traces(requests, distinct, mine, traces)
+        outputs = [TracedGeneration(traces[first[id(r)]]["conditions"]["baseline"]["text"], traces[first[id(r)]])
+                   for r in requests]
+        for i in distinct:
+            self.cache_hook.add_partial("generate_until", requests[i].args, outputs[i])
+        return outputs
+
+    def _checked_problems(self, requests) -> list[Problem]:
+        return [problem_from_request(self.args, r.task_name, r.doc, r.args[0], r.args[1], self.turn_frame)
+                for r in requests]
+
+    def _stored_traces(self, keys: dict[int, str]) -> dict[int, dict]:
+        """The traces the result store holds, by request index."""
+        if self.store is None:
+            return {}
+        stored = self.store.get_many(list(keys.values()))
+        traces = {i: stored[key] for i, key in keys.items() if key in stored}
         self.docs_reused += len(traces)
         if traces:
-            logger.warning("kvinject: %d of %d docs reused from the result store %s", len(traces), len(distinct), self.store.path)
-        pending = [i for i in distinct if i not in traces]
-        for i in pending:  # tokenised checks (context length, empty segments) before any compute
+            logger.warning("kvinject: %d of %d docs reused from the result store %s", len(traces), len(keys), self.store.path)
+        return traces
+
+    def _check_tokenised(self, requests, problems, pending: list[int]) -> None:
+        """The engine's tokenised checks (context length, empty segments) of every doc to compute."""
+        for i in pending:
             try:
                 self.engine.check([problems[i]])
             except ValueError as error:
                 raise DocError(f"task {requests[i].task_name}, {error}") from None
-        mine = pending[self.processes.rank :: self.processes.world_size]
-        # One process: the spool is the run's trace file, reused and computed docs in request order.
-        # Several: each spools the docs it computes, and rank 0 writes the trace file at the end.
-        spool_order = distinct if self.processes.world_size == 1 else mine
-        spooled = 0
 
-        def spool_ready():
-            nonlocal spooled
-            while spooled < len(spool_order) and spool_order[spooled] in traces:
-                self.trace_log.append(requests[spool_order[spooled]].task_name, traces[spool_order[spooled]])
-                spooled += 1
-            self.trace_log.flush()
+    def _compute_docs(self, requests, problems, mine: list[int], keys, traces: dict, spool, disable_tqdm: bool):
+        """Compute this process's docs batch by batch into ``traces``, storing and spooling each batch."""
+        from tqdm import tqdm
 
-        spool_ready()
         progress = tqdm(total=len(mine), disable=disable_tqdm or self.processes.rank != 0, desc="kvinject docs", unit="doc")
         branches = 2 + 2 * len(self.settings.injection_points)  # baseline, oracle, injection and noise per point
         started, generated = time.perf_counter(), 0
@@ -269,20 +304,14 @@ class KVInjectLM(LM):
             traces.update(zip(batch, computed))
             done += len(batch)
             self.docs_computed += len(batch)
-            spool_ready()
+            spool.write_ready(traces)
             progress.update(len(batch))
         progress.close()
-        if self.processes.world_size > 1:
-            for computed_elsewhere in self.processes.all_gather_object({i: traces[i] for i in mine}):
-                traces.update(computed_elsewhere)
-            self._publish_all_traces(requests, distinct, traces)
-        outputs = []
-        for request in requests:
-            trace = traces[first[id(request)]]
-            outputs.append(TracedGeneration(trace["conditions"]["baseline"]["text"], trace))
-        for i in distinct:
-            self.cache_hook.add_partial("generate_until", requests[i].args, outputs[i])
-        return outputs
+
+    def _gather_traces(self, requests, distinct: list[int], mine: list[int], traces: dict) -> None:
+        for computed_elsewhere in self.processes.all_gather_object({i: traces[i] for i in mine}):
+            traces.update(computed_elsewhere)
+        self._publish_all_traces(requests, distinct, traces)
 
     def _compute(self, requests, problems, batch: list[int], finished: int):
         """The traces of the docs at ``batch``; None when batch_size=auto had to shrink the batch."""

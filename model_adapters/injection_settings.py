@@ -7,8 +7,19 @@ that this type accepted.
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from kvinject.trace_schema import NOISE_KINDS, STRATEGIES
+
+
+# Written lists of injection points: 5:10:15 in --model_args (lm-eval's k=v,k=v form splits on commas),
+# 5,10,15 in the kvinject commands' flags; ;, | and spaces also separate.
+_POINT_SEPARATORS = re.compile(r"[,:;|\s]+")
+
+
+def split_injection_points(text: str) -> list[str]:
+    """The items of a written list of injection points (the one grammar of every flag that takes one)."""
+    return [item for item in _POINT_SEPARATORS.split(text.strip()) if item]
 
 
 def _is_int(value) -> bool:

@@ -57,13 +57,18 @@ def _require_gguf(arg: str) -> None:
         raise ModelArgsError(f"model arg {arg} needs the gguf package: pip install 'kvinject[gguf]'")
 
 
+def missing_model_folder(pretrained: str) -> bool:
+    """``pretrained`` names a local folder (it starts with /, ./, ../ or ~) that does not exist."""
+    return pretrained.startswith(("/", "./", "../", "~")) and not Path(pretrained).expanduser().is_dir()
+
+
 def weights_location(args: ModelArgs):
     """(folder or hub id, gguf file name or None) for ``pretrained``."""
     if args.pretrained in OFFLINE_MODELS:
         gguf = OFFLINE_MODELS[args.pretrained].gguf_path()
         _require_gguf(f"pretrained={args.pretrained}")  # the first load converts the GGUF file
         return str(safetensors_copy_of_gguf(gguf)), None
-    if args.pretrained.startswith(("/", "./", "../", "~")) and not Path(args.pretrained).expanduser().is_dir():
+    if missing_model_folder(args.pretrained):
         raise FileNotFoundError(_cannot_load(args.pretrained, "no such model folder"))
     if args.gguf_file:
         _require_gguf("gguf_file")

@@ -12,7 +12,7 @@ import dataclasses
 import re
 from typing import Any, Mapping
 
-from kvinject.model_adapters.injection_settings import InjectionSettings
+from kvinject.model_adapters.injection_settings import InjectionSettings, split_injection_points
 
 DEFAULT_PRETRAINED = "Qwen/Qwen2.5-Math-7B"
 # Framed so a base model reads it as a correction inside its own answer, followed by the whole new
@@ -94,7 +94,7 @@ def _as_optional_str(name: str, value: Any) -> str | None:
 
 def _as_injection_points(value: Any) -> tuple[int, ...]:
     if isinstance(value, str):
-        items = [item for item in re.split(r"[:;|\s]+", value.strip()) if item]
+        items = split_injection_points(value)
     elif isinstance(value, (list, tuple)):
         items = list(value)
     else:

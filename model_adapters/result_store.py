@@ -28,6 +28,9 @@ def _sha256(text: str) -> str:
 
 
 class ResultStore:
+    """The SQLite store at ``path``: ``get_many(keys)`` returns the valid stored traces by key (a damaged
+    entry is dropped and recomputed), ``put_many([(key, trace)])`` writes one batch in one transaction."""
+
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

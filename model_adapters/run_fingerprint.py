@@ -4,8 +4,8 @@ A stored trace may only be reused when every input that can change it is the sam
 tokenizer files, how they are loaded (dtype, device kind, attention kernel, quantisation), the
 injection settings and template, the doc's prompts and generation settings, and the code that
 computes it (package version plus a digest of the adapter's sources, so an edited engine never
-serves traces of its previous version). Batch size and output folders are left out: they do not
-change a trace.
+serves traces of its previous version). Batch size and output folders (UNFINGERPRINTED_ARGS) are left
+out: they do not change a trace.
 """
 from __future__ import annotations
 
@@ -16,6 +16,14 @@ import os
 from pathlib import Path
 
 import kvinject
+
+# --model_args by what they do to a trace (every other one is a measurement setting: the injection
+# settings, template and turn, which the fingerprint and each doc's key hold).
+# Which model, loaded how: in the fingerprint through the weights' identity and the load settings.
+MODEL_ARGS = ("pretrained", "revision", "gguf_file", "dtype", "device", "load_in_4bit", "trust_remote_code",
+              "attn_implementation")
+# How fast and where results go: they never change a trace, so the fingerprint leaves them out.
+UNFINGERPRINTED_ARGS = ("batch_size", "max_batch_size", "trace_dir", "result_store")
 
 _CONTENT_HASH_LIMIT = 64 * 2**20  # smaller files (configs, tokenizers) are hashed; weights use size+mtime
 _SOURCES = (Path(__file__).parent, Path(kvinject.__file__).parent / "trace_schema.py")

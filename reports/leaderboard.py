@@ -16,42 +16,27 @@ import dataclasses
 import io
 import json
 import math
-import re
+
+from kvinject.metrics.keys import LEADERBOARD, format_key, parse_key, split_interval
+from kvinject.model_adapters.run_fingerprint import MODEL_ARGS, UNFINGERPRINTED_ARGS
 
 from kvinject.metrics.values import readable
 from kvinject.strict_json import decoded_value
 
 from .runs import Run
 
-# The measures shown, in this order; each appears once per injection point the runs report.
-# Change this list to change the table (names are result-key metrics, see metrics/README.md).
-# The measures that make the leaderboard: lm-eval's headline keys (kvinject.metrics.keys.HEADLINE)
-# that differ between models, in reading order (n_docs and the calibration flag stay in the results JSON).
-HEADLINE_MEASURES = (
-    "injection_accuracy",
-    "adaptation_gap",
-    "adaptation_point_share",
-    "detection_rate",
-    "kl_run_new",
-    "embedding_contrast",
-)
+# The measures shown, in this order; each appears once per injection point the runs report
+# (kvinject.metrics.keys.LEADERBOARD, the headline measures that tell models apart).
+HEADLINE_MEASURES = LEADERBOARD
 # Deprecated legacy PRM scores (`kvinject prm`, prm_*.json beside the traces): the mean step score of
 # these conditions becomes a column prm_<condition>[@<N>], copied from the file's summary.
 PRM_CONDITIONS = ("oracle", "injection", "noise")
 FILTER = "none"  # lm-eval's filter name for tasks without filters
-INTERVAL_SUFFIXES = {"_ci_low": "ci_low", "_ci_high": "ci_high"}
 STDERR_SUFFIX = "_stderr"
-# --model_args that name the model or where/how fast it runs, not what is measured; every other
-# argument (and any unknown one) is a measurement setting that must match for rows to be compared.
-MODEL_IDENTITY_ARGS = frozenset({
-    "pretrained", "revision", "gguf_file", "dtype", "device", "load_in_4bit", "trust_remote_code",
-    "attn_implementation", "batch_size", "max_batch_size", "trace_dir",
-})
-
-_NAME = re.compile(
-    r"^(?P<metric>[A-Za-z0-9_]+?)(?P<pre>_ci_low|_ci_high|_stderr)?"
-    r"(?:@(?P<point>[0-9]+))?(?P<post>_ci_low|_ci_high|_stderr)?$"
-)
+# --model_args that name the model or where/how fast it runs, not what is measured (the run
+# fingerprint's own lists); every other argument (and any unknown one) is a measurement setting that
+# must match for rows to be compared.
+MODEL_IDENTITY_ARGS = frozenset(MODEL_ARGS + UNFINGERPRINTED_ARGS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,14 +59,25 @@ def parse_measure_name(name: str) -> tuple[str, int | None, str | None] | None:
     """(metric, injection point, companion) of a result name without its filter, or None.
 
     companion: None for the measure itself, "ci_low", "ci_high" or "stderr"; a name with two
-    companions (e.g. the stderr of an interval end) is not a measure and gives None.
+    companions (e.g. the stderr of an interval end) is not a measure and gives None. The key grammar is
+    kvinject.metrics.keys.parse_key's; lm-eval appends ``_stderr`` after ``@<N>``, where an interval end
+    may stand too (``<metric>@<N>_ci_low``).
     """
-    match = _NAME.match(name)
-    if match is None or (match["pre"] and match["post"]):
+    head, at, tail = name.partition("@")
+    end, companions = (tail if at else head), []
+    for suffix in (STDERR_SUFFIX, "_ci_low", "_ci_high"):
+        if end.endswith(suffix):
+            end, companions = end[: -len(suffix)], companions + [suffix[1:]]
+    try:
+        parsed = parse_key(head + at + end if at else end)
+    except ValueError:
         return None
-    suffix = match["pre"] or match["post"]
-    companion = "stderr" if suffix == STDERR_SUFFIX else INTERVAL_SUFFIXES.get(suffix)
-    return match["metric"], None if match["point"] is None else int(match["point"]), companion
+    stat, interval_end = split_interval(parsed.stat)
+    companions += [interval_end] if interval_end else []
+    if len(companions) > 1:
+        return None
+    metric = format_key(parsed.metric, None, stat, parsed.layer)
+    return metric, parsed.injection_point, companions[0] if companions else None
 
 
 def _number(value) -> float | None:

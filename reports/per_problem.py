@@ -18,6 +18,7 @@ import numpy as np
 
 from kvinject.metrics import AdaptationSettings, doc_metrics
 from kvinject.metrics.series import adaptation_scores
+from kvinject.settings_mapping import from_mapping
 
 from .curves import is_control
 
@@ -61,12 +62,7 @@ class LabelThresholds:
 
     @classmethod
     def from_mapping(cls, mapping: Mapping[str, Any] | None) -> "LabelThresholds":
-        mapping = dict(mapping or {})
-        valid = [field.name for field in dataclasses.fields(cls)]
-        unknown = sorted(set(mapping) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown label threshold(s) {unknown}; valid: {', '.join(valid)}")
-        return cls(**mapping)
+        return from_mapping(cls, mapping, "label threshold")
 
 
 def assess(adapted: bool, latency: int | None, quality: float, thresholds: LabelThresholds) -> str:

@@ -1,5 +1,4 @@
 """`kvinject analyze` (the original study's flags through lm-eval) and `kvinject single`."""
-import importlib.util
 import json
 
 import pytest
@@ -15,13 +14,12 @@ PAIRS = [
      "alternative": "Tom has 3 apples and buys 7 more. How many apples does he have now?",
      "original_answer": 8, "alternative_answer": 10},
 ]
-REPORT_PRESENT = importlib.util.find_spec("kvinject.commands.report") is not None
 
 
 def test_analyze_refuses_bad_flags_before_loading_anything(tmp_path, capsys):
     bad = tmp_path / "pairs.json"
     bad.write_text(json.dumps([{**PAIRS[0], "alternative": ""}], indent=1))
-    base = ["analyze", "--model", "/does/not/exist", "--output_dir", str(tmp_path / "out")]
+    base = ["analyze", "--model", "/does/not/exist", "--output_path", str(tmp_path / "out")]
     assert cli.main(base + ["--dataset", str(bad)]) == 2
     assert "pairs.json, line 2: field 'alternative' must be a non-empty string" in capsys.readouterr().err
     assert cli.main(base + ["--dataset", str(bad), "--injection_points", "5,x"]) == 2
@@ -35,6 +33,7 @@ def test_analyze_with_the_seed_flags_writes_results_traces_and_the_report(local_
     dataset = tmp_path / "pairs.json"
     dataset.write_text(json.dumps(PAIRS, indent=2))
     out = tmp_path / "out"
+    # the original study's spellings, accepted as aliases of --limit and --output_path
     code = cli.main(["analyze", "--model", str(local_model_dir), "--dataset", str(dataset), "--num_problems", "3",
                      "--injection_points", "1,2", "--output_dir", str(out), "--device", "cpu", "--max_gen_toks", "4"])
     assert code == 0
@@ -46,13 +45,9 @@ def test_analyze_with_the_seed_flags_writes_results_traces_and_the_report(local_
     assert [r["trace"]["doc_id"] for r in records] == ["pair-1", "pair-2", "pair-3"]
     assert records[0]["trace"]["settings"]["max_new_tokens"] == 4
     assert len(next(folder.glob("samples_adaptation_pairs_*.jsonl")).read_text().splitlines()) == 3
-    err = capsys.readouterr().err
-    if REPORT_PRESENT:
-        report = out / "report"
-        assert (report / "leaderboard.md").is_file()
-        assert len(list((report / "problems").rglob("*.json"))) == 3  # one per problem
-    else:
-        assert "the report step is not available in this build" in err
+    report = out / "report"
+    assert (report / "leaderboard.md").is_file()
+    assert len(list((report / "problems").rglob("*.json"))) == 3  # one per problem
 
 
 @pytest.mark.slow
@@ -60,7 +55,7 @@ def test_single_on_smollm2_prints_the_summary(tmp_path, capsys):
     code = cli.main(["single", "--model", "smollm2-135m", "--original", "What is the capital of France?",
                      "--alternative", "What is the capital of Spain?", "--original_answer", "Paris",
                      "--alternative_answer", "Madrid", "--injection_points", "2", "--max_gen_toks", "16",
-                     "--output_dir", str(tmp_path / "single")])
+                     "--output_path", str(tmp_path / "single")])
     assert code == 0
     out = capsys.readouterr().out
     assert "baseline (original prompt" in out and "oracle (alternative prompt" in out
@@ -76,7 +71,7 @@ def test_single_on_smollm2_prints_the_summary(tmp_path, capsys):
 def test_single_without_answers_leaves_answer_measures_out(local_model_dir, tmp_path, capsys):
     code = cli.main(["single", "--model", str(local_model_dir), "--original", "What is 3 + 5?",
                      "--alternative", "What is 4 + 5?", "--injection_points", "1", "--max_gen_toks", "4",
-                     "--output_dir", str(tmp_path)])
+                     "--output_path", str(tmp_path)])
     assert code == 0
     out = capsys.readouterr().out
     assert "injection_accuracy" not in out and "[answer" not in out
@@ -89,6 +84,6 @@ def test_single_task_doc_and_bad_combinations(local_model_dir, tmp_path, capsys)
     assert cli.main(["single", "--model", str(local_model_dir), "--task", "adaptation_semantic", "--doc", "no-such-doc"]) == 2
     assert "--doc 'no-such-doc': no such doc id" in capsys.readouterr().err
     code = cli.main(["single", "--model", str(local_model_dir), "--task", "adaptation_semantic", "--doc", "1",
-                     "--injection_points", "1", "--max_gen_toks", "3", "--output_dir", str(tmp_path)])
+                     "--injection_points", "1", "--max_gen_toks", "3", "--output_path", str(tmp_path)])
     assert code == 0
     assert "kvinject single:" in capsys.readouterr().out

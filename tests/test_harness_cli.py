@@ -57,6 +57,7 @@ def test_cli_run_writes_results_and_traces_named_after_the_model(local_model_dir
     results_file = next(model_folder.glob("results_*.json"))
     results = json.loads(results_file.read_text())
     assert results["config"]["model"] == "kvinject"
+    assert len(results["configs"]["adaptation_semantic"]["metadata"]["dataset"]["sha256"]) == 64
     semantic = results["results"]["adaptation_semantic"]
     assert any(key.startswith("adaptation_gap@1") for key in semantic)
     traces = read_traces(next(model_folder.glob("traces_*.jsonl.gz")))

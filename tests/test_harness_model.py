@@ -3,7 +3,7 @@ import pickle
 
 import pytest
 
-from kvinject.model_adapters.harness_model import DocError, KVInjectLM, TracedGeneration
+from kvinject.model_adapters.harness_model import DocError, KVInjectLM, TraceSpool, TracedGeneration, first_occurrences
 from kvinject.model_adapters.trace_log import read_traces
 from helpers import GEN_KWARGS, request
 
@@ -68,3 +68,93 @@ def test_a_failing_batch_names_its_docs_and_keeps_earlier_traces(lm, monkeypatch
 def test_loglikelihood_is_refused_with_a_reason(lm):
     with pytest.raises(NotImplementedError, match="use --model hf"):
         lm.loglikelihood([])
+
+
+# generate_until is a short pipeline of named steps; each is checked here on its own.
+def test_generate_until_reads_as_its_steps():
+    import inspect
+
+    assert len(inspect.getsource(KVInjectLM.generate_until).strip().splitlines()) < 25
+
+
+def test_first_occurrences_run_a_repeated_request_once():
+    a, b = request("a"), request("b")
+    first, distinct = first_occurrences([a, b, a, a])
+    assert distinct == [0, 1] and first == {id(a): 0, id(b): 1}
+    assert first_occurrences([request("a"), request("a")])[1] == [0, 1]  # equal docs, distinct requests
+
+
+def test_the_spool_writes_traces_in_request_order_as_soon_as_the_earlier_ones_are_known():
+    class Log:
+        def __init__(self):
+            self.appended, self.flushes = [], 0
+
+        def append(self, task, trace):
+            self.appended.append((task, trace["doc_id"]))
+
+        def flush(self):
+            self.flushes += 1
+
+    log = Log()
+    spool = TraceSpool(log, [request("a"), request("b"), request("c")], [0, 2])
+    spool.write_ready({2: {"doc_id": "c"}})
+    assert log.appended == []  # doc 0 is not known yet
+    spool.write_ready({0: {"doc_id": "a"}, 2: {"doc_id": "c"}})
+    assert log.appended == [("adaptation_semantic", "a"), ("adaptation_semantic", "c")] and log.flushes == 2
+
+
+def test_stored_traces_are_reused_and_counted(lm, tmp_path, monkeypatch):
+    from kvinject.model_adapters.result_store import ResultStore
+
+    assert lm._stored_traces({0: "k0"}) == {}  # result_store=none
+    trace = lm.generate_until([request("stored")])[0].trace
+    store = ResultStore(tmp_path / "store.sqlite")
+    store.put_many([("k1", trace)])
+    monkeypatch.setattr(lm, "store", store)
+    monkeypatch.setattr(lm, "docs_reused", 0)
+    assert lm._stored_traces({0: "k0", 1: "k1"}) == {1: trace} and lm.docs_reused == 1
+
+
+def test_a_tokenised_check_failure_names_the_task(lm, monkeypatch):
+    def refuse(problems):
+        raise ValueError(f"doc {problems[0].doc_id}: the context is too long")
+
+    monkeypatch.setattr(lm.engine, "check", refuse)
+    requests = [request("long")]
+    with pytest.raises(DocError, match="task adaptation_semantic, doc long: the context is too long"):
+        lm._check_tokenised(requests, lm._checked_problems(requests), [0])
+    lm._check_tokenised(requests, lm._checked_problems(requests), [])  # nothing pending, nothing checked
+
+
+def test_compute_docs_retries_a_shrunk_batch_and_spools_each_one(lm, monkeypatch):
+    requests = [request("x"), request("y"), request("z")]
+    problems = lm._checked_problems(requests)
+    calls = []
+
+    def compute(requests, problems, batch, finished):
+        calls.append(list(batch))
+        if len(calls) == 1:  # out of memory: batch_size=auto halves the batch and retries
+            lm.batch_size = 1
+            return None
+        return [{"doc_id": problems[i].doc_id, "conditions": {}} for i in batch]
+
+    spooled = []
+    monkeypatch.setattr(lm, "_compute", compute)
+    monkeypatch.setattr(lm, "batch_size", 2)
+    monkeypatch.setattr("kvinject.model_adapters.harness_model.generated_tokens", lambda trace: 1)
+    spool = type("Spool", (), {"write_ready": lambda self, traces: spooled.append(sorted(traces))})()
+    traces = {}
+    lm._compute_docs(requests, problems, [0, 1, 2], {}, traces, spool, disable_tqdm=True)
+    assert calls == [[0, 1], [0], [1], [2]]
+    assert spooled == [[0], [0, 1], [0, 1, 2]] and [traces[i]["doc_id"] for i in range(3)] == ["x", "y", "z"]
+
+
+def test_gathered_traces_join_this_process_traces(lm, monkeypatch):
+    from types import SimpleNamespace
+
+    others = {1: {"doc_id": "elsewhere"}}
+    processes = SimpleNamespace(rank=1, world_size=2, all_gather_object=lambda mine: [mine, others])
+    monkeypatch.setattr(lm, "processes", processes)
+    traces = {0: {"doc_id": "here"}}
+    lm._gather_traces([request("here"), request("elsewhere")], [0, 1], [0], traces)
+    assert traces == {0: {"doc_id": "here"}, 1: {"doc_id": "elsewhere"}}

@@ -1,5 +1,7 @@
 import pytest
 
+from kvinject.model_adapters.injection_settings import split_injection_points
+
 from kvinject.model_adapters.model_args import (
     DEFAULT_PRETRAINED,
     VALID_NAMES,
@@ -68,3 +70,10 @@ def test_single_point_and_auto_batch_size():
 
 def test_lm_eval_none_means_not_given():
     assert parse_model_args({"device": None, "batch_size": None}) == ModelArgs()
+
+
+@pytest.mark.parametrize("text", ["5:10:15", "5,10,15", " 5; 10 | 15 ", "5 10\t15"])
+def test_one_grammar_for_written_injection_points(text):
+    """--model_args (5:10:15) and the commands' flags (5,10,15) read points with the same function."""
+    assert split_injection_points(text) == ["5", "10", "15"]
+    assert parse_model_args({"injection_points": text.replace(",", ":")}).injection.injection_points == (5, 10, 15)

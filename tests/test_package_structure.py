@@ -183,3 +183,47 @@ def test_a_second_definition_would_be_found():
     segments = ("sink", "original_prompt", "generated_before", "injected", "generated_after")
     assert copied_values("X = ('original_prompt', 'generated_before', 'injected')\n", segments) == [1]
     assert copied_values("X = ['generated_before', 'injected']\nY = ('injected', 'sink', 'x')\n", segments) == []
+
+
+def name_lists(source: str, names: set[str], at_least: int = 3) -> list[int]:
+    """Line numbers of string literals (tuple, list or set) holding ``at_least`` of ``names``, in any order."""
+    return [node.lineno for node in ast.walk(ast.parse(source))
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set))
+            and len({e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)} & names)
+            >= at_least]
+
+
+def _homes(names: set[str]) -> set[str]:
+    return {name for name, path in package_modules().items() if name_lists(path.read_text(), names)}
+
+
+def test_the_headline_measures_are_listed_only_in_the_key_catalogue():
+    """HEADLINE (lm-eval's default table), LEADERBOARD and ONE_PROBLEM (`kvinject single`) live in
+    kvinject.metrics.keys; the leaderboard and `kvinject single` read them from there."""
+    from kvinject.metrics import keys
+    from kvinject.reports.leaderboard import HEADLINE_MEASURES
+
+    for names in (keys.HEADLINE, keys.ONE_PROBLEM):
+        assert _homes(set(names)) == {"kvinject.metrics.keys"}
+    assert HEADLINE_MEASURES is keys.LEADERBOARD and set(keys.LEADERBOARD) <= set(keys.HEADLINE)
+
+
+def test_the_model_identity_arguments_are_listed_only_in_the_run_fingerprint():
+    """The leaderboard groups rows by every --model_args but these; the fingerprint's own lists."""
+    import dataclasses
+
+    from kvinject.model_adapters import run_fingerprint
+    from kvinject.model_adapters.model_args import ModelArgs
+    from kvinject.reports.leaderboard import MODEL_IDENTITY_ARGS
+
+    identity = set(run_fingerprint.MODEL_ARGS) | set(run_fingerprint.UNFINGERPRINTED_ARGS)
+    assert _homes(identity) == {"kvinject.model_adapters.run_fingerprint"}
+    assert MODEL_IDENTITY_ARGS == identity
+    assert identity <= {field.name for field in dataclasses.fields(ModelArgs)}
+    assert "result_store" in identity
+
+
+def test_a_second_name_list_would_be_found():
+    names = {"a", "b", "c", "d"}
+    assert name_lists("X = ('c', 'a', 'b')\ndef f():\n    return {'d', 'a', 'x', 'b'}\n", names) == [1, 3]
+    assert name_lists("X = ('a', 'b', 'x')\n", names) == []

@@ -154,7 +154,7 @@ def test_kvinject_prm_scores_a_real_run_end_to_end(smollm2_results, capsys, tmp_
     assert conditions == ["baseline", "oracle", "injection@1", "noise@1", "injection@2", "noise@2"]
     assert "| injection@1 | " in capsys.readouterr().out
     # the report shows the scores as PRM columns, copied from the PRM JSON
-    assert main(["report", str(smollm2_results), "--out", str(tmp_path / "report")]) == 0
+    assert main(["report", str(smollm2_results), "--output_path", str(tmp_path / "report")]) == 0
     [row] = list(csv.DictReader((tmp_path / "report" / "leaderboard.csv").open()))
     summary = {r["condition"]: r for r in result["summary"]["adaptation_math"]}
     shown = [name[4:] for name in row if name.startswith("prm_") and not name.endswith(("_ci_low", "_ci_high", "_stderr"))]

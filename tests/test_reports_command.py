@@ -12,7 +12,7 @@ def test_report_writes_tables_curves_and_one_json_per_problem(tmp_path, capsys):
     write_run(tmp_path / "out" / "model-a", "model-a", {"injection_accuracy@1,none": 0.5},
               [simple_trace("doc-a"), simple_trace("doc-b")])
     write_run(tmp_path / "out" / "model-b", "model-b", {"injection_accuracy@1,none": 0.7})   # no traces
-    code = cli.main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "report"),
+    code = cli.main(["report", str(tmp_path / "out"), "--output_path", str(tmp_path / "report"),
                      "--bootstrap_resamples", "50"])
     assert code == 0
     captured = capsys.readouterr()
@@ -31,12 +31,12 @@ def test_report_writes_tables_curves_and_one_json_per_problem(tmp_path, capsys):
 
 def test_bad_input_is_named(tmp_path, capsys):
     write_run(tmp_path / "out", "model-a", {"injection_accuracy@1,none": 0.5}, [simple_trace()])
-    assert cli.main(["report", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r")]) == 2
+    assert cli.main(["report", str(tmp_path / "nowhere"), "--output_path", str(tmp_path / "r")]) == 2
     assert "nowhere: not a folder" in capsys.readouterr().err
-    assert cli.main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "r"),
+    assert cli.main(["report", str(tmp_path / "out"), "--output_path", str(tmp_path / "r"),
                      "--label_thresholds", '{"good_latncy": 3}']) == 2
     assert "good_latncy" in capsys.readouterr().err
-    assert cli.main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "r"), "--sort_by", "nope@1"]) == 2
+    assert cli.main(["report", str(tmp_path / "out"), "--output_path", str(tmp_path / "r"), "--sort_by", "nope@1"]) == 2
     assert "'nope@1'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()   # nothing half-written
 
@@ -52,7 +52,7 @@ def test_an_unreadable_trace_file_costs_its_task_not_the_leaderboard(tmp_path, c
     folder = write_run(tmp_path / "out", "model-a", {"injection_accuracy@1,none": 0.5}, [simple_trace()])
     trace_file = next(folder.glob("traces_*.jsonl"))
     trace_file.write_text(trace_file.read_text()[:-40] + "\n")   # cut short, as by a crash
-    assert cli.main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "r")]) == 1
+    assert cli.main(["report", str(tmp_path / "out"), "--output_path", str(tmp_path / "r")]) == 1
     assert f"cannot read traces {trace_file}" in capsys.readouterr().err
     assert "0.500" in (tmp_path / "r" / "leaderboard.md").read_text()
 

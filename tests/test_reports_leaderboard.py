@@ -31,6 +31,8 @@ HIGHER = {"injection_accuracy@5": True, "adaptation_gap@5": False}
     ("baseline_accuracy", ("baseline_accuracy", None, None)),
     ("baseline_accuracy_stderr", ("baseline_accuracy", None, "stderr")),
     ("injection_accuracy_ci_low@5_stderr", None),   # the stderr of an interval end is no measure
+    ("adaptation_point_share_ci_high@5", ("adaptation_point_share", 5, "ci_high")),
+    ("acc", None),                                  # not a kvinject key (keys.parse_key's grammar)
 ])
 def test_result_names_are_parsed_generically(name, parsed):
     assert parse_measure_name(name) == parsed
@@ -67,6 +69,19 @@ def test_rows_run_with_other_settings_are_not_ranked_together(tmp_path):
     note = next(note for note in board.notes if "not compared" in note)
     assert "generation_kwargs" in note and "injection settings (trace)" in note
     assert "not compared" in board.markdown() and "not compared" in board.latex()
+
+
+def test_runs_differing_only_in_where_results_go_share_a_group(tmp_path):
+    """result_store, trace_dir, batch_size: the fingerprint leaves them out, so they never split groups."""
+    write_run(tmp_path / "a", "model-a", results(0.9), [simple_trace()], higher_is_better=HIGHER)
+    write_run(tmp_path / "b", "model-b", results(0.1), [simple_trace()], higher_is_better=HIGHER,
+              model_args={"result_store": "none", "trace_dir": "/elsewhere", "batch_size": 4})
+    board = build_leaderboard(find_runs([tmp_path]), sort_by="injection_accuracy@5")
+    assert sorted((row.group, row.rank) for row in board.rows) == [("A", 1), ("A", 2)]
+    write_run(tmp_path / "c", "model-c", results(0.5), [simple_trace()], higher_is_better=HIGHER,
+              model_args={"injection_template": "Now: {alternative}"})  # a measurement setting does
+    board = build_leaderboard(find_runs([tmp_path]), sort_by="injection_accuracy@5")
+    assert sorted(row.group for row in board.rows) == ["A", "A", "B"]
 
 
 def test_tables_show_the_results_json_values(tmp_path):

@@ -37,7 +37,7 @@ def report(tmp_path_factory, local_model_dir):
              f"pretrained={pretrained},injection_points=1:2:4", *SETTINGS, "--output_path", str(out), *extra],
             capture_output=True, text=True, cwd=root, timeout=1800)
         assert result.returncode == 0, result.stderr[-3000:]
-    assert cli.main(["report", str(out), "--out", str(root / "report"), "--bootstrap_resamples", "200"]) == 0
+    assert cli.main(["report", str(out), "--output_path", str(root / "report"), "--bootstrap_resamples", "200"]) == 0
     return out, root / "report"
 
 

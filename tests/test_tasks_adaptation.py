@@ -1,4 +1,6 @@
 """The lm-eval side: tasks load through TaskManager, and AdaptationTask scores every condition of a trace."""
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -46,6 +48,25 @@ def test_math_task_loads_500_docs(task_manager, tmp_path, monkeypatch):
     counts = {kind: sum(d["variation_type"] == kind for d in docs) for kind in ("identical", "single_number", "multiple_numbers", "added_step")}
     assert counts == {"identical": 120, "single_number": 127, "multiple_numbers": 127, "added_step": 126}
     assert all(doc["original_question"] in task.doc_to_text(doc) for doc in docs)
+
+
+def test_the_task_config_records_the_dataset_source_and_hash(semantic_task):
+    """lm-eval writes the task config into the results JSON: where the docs came from, and their hash."""
+    docs = json.dumps(list(semantic_task.eval_docs), sort_keys=True, ensure_ascii=False, default=str)
+    record = {"source": "kvinject.adaptation_tasks.adaptation_semantic.data.load_semantic_dataset",
+              "sha256": hashlib.sha256(docs.encode("utf-8")).hexdigest()}
+    assert semantic_task.dump_config()["metadata"]["dataset"] == record
+
+
+@pytest.mark.skipif(not MAWPS_SOURCE, reason=f"{SOURCE_ENV_VAR} is not set (CI points it at ../shared/data/mawps/svamp/cv_mawps)")
+def test_the_math_source_may_come_from_the_task_metadata(tmp_path, monkeypatch):
+    """--metadata '{"mawps_source": ...}' wins over the environment variable, and is recorded."""
+    monkeypatch.setenv(SOURCE_ENV_VAR, str(tmp_path / "nowhere"))
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"mawps_source": MAWPS_SOURCE})
+    task = manager.load(["adaptation_math"])["tasks"]["adaptation_math"]
+    assert len(list(task.test_docs())) == 500
+    assert task.dump_config()["metadata"]["dataset"]["source"] == MAWPS_SOURCE
+    assert math_data.dataset_source({}) == str(tmp_path / "nowhere")
 
 
 class TracedOutput(str):

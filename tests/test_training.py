@@ -40,6 +40,22 @@ def test_a_doc_the_engine_would_not_inject_is_skipped_with_its_reason(tiny_model
     examples, skipped = build_examples(model, tokenizer, [stopping, PROBLEMS[1]], injection_point=3)
     assert [e.doc_id for e in examples] == ["d1"]
     assert skipped["d0"].startswith("baseline stopped after 1 tokens (stop_sequence)")
+    # the engine's rule and message, word for word
+    traces = InjectionEngine(model, tokenizer, InjectionSettings(injection_points=(3,))).run([stopping, PROBLEMS[1]])
+    assert skipped["d0"] == traces[0]["conditions"]["injection@3"]["not_injected_reason"]
+    assert traces[1]["conditions"]["injection@3"]["injected"]
+
+
+@pytest.mark.parametrize("field, value", [("target", "silver"), ("method", "qlora"), ("eval_fraction", 1.0)])
+def test_train_config_refuses_a_bad_choice(field, value):
+    with pytest.raises(ValueError, match=f"{field}={value!r}"):
+        TrainConfig(**{field: value})
+
+
+def test_a_saved_config_with_an_unknown_setting_is_named(tmp_path):
+    (tmp_path / "train_config.json").write_text(json.dumps({"task": "adaptation_math", "learning_rat": 0.1}))
+    with pytest.raises(ValueError, match=r"unknown training setting\(s\) \['learning_rat'\]; valid .*learning_rate"):
+        TrainConfig.load(tmp_path)
 
 
 def test_gold_target_is_the_solution_segment_and_eos(tiny_model_builder, tiny_tokenizer_class):
@@ -130,10 +146,10 @@ def test_kvinject_train_trains_on_training_docs_only_and_refuses_other_settings_
     # The task index and docs are built once (lm-eval takes ~15 s a time); the second command reuses them.
     monkeypatch.setattr(pipeline, "load_task_docs", functools.lru_cache(pipeline.load_task_docs))
     output = tmp_path / "run"
-    common = ["train", "--output", str(output), "--task", "adaptation_semantic", "--model-args",
-              f"pretrained={local_model_dir}", "--injection-point", "1", "--max-new-tokens", "4",
-              "--max-train-docs", "3", "--max-steps", "2", "--batch-size", "2", "--eval-fraction", "0.5"]
-    assert main(common + ["--split-only"]) == 0  # measure the base model on the held-out docs first
+    common = ["train", "--output_path", str(output), "--task", "adaptation_semantic", "--model_args",
+              f"pretrained={local_model_dir}", "--injection_point", "1", "--max_new_tokens", "4",
+              "--max_train_docs", "3", "--max_steps", "2", "--batch_size", "2", "--eval_fraction", "0.5"]
+    assert main(common + ["--split_only"]) == 0  # measure the base model on the held-out docs first
     assert (output / EVAL_SAMPLES_FILE).exists() and not (output / "examples.jsonl").exists()
     assert main(common) == 0
     split = load_split(output)
@@ -143,7 +159,7 @@ def test_kvinject_train_trains_on_training_docs_only_and_refuses_other_settings_
     assert json.loads((output / "train_config.json").read_text())["injection_point"] == 1
     assert (output / "model" / "model.safetensors").exists()
     with pytest.raises(ValueError, match="injection_point: saved 1, now 2"):
-        main(common[:-8] + ["--injection-point", "2"] + common[-6:])
+        main(common[:-8] + ["--injection_point", "2"] + common[-6:])
 
 
 def test_a_model_marked_gguf_quantized_trains_and_saves_without_the_marker(local_model_dir, tmp_path):
@@ -175,10 +191,10 @@ def test_measure_train_measure_on_smollm2_puts_the_trained_model_beside_the_base
     if not os.environ.get("KVINJECT_MAWPS_SOURCE"):
         pytest.skip("KVINJECT_MAWPS_SOURCE is not set (CI points it at ../shared/data/mawps/svamp/cv_mawps)")
     run = tmp_path / "run"
-    settings = ["--output", str(run), "--task", "adaptation_math", "--model-args", "pretrained=smollm2-135m",
-                "--injection-point", "1", "--max-new-tokens", "16", "--max-train-docs", "6",
-                "--eval-samples-limit", "2", "--max-steps", "2", "--batch-size", "2"]
-    assert main(["train", "--split-only"] + settings) == 0
+    settings = ["--output_path", str(run), "--task", "adaptation_math", "--model_args", "pretrained=smollm2-135m",
+                "--injection_point", "1", "--max_new_tokens", "16", "--max_train_docs", "6",
+                "--eval_samples_limit", "2", "--max_steps", "2", "--batch_size", "2"]
+    assert main(["train", "--split_only"] + settings) == 0
 
     def measure(pretrained: str, out: Path) -> None:
         subprocess.run(
@@ -191,7 +207,7 @@ def test_measure_train_measure_on_smollm2_puts_the_trained_model_beside_the_base
     assert main(["train"] + settings) == 0
     split = load_split(run)
     measure(str(run / "model"), tmp_path / "results" / "trained")
-    assert main(["report", str(tmp_path / "results"), "--out", str(tmp_path / "report")]) == 0
+    assert main(["report", str(tmp_path / "results"), "--output_path", str(tmp_path / "report")]) == 0
     rows = list(csv.DictReader((tmp_path / "report" / "leaderboard.csv").open()))
     assert sorted(Path(row["results_file"]).parts[-3] for row in rows) == ["base", "trained"]
     for row in rows:   # each model's held-out measures, as its own results JSON has them

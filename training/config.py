@@ -9,8 +9,11 @@ import dataclasses
 import json
 from pathlib import Path
 
+from kvinject.settings_mapping import from_mapping
+
 CONFIG_FILE = "train_config.json"
 METHODS = ("lora", "full")
+TARGETS = ("oracle", "gold")  # what the model learns to write after the update (see training/examples.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +41,11 @@ class TrainConfig:
     generation_batch_size: int = 8
 
     def __post_init__(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method={self.method!r}: expected one of {', '.join(METHODS)}")
+        for name, choices in (("method", METHODS), ("target", TARGETS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name}={getattr(self, name)!r}: expected one of {', '.join(choices)}")
+        if not 0 < self.eval_fraction < 1:
+            raise ValueError(f"eval_fraction={self.eval_fraction}: must be strictly between 0 and 1")
         if self.injection_point < 0:
             raise ValueError(f"injection_point={self.injection_point}: must be >= 0")
         for name in ("max_new_tokens", "batch_size", "gradient_accumulation_steps", "save_steps", "lora_r", "generation_batch_size"):
@@ -54,7 +60,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, folder: Path) -> "TrainConfig":
-        return cls(**json.loads((folder / CONFIG_FILE).read_text()))
+        return from_mapping(cls, json.loads((folder / CONFIG_FILE).read_text()), "training setting")
 
     def check_resumable(self, folder: Path) -> None:
         if not (folder / CONFIG_FILE).exists():

@@ -21,10 +21,11 @@ from typing import Mapping, Sequence
 
 from kvinject.model_adapters.engine import Problem
 from kvinject.model_adapters.engine.decoding import DecodeRow, greedy_decode
+from kvinject.model_adapters.engine.injection_engine import not_injected_reason
 from kvinject.model_adapters.engine.tokens import StopRule, encode_prompt, encode_segment, eos_ids
+from kvinject.training.config import TARGETS
 
 IGNORE_INDEX = -100  # transformers' causal-LM loss ignores these label positions
-TARGETS = ("oracle", "gold")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,14 +84,14 @@ def build_examples(
     skipped: dict[str, str] = {}
     pre_ids = {p.doc_id: [] for p in problems}
     if injection_point > 0:
-        rows = [DecodeRow(None, tuple(encode_prompt(tokenizer, p.original_prompt)), injection_point, stop(p)) for p in problems]
+        # One token past N, as the engine's baseline decodes past N, so its rule applies as it stands.
+        rows = [DecodeRow(None, tuple(encode_prompt(tokenizer, p.original_prompt)), injection_point + 1, stop(p))
+                for p in problems]
         for problem, result in zip(problems, _greedy(model, rows, batch_size)):
-            # The engine injects iff the baseline generated N tokens without stopping at or before the N-th.
-            if len(result.new_ids) < injection_point or result.stop_reason != "max_new_tokens":
-                skipped[problem.doc_id] = (
-                    f"baseline stopped after {len(result.new_ids)} tokens ({result.stop_reason}) at or before N={injection_point}"
-                )
-            pre_ids[problem.doc_id] = result.new_ids
+            reason = not_injected_reason(len(result.new_ids), result.stop_reason, injection_point)
+            if reason is not None:
+                skipped[problem.doc_id] = reason
+            pre_ids[problem.doc_id] = result.new_ids[:injection_point]
     kept = [p for p in problems if p.doc_id not in skipped]
     if target == "oracle":
         rows = [DecodeRow(None, tuple(encode_prompt(tokenizer, p.alternative_prompt)), p.max_new_tokens, stop(p)) for p in kept]

@@ -1,6 +1,8 @@
 """lm-eval `custom_dataset` for adaptation_math: build (or reuse) the augmented MAWPS set and validate it.
 
-The source comes from KVINJECT_MAWPS_SOURCE (default: the Hub's MU-NLPC/Calc-mawps). The built set is
+The source is the task metadata's ``mawps_source`` (``--metadata '{"mawps_source": PATH}'``), else
+KVINJECT_MAWPS_SOURCE, else the Hub's MU-NLPC/Calc-mawps; the results JSON records it (AdaptationTask's
+``dataset_record``). The built set is
 cached in kvinject.paths.user_cache_dir() ($KVINJECT_CACHE, else ~/.cache/kvinject), keyed by the source
 checksum and a hash of the builder's own code, so a changed source or builder never serves a stale set
 (no hand-kept version number to forget).
@@ -35,10 +37,14 @@ MATH_SCHEMA = DocSchema(
 )
 
 
-def load_math_dataset(**_metadata) -> datasets.DatasetDict:
-    """lm-eval passes the task metadata (and leaked model_args) as keyword arguments; none are needed."""
-    source = os.environ.get(SOURCE_ENV_VAR) or DEFAULT_SOURCE
-    return validated_test_split(augmented_math_set(source), MATH_SCHEMA)
+def dataset_source(metadata: dict) -> str:
+    """The raw MAWPS source: metadata ``mawps_source``, else $KVINJECT_MAWPS_SOURCE, else the Hub's copy."""
+    return metadata.get("mawps_source") or os.environ.get(SOURCE_ENV_VAR) or DEFAULT_SOURCE
+
+
+def load_math_dataset(**metadata) -> datasets.DatasetDict:
+    """lm-eval passes the task metadata (and leaked model_args) as keyword arguments."""
+    return validated_test_split(augmented_math_set(dataset_source(metadata)), MATH_SCHEMA)
 
 
 def builder_fingerprint() -> str:

@@ -18,6 +18,8 @@ import datasets
 from kvinject.adaptation_tasks.docs import DocSchema, MalformedDocError, is_number, validate_doc
 
 REQUIRED = ("original", "alternative", "original_answer", "alternative_answer")
+# The doc contract's names of the pair file's fields where they differ (for messages that name the file's).
+PAIR_FIELD_OF = {"original_question": "original", "alternative_question": "alternative"}
 OPTIONAL = ("id", "variation_type")
 
 
@@ -92,10 +94,7 @@ def pair_to_doc(pair, line: int, path: Path, position: int) -> dict:
     try:
         validate_doc(doc, schema, line)
     except MalformedDocError as error:
-        field = str(error).split("field ", 1)[-1]
-        for ours, theirs in (("'original_question'", "'original'"), ("'alternative_question'", "'alternative'")):
-            field = field.replace(ours, theirs)
-        raise PairsFileError(f"{where}: field {field}") from None
+        raise PairsFileError(f"{where}: field {PAIR_FIELD_OF.get(error.field, error.field)!r} {error.problem}") from None
     return doc
 
 

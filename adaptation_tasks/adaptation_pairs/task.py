@@ -17,9 +17,9 @@ DEFAULTS_YAML = Path(__file__).resolve().parent / "adaptation_pairs.yaml"
 
 class PairsTask(AdaptationTask):
     def __init__(self, config: dict | None = None, **kwargs):
-        from lm_eval.tasks._yaml_loader import load_yaml
+        from kvinject.lm_eval_internals import load_yaml
 
-        defaults = load_yaml(DEFAULTS_YAML, resolve_func=True, recursive=True)
+        defaults = load_yaml()(DEFAULTS_YAML, resolve_func=True, recursive=True)
         config = dict(config or {})
         metadata = {**defaults.get("metadata", {}), **(config.get("metadata") or {})}
         super().__init__(config={**defaults, **config, "metadata": metadata}, **kwargs)

@@ -1,20 +1,23 @@
 """``kvinject analyze``: the original study's flags, run through lm-eval (``lm_eval.simple_evaluate``).
 
-    kvinject analyze --model M --dataset FILE --num_problems K --injection_points 5,10,15 \\
-        --output_dir DIR --device D
+    kvinject analyze --model M --dataset FILE --limit K --injection_points 5,10,15 \\
+        --output_path DIR --device D
 
 is the same evaluation as ``lm_eval --model kvinject --model_args pretrained=M,injection_points=5:10:15,
 device=D --tasks adaptation_pairs --metadata '{"dataset_path": "FILE"}' --limit K --output_path DIR
 --log_samples``: one code path. It writes lm-eval's results and samples under DIR/<model>/, the traces
 beside them (the start-up hook's trace export), and then ``kvinject report`` over DIR into DIR/report
 (leaderboard, curves, per-problem JSON). ``--task`` runs a built-in task (e.g. adaptation_math) instead.
+The original study's spellings ``--num_problems`` and ``--output_dir`` are accepted as aliases.
 """
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
+
+from kvinject.commands import UsageError
+from kvinject.commands.common import extra_model_args, injection_points
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,35 +25,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", help="your pairs file, JSON or JSON lines (format: adaptation_tasks/README.md)")
     source.add_argument("--task", help="a built-in adaptation task instead, e.g. adaptation_math")
-    parser.add_argument("--num_problems", type=int, default=None, help="evaluate the first K problems (lm-eval's --limit)")
+    parser.add_argument("--limit", "--num_problems", dest="limit", type=int, default=None,
+                        help="evaluate the first K problems (--num_problems: the original study's spelling)")
     parser.add_argument("--injection_points", default="5,10,15", help="generated tokens before the injection, e.g. 5,10,15")
-    parser.add_argument("--output_dir", required=True, help="folder for lm-eval's results, the traces and the report")
+    parser.add_argument("--output_path", "--output_dir", dest="output_path", required=True,
+                        help="folder for lm-eval's results, the traces and the report (--output_dir: the original "
+                             "study's spelling)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--batch_size", default="1", help="docs per batch, or auto")
     parser.add_argument("--max_gen_toks", type=int, default=None, help="generation budget per condition (default: the task's)")
     parser.add_argument("--model_args", default="", help="further kvinject model args as k=v,k=v (see README)")
     parser.add_argument("--no_report", action="store_true", help="stop after lm-eval's results and the traces")
-
-
-def injection_points(text: str) -> list[int]:
-    try:
-        points = [int(part) for part in re.split(r"[,:; ]+", text.strip()) if part]
-    except ValueError:
-        raise ValueError(f"--injection_points {text!r}: expected integers such as 5,10,15") from None
-    if not points:
-        raise ValueError("--injection_points: give at least one point")
-    return points
-
-
-def extra_model_args(text: str) -> dict:
-    """``--model_args k=v,k=v`` of the commands (validated later by parse_model_args)."""
-    extra = {}
-    for item in filter(None, text.split(",")):
-        name, equals, value = item.partition("=")
-        if not equals:
-            raise ValueError(f"--model_args {item!r}: expected name=value")
-        extra[name.strip()] = value.strip()
-    return extra
 
 
 def evaluation_request(args: argparse.Namespace) -> dict:
@@ -60,9 +45,9 @@ def evaluation_request(args: argparse.Namespace) -> dict:
     model_args = {"pretrained": args.model, "injection_points": injection_points(args.injection_points),
                   "device": args.device, "batch_size": args.batch_size, **extra_model_args(args.model_args)}
     parse_model_args(model_args)  # ModelArgsError names a bad argument before anything loads
-    if args.num_problems is not None and args.num_problems < 1:
-        raise ValueError(f"--num_problems {args.num_problems}: must be >= 1")
-    request = {"model": "kvinject", "model_args": model_args, "limit": args.num_problems, "log_samples": True}
+    if args.limit is not None and args.limit < 1:
+        raise UsageError(f"--limit {args.limit}: must be >= 1")
+    request = {"model": "kvinject", "model_args": model_args, "limit": args.limit, "log_samples": True}
     if args.dataset:
         from kvinject.adaptation_tasks.adaptation_pairs.data import read_pairs
 
@@ -88,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     import lm_eval
     from lm_eval.loggers import EvaluationTracker
 
-    out = Path(args.output_dir)
+    out = Path(args.output_path)
     tracker = EvaluationTracker(output_path=str(out))
     results = lm_eval.simple_evaluate(**request, evaluation_tracker=tracker)
     if results is None:  # a non-zero rank of a data-parallel run
@@ -107,13 +92,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_report(results_dir: Path, report_dir: Path) -> int:
-    """``kvinject report results_dir --out report_dir`` (the report command, kvinject/commands/report.py)."""
-    try:
-        from kvinject.commands import report
-    except ImportError:
-        print("kvinject analyze: the report step is not available in this build (kvinject/commands/report.py "
-              f"missing); run `kvinject report {results_dir} --out {report_dir}` once it is", file=sys.stderr)
-        return 0
+    """``kvinject report results_dir --output_path report_dir`` (kvinject/commands/report.py)."""
+    from kvinject.commands import report
+
     parser = argparse.ArgumentParser(prog="kvinject report")
     report.add_arguments(parser)
-    return int(report.run(parser.parse_args([str(results_dir), "--out", str(report_dir)])) or 0)
+    return int(report.run(parser.parse_args([str(results_dir), "--output_path", str(report_dir)])) or 0)

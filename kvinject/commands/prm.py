@@ -12,6 +12,8 @@ import re
 import warnings
 from pathlib import Path
 
+from kvinject.commands import UsageError
+from kvinject.commands.common import existing_folder, in_range
 from kvinject.model_adapters.prm_judge import DEFAULT_BAD, DEFAULT_GOOD, DEFAULT_TEMPLATE
 
 DEPRECATION = ("the PRM scorer is deprecated: it is kept only to compare with the original study; the "
@@ -26,7 +28,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--template", default=DEFAULT_TEMPLATE, help="judge prompt with {problem}, {previous}, {step}")
     parser.add_argument("--good", default=DEFAULT_GOOD, help=f"the 'good' answer token (default {DEFAULT_GOOD!r})")
     parser.add_argument("--bad", default=DEFAULT_BAD, help=f"the 'bad' answer token (default {DEFAULT_BAD!r})")
-    parser.add_argument("--batch-size", type=int, default=8, help="judge prompts per forward pass")
+    parser.add_argument("--batch_size", type=int, default=8, help="judge prompts per forward pass")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples over docs")
     parser.add_argument("--confidence", type=float, default=0.95, help="interval confidence level")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -42,6 +44,19 @@ def _file_label(pretrained: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(pretrained).name or pretrained)
 
 
+def _trace_files(args) -> list[Path]:
+    """The run's trace files, after checking every flag value (UsageError names the bad one)."""
+    in_range(args.batch_size, "--batch_size", 1, float("inf"))
+    in_range(args.resamples, "--resamples", 1, float("inf"))
+    in_range(args.confidence, "--confidence", 0, 1, open_low=True, open_high=True)
+    folder = existing_folder(args.results_dir, "results_dir")
+    trace_files = sorted(p for p in folder.rglob("traces_*.jsonl*") if p.is_file())
+    if not trace_files:
+        raise UsageError(f"no traces_*.jsonl* file under {folder}; run lm_eval --model kvinject with --output_path "
+                         "there first")
+    return trace_files
+
+
 def run(args) -> int:
     from tqdm import tqdm
 
@@ -53,12 +68,9 @@ def run(args) -> int:
     from kvinject.prm.steps import split_steps
     from kvinject.prm.trace_scores import judge_prompts, score_records
 
+    trace_files = _trace_files(args)
     warnings.warn(DEPRECATION, DeprecationWarning, stacklevel=1)
     print(f"note: {DEPRECATION}")
-    trace_files = sorted(p for p in args.results_dir.rglob("traces_*.jsonl*") if p.is_file())
-    if not trace_files:
-        raise FileNotFoundError(f"no traces_*.jsonl* file under {args.results_dir}; run lm_eval --model kvinject "
-                                "with --output_path there first")
     judge_args = parse_model_args(_judge_model_args(args.judge))
     model, tokenizer, _ = load_model_and_tokenizer(judge_args)
     judge = PRMJudge(model, tokenizer, args.template, args.good, args.bad, args.batch_size)

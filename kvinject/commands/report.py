@@ -1,4 +1,4 @@
-"""``kvinject report DIR... --out OUT``: leaderboard, adaptation curves and per-problem JSON.
+"""``kvinject report DIR... --output_path OUT``: leaderboard, adaptation curves and per-problem JSON.
 
 Reads lm-eval output folders (results_<date>.json and the traces beside them) and writes
     OUT/leaderboard.md, leaderboard.tex, leaderboard.csv
@@ -15,11 +15,13 @@ import re
 import sys
 from pathlib import Path
 
+from kvinject.commands.common import injection_points
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folders", nargs="+", metavar="DIR",
                         help="lm-eval --output_path folders (or model folders inside them); searched recursively")
-    parser.add_argument("--out", required=True, help="folder for the report (created)")
+    parser.add_argument("--output_path", required=True, help="folder for the report (created)")
     parser.add_argument("--sort_by", default=None,
                         help="leaderboard measure to rank by, e.g. adaptation_score@5 (default: the first column)")
     parser.add_argument("--points", default=None,
@@ -38,12 +40,7 @@ def _safe(name: str) -> str:
 
 
 def _points(text: str | None):
-    if text is None:
-        return None
-    try:
-        return {int(part) for part in re.split(r"[,:; ]+", text.strip()) if part}
-    except ValueError:
-        raise SystemExit(f"kvinject report: --points {text!r}: expected integers such as 5,10") from None
+    return None if text is None else set(injection_points(text, "--points"))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,12 +50,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         thresholds = LabelThresholds.from_mapping(json.loads(args.label_thresholds or "{}"))
+        points = _points(args.points)
         runs = find_runs(args.folders)
-        board = build_leaderboard(runs, args.sort_by, points=_points(args.points), digits=args.digits)
+        board = build_leaderboard(runs, args.sort_by, points=points, digits=args.digits)
     except (ValueError, TypeError) as error:  # json.JSONDecodeError is a ValueError
         print(f"kvinject report: {error}", file=sys.stderr)
         return 2
-    out = Path(args.out)
+    out = Path(args.output_path)
     out.mkdir(parents=True, exist_ok=True)
     for suffix, text in (("md", board.markdown()), ("tex", board.latex()), ("csv", board.csv())):
         (out / f"leaderboard.{suffix}").write_text(text, encoding="utf-8")

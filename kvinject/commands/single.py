@@ -7,8 +7,7 @@
 The problem goes through the same ``KVInjectLM.generate_until`` as an lm-eval run (one request), and
 its measures are the task's per-doc metrics (kvinject.metrics.doc_metrics); the free-text form uses
 the adaptation_pairs task's prompt and answer matching. Without gold answers the answer-based measures
-are left out, not guessed. The trace is written to --output_dir, with the adaptation curve image when
-the report package (kvinject.reports) is installed.
+are left out, not guessed. The trace and the adaptation curve image are written to --output_path.
 """
 from __future__ import annotations
 
@@ -19,22 +18,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from kvinject.commands.analyze import extra_model_args, injection_points
+from kvinject.commands.common import existing_folder, extra_model_args, injection_points
+from kvinject.metrics.keys import METRICS, ONE_PROBLEM, parse_key
 
-# Per injection point, in this order; a measure the doc has no value for is not printed.
-HEADLINE = (
-    ("adaptation_point_share", "first token with a_t above the adapted threshold"),
-    ("stabilization_share", "first token from which a_t stays above it"),
-    ("adaptation_score", "mean a_t over the run (0 = old problem, 1 = new)"),
-    ("oracle_convergence", "mean a_t over the final window"),
-    ("final_log_ratio", "mean log P(tok|new)/P(tok|old), final window [nats]"),
-    ("attention_injected", "attention mass on the injected segment"),
-    ("attention_shift", "attention_injected minus the noise run's"),
-    ("embedding_similarity", "hidden-state cosine to the new context, last layer"),
-    ("injection_accuracy", "the run answers the new problem"),
-    ("stuck_rate", "the run answers the old problem"),
-    ("noise_specificity", "the noise run keeps the old answer"),
-)
 FREE_TEXT_TASK = "adaptation_pairs"
 
 
@@ -51,18 +37,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max_gen_toks", type=int, default=48, help="generation budget per condition")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--model_args", default="", help="further kvinject model args as k=v,k=v (see README)")
-    parser.add_argument("--output_dir", default="kvinject_single", help="folder for the trace and the curve image")
+    parser.add_argument("--output_path", default="kvinject_single", help="folder for the trace and the curve image")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        problem = _problem(args)
         model_args = {"pretrained": args.model, "injection_points": injection_points(args.injection_points),
-                      "device": args.device, "trace_dir": str(Path(args.output_dir).resolve()),
+                      "device": args.device, "trace_dir": str(Path(args.output_path).resolve()),
                       **extra_model_args(args.model_args)}
         from kvinject.model_adapters.model_args import parse_model_args
 
         parse_model_args(model_args)
+        problem = _problem(args)
     except ValueError as error:
         print(f"kvinject single: {error}", file=sys.stderr)
         return 2
@@ -81,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     values = doc_metrics(trace, answers, dataclasses.replace(problem["settings"], report="full"))  # every per-doc key
     print(summary(trace, answers, values, problem["settings"], args.model, lm.tokenizer.decode))
     print(f"\ntrace: {lm.trace_log.path}")
-    print(curve_image(trace, problem["settings"], Path(args.output_dir), args.model))
+    print(curve_image(trace, problem["settings"], Path(args.output_path), args.model))
     return 0
 
 
@@ -90,14 +76,15 @@ def _problem(args) -> dict:
     if args.task or args.doc:
         if not (args.task and args.doc) or args.original or args.alternative:
             raise ValueError("give either --task and --doc, or --original and --alternative")
-        return _task_problem(args.task, args.doc, args.max_gen_toks, include_path=args.include_path)
+        include_path = args.include_path and str(existing_folder(args.include_path, "--include_path"))
+        return _task_problem(args.task, args.doc, args.max_gen_toks, include_path=include_path)
     if not (args.original and args.alternative):
         raise ValueError("give --original and --alternative (or --task and --doc)")
     if (args.original_answer is None) != (args.alternative_answer is None):
         raise ValueError("give both --original_answer and --alternative_answer, or neither")
     # The free-text problem is a one-pair file of the adaptation_pairs task: same prompt, same matching.
     # Without gold answers it holds "-" and the matcher is dropped, so no answer-based measure is made up.
-    folder = Path(args.output_dir)
+    folder = Path(args.output_path)
     folder.mkdir(parents=True, exist_ok=True)
     pair = {"id": "single", "original": args.original, "alternative": args.alternative,
             "original_answer": args.original_answer or "-", "alternative_answer": args.alternative_answer or "-"}
@@ -151,6 +138,11 @@ def _measure(value) -> str | None:
     return None  # detection statistics and p-value families need many problems
 
 
+def _meaning(name: str) -> str:
+    """The metric's own description (kvinject.metrics.keys.METRICS), with @N read as this point."""
+    return METRICS[parse_key(f"{name}@0").metric].description
+
+
 def summary(trace: dict, answers: dict, values: dict, settings, model: str, decode) -> str:
     """The readable report of one problem; ``decode(ids) -> str`` renders the runs' token ids."""
     wrap = lambda text: textwrap.indent(textwrap.fill(text.strip() or "(nothing)", 96), "      ")  # noqa: E731
@@ -183,20 +175,18 @@ def summary(trace: dict, answers: dict, values: dict, settings, model: str, deco
         if isinstance(switched, dict):
             lines.append(f"    switched: {_event(switched)}"
                          f" (a_t > {settings.adapted_threshold}; {len(run['post_ids'])} tokens after the injection)")
-        for metric, meaning in HEADLINE:
-            shown = _measure(values.get(f"{metric}@{point}"))
+        for name in ONE_PROBLEM:
+            shown = _measure(values.get(f"{name}@{point}"))
             if shown is not None:
-                lines.append(f"    {metric:<22}{shown:>20}   {meaning}")
+                lines.append(f"    {name:<22}{shown:>20}   {_meaning(name)}")
     return "\n".join(lines)
 
 
 def curve_image(trace: dict, settings, folder: Path, model: str) -> str:
-    """Draw the doc's adaptation curves with the report package's plotting, when it is installed."""
-    try:
-        from kvinject.reports.curves import task_curves
-        from kvinject.reports.plotting import draw_curves
-    except ImportError:
-        return "curve image: not available in this build (the report package kvinject.reports is not installed)"
+    """Draw the doc's adaptation curves with the report package's plotting."""
+    from kvinject.reports.curves import task_curves
+    from kvinject.reports.plotting import draw_curves
+
     curves = task_curves({model: [trace]}, settings, 200, 0.95, 0)
     if not curves:
         return "curve image: none (an identical control, or no injection point was reached)"

@@ -123,15 +123,9 @@ def run_one(study, study_run, position: str) -> dict:
 # ----------------------------------------------------------------------- report and comparisons
 
 def _report_argv(study) -> list[str]:
-    """`kvinject report` over every run folder into <output_path>/report. The output flag is read
-    from the report command's own parser (it is being renamed from --out to --output_path)."""
-    from kvinject.commands import report
-
-    parser = argparse.ArgumentParser()
-    report.add_arguments(parser)
-    flag = "--output_path" if "--output_path" in parser._option_string_actions else "--out"
+    """`kvinject report` over every run folder into <output_path>/report."""
     folders = [str(study_run.folder(study.output_path)) for study_run in study.runs]
-    return ["report", *folders, flag, str(study.output_path / "report")]
+    return ["report", *folders, "--output_path", str(study.output_path / "report")]
 
 
 def write_report(study) -> int:

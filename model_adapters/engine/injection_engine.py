@@ -88,6 +88,15 @@ class _Branch:
 
 
 class InjectionEngine:
+    """Runs every condition of a batch of problems on one model and returns one schema-1 trace each.
+
+    ``run(problems)`` decodes the baseline and oracle, forks the baseline after each injection point for
+    the injection and noise runs, and scores every post-injection token under the run, old and new
+    contexts (module docstring, steps 1-3); ``check(problems)`` raises the tokenised input errors
+    (empty segments, context too long) before any compute. Greedy decoding only; the settings
+    (injection points, strategy, noise, tracking) are fixed per engine, the batch size may shrink.
+    """
+
     def __init__(self, model, tokenizer: EngineTokenizer, settings: InjectionSettings, batch_size: int = 1):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")
@@ -275,10 +284,11 @@ class InjectionEngine:
                 fields = {"noise_kind": settings.noise if noise else None,
                           "injected_ids": segment, "injected_text": decode_generated(self.tokenizer, segment)}
                 found = by_key.get((id(doc), point, noise))
+                reason = not_injected_reason(len(baseline.new_ids), baseline.stop_reason, point)
+                if (found is None) != (reason is not None):
+                    raise RuntimeError(f"doc {doc.problem.doc_id}: the injection branch at N={point} disagrees with "
+                                       "not_injected_reason; the decoder's cache captures changed")
                 if found is None:
-                    count = len(baseline.new_ids)
-                    reason = (f"baseline stopped after {count} tokens ({baseline.stop_reason}) "
-                              f"{'before' if count < point else 'at'} N={point}")
                     conditions[name] = injection_condition(
                         baseline_entry, point, pre_ids=baseline.new_ids[:point], post_ids=[],
                         series=empty_series(settings.track_attention, settings.track_hidden),
@@ -299,6 +309,15 @@ class InjectionEngine:
             "alternative": {"text": problem.alternative_prompt, "ids": list(doc.alternative_ids)},
         }
         return build_trace(problem.doc_id, trace_settings, prompts, conditions)
+
+
+def not_injected_reason(generated: int, stop_reason: str, point: int) -> str | None:
+    """None when a run is injected at N: the baseline generated more than N tokens, i.e. N without stopping
+    at or before the N-th (and has budget left). Otherwise the reason recorded in the trace; kvinject
+    train skips such docs with the same reason."""
+    if generated > point:
+        return None
+    return f"baseline stopped after {generated} tokens ({stop_reason}) {'before' if generated < point else 'at'} N={point}"
 
 
 def _prompt_labels(length: int, segment: int) -> list[int]:
