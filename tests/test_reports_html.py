@@ -26,7 +26,7 @@ FULL = AdaptationSettings(report="full")
 
 def _report(tmp_path, traced_model="model-a"):
     fixture = write_html_runs(tmp_path / "out", traced_model)
-    assert cli.main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "report"),
+    assert cli.main(["report", str(tmp_path / "out"), "--output_path", str(tmp_path / "report"),
                      "--bootstrap_resamples", "50"]) == 0
     html = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
     return html, read_page_data(html), fixture

@@ -35,7 +35,7 @@ def test_html_page_loads_1000_problems_in_3_seconds(benchmark, tmp_path, local_m
     traces = [varied_trace(f"doc-{i}", i, points=(2, 4, 8), length=48) for i in range(n_problems)]
     # A local model folder: the page gets token texts from its tokenizer, as for a real run.
     write_run(tmp_path / "out", str(local_model_dir), {"injection_accuracy@2,none": 0.5}, traces)
-    assert cli.main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "report"),
+    assert cli.main(["report", str(tmp_path / "out"), "--output_path", str(tmp_path / "report"),
                      "--bootstrap_resamples", "10"]) == 0
     page = tmp_path / "report" / "index.html"
     load_ms = benchmark.pedantic(_load_ms, args=(page,), rounds=1 if benchmark.disabled else 3, iterations=1)
