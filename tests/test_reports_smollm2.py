@@ -16,6 +16,7 @@ from matplotlib.image import imread
 from report_runs import check_seed_format
 
 from kvinject import cli
+from kvinject.strict_json import decoded_value
 from kvinject.reports.leaderboard import HEADLINE_MEASURES, parse_measure_name
 
 pytestmark = pytest.mark.slow
@@ -67,6 +68,9 @@ def test_leaderboard_values_are_those_of_the_results_json(report):
         for column in columns:
             if row[column] == "":
                 assert column not in values
+                continue
+            if values[column] is None:  # strict JSON: null reads as its word in the leaderboard
+                assert row[column] == f"{decoded_value(column, None, values)}", (row["model"], row["task"], column)
                 continue
             assert _same(float(row[column]), values[column]), (row["model"], row["task"], column)
             metric, point, _ = parse_measure_name(column)
