@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from kvinject.model_adapters.engine.decoding import DecodeResult, DecodeRow, extend_caches, greedy_decode
+from kvinject.model_adapters.engine.decoding import DecodeResult, DecodeRow, DecodingLoop, extend_caches
 from kvinject.model_adapters.injection_settings import InjectionSettings
 from kvinject.model_adapters.engine.noise import control_seed, control_segment, non_special_ids
 from kvinject.model_adapters.engine.rope import RotaryKeys
@@ -85,6 +85,16 @@ class _Branch:
     pre_ids: list[int]
     alternative: RowCache  # the alternative prompt's cache (from the oracle's prefill)
     region: RowCache | None  # replace: the cache of `segment` as a prompt
+
+
+@dataclasses.dataclass
+class _DocRun:
+    """One doc's rows in the running loop."""
+
+    doc: _Doc
+    baseline: DecodeResult
+    oracle: DecodeResult
+    points: list[int]  # injection points not forked (nor dropped) yet, ascending
 
 
 class InjectionEngine:
@@ -165,25 +175,28 @@ class InjectionEngine:
     # ------------------------------------------------------------------------------ one batch
 
     def _run_batch(self, docs: list[_Doc]) -> list[dict]:
-        points = frozenset(self.settings.injection_points)
-        rows = []
-        for doc, prefix in zip(docs, self._shared_prefixes(docs)):
-            budget, start = doc.problem.max_new_tokens, 0 if prefix is None else prefix.length
-            # Both rows start from the shared prefix; their captures copy the whole cache, prefix included.
-            rows.append(DecodeRow(prefix, tuple(doc.original_ids[start:]), budget, doc.stop, capture_after=points))
-            rows.append(DecodeRow(prefix, tuple(doc.alternative_ids[start:]), budget, doc.stop,
-                                  capture_after=frozenset({0})))
-        results = greedy_decode(self.model, rows)
-        baselines, oracles = results[0::2], results[1::2]
-        alternative_caches = [oracle.captures[0] for oracle in oracles]
-
-        branches = self._branches(docs, baselines, alternative_caches)
-        run_contexts = [self._run_context(b) for b in branches]
-        runs = greedy_decode(self.model, [self._branch_row(b, c) for b, c in zip(branches, run_contexts)])
-        triples = [self._scoring_triple(b, c, run.new_ids) for b, c, run in zip(branches, run_contexts, runs)]
+        loop = DecodingLoop(self.model)
+        runs = [self._start(loop, doc, prefix) for doc, prefix in zip(docs, self._shared_prefixes(docs))]
+        regions = self._control_regions(docs)
+        branches: list[tuple[_Branch, tuple, DecodeResult]] = []
+        while loop.running:
+            loop.step()
+            for run in runs:  # a branch joins the loop at the step after its fork exists
+                branches += self._fork_reached_points(loop, run, regions)
+        triples = [self._scoring_triple(b, context, result.new_ids) for b, context, result in branches]
         series = score_triples(self.model, triples, self.settings.track_attention, self.settings.track_hidden)
-        by_key = {(id(b.doc), b.point, b.noise): (b, run, s) for b, run, s in zip(branches, runs, series)}
-        return [self._trace(doc, baseline, oracle, by_key) for doc, baseline, oracle in zip(docs, baselines, oracles)]
+        by_key = {(id(b.doc), b.point, b.noise): (b, result, s) for (b, _, result), s in zip(branches, series)}
+        return [self._trace(run.doc, run.baseline, run.oracle, by_key) for run in runs]
+
+    def _start(self, loop: DecodingLoop, doc: _Doc, prefix: RowCache | None) -> "_DocRun":
+        """Add the doc's baseline and oracle rows to the loop."""
+        budget, start = doc.problem.max_new_tokens, 0 if prefix is None else prefix.length
+        points = frozenset(self.settings.injection_points)
+        # Both rows start from the shared prefix; their captures copy the whole cache, prefix included.
+        baseline = loop.add(DecodeRow(prefix, tuple(doc.original_ids[start:]), budget, doc.stop, capture_after=points))
+        oracle = loop.add(DecodeRow(prefix, tuple(doc.alternative_ids[start:]), budget, doc.stop,
+                                    capture_after=frozenset({0})))
+        return _DocRun(doc, baseline, oracle, list(self.settings.injection_points))
 
     def _shared_prefixes(self, docs: list[_Doc]) -> list[RowCache | None]:
         """Per doc, the cache of the prompt prefix that the original and alternative prompts share
@@ -194,23 +207,38 @@ class InjectionEngine:
         caches = iter(extend_caches(self.model, [None] * len(prefixes), prefixes))
         return [next(caches) if n else None for n in lengths]
 
-    def _branches(self, docs, baselines: list[DecodeResult], alternative_caches) -> list[_Branch]:
-        branches = []
-        for doc, baseline, alternative_cache in zip(docs, baselines, alternative_caches):
-            for point in self.settings.injection_points:
-                fork = baseline.captures.get(point)
-                if fork is None:  # the baseline stopped at or before N tokens
-                    continue
-                pre_ids = baseline.new_ids[:point]
-                for noise, segment in ((False, doc.injected_ids), (True, doc.controls[point])):
-                    branches.append(_Branch(doc, point, noise, segment, fork, pre_ids, alternative_cache, None))
+    def _control_regions(self, docs: list[_Doc]) -> dict[tuple[int, int], RowCache]:
+        """replace: (id(doc), point) -> the cache of the length-matched control prompt that noise@N
+        swaps in, prefilled in one batch before decoding (append: none)."""
         if self.settings.strategy != "replace":
-            return branches
-        # The injection swaps in the oracle's prompt cache; a control swaps in a length-matched
-        # control prompt, which has to be prefilled.
-        controls = [b for b in branches if b.noise]
-        regions = iter(extend_caches(self.model, [None] * len(controls), [b.segment for b in controls]))
-        return [dataclasses.replace(b, region=next(regions) if b.noise else b.alternative) for b in branches]
+            return {}
+        keys = [(id(doc), point) for doc in docs for point in self.settings.injection_points]
+        controls = [doc.controls[point] for doc in docs for point in self.settings.injection_points]
+        return dict(zip(keys, extend_caches(self.model, [None] * len(controls), controls)))
+
+    def _fork_reached_points(self, loop: DecodingLoop, run: "_DocRun", regions) -> list[tuple]:
+        """The injection@N and noise@N branches of every point N the baseline has just reached (its
+        cache after N tokens was captured in the last step), added to the loop; points it stopped
+        at or before are dropped (not injected)."""
+        added = []
+        while run.points:
+            point = run.points[0]
+            fork = run.baseline.captures.get(point)
+            if fork is None:
+                if run.baseline.stop_reason:  # stopped at or before N tokens: never reaches N
+                    run.points.pop(0)
+                    continue
+                break
+            run.points.pop(0)
+            doc, alternative = run.doc, run.oracle.captures[0]
+            pre_ids = run.baseline.new_ids[:point]
+            for noise, segment in ((False, doc.injected_ids), (True, doc.controls[point])):
+                # replace: the injection swaps in the oracle's prompt cache, a control its control prompt.
+                region = (regions[(id(doc), point)] if noise else alternative) if regions else None
+                branch = _Branch(doc, point, noise, segment, fork, pre_ids, alternative, region)
+                context = self._run_context(branch)
+                added.append((branch, context, loop.add(self._branch_row(branch, context))))
+        return added
 
     # ------------------------------------------------------------------------------ contexts
 

@@ -150,6 +150,25 @@ class PaddedBatch:
         self.cache.batch_select_indices(index)
         self.mask = self.mask[index]
 
+    def add_rows(self, caches: list[RowCache | None]) -> None:
+        """Append rows (after the existing ones) that start from ``caches``: every row stays
+        right-aligned, the narrower side gets left padding (masked slots, so no row changes)."""
+        lengths = [0 if c is None else c.length for c in caches]
+        width = max(self.mask.shape[1], *lengths)
+        grow = width - self.mask.shape[1]
+        added = torch.zeros(len(caches), width, dtype=self.mask.dtype, device=self.mask.device)
+        for row, length in enumerate(lengths):
+            added[row, width - length :] = 1
+        self.mask = torch.cat([torch.nn.functional.pad(self.mask, (grow, 0)), added])
+        new_layers = _padded_layers(caches, width)
+        if new_layers is None:  # nothing cached in the new rows: zeros of the running layers' shape
+            new_layers = [tuple(t.new_zeros((len(caches), t.shape[1], width, t.shape[3])) for t in (layer.keys, layer.values))
+                          for layer in self.cache.layers]
+        for layer, (keys, values) in zip(self.cache.layers, new_layers):
+            # Pads are zeros: masked out of every attention (as in _padded_layers).
+            layer.keys = torch.cat([torch.nn.functional.pad(layer.keys, (0, 0, grow, 0)), keys])
+            layer.values = torch.cat([torch.nn.functional.pad(layer.values, (0, 0, grow, 0)), values])
+
 
 def _padded_layers(caches: list[RowCache | None], width: int):
     """Per layer (keys, values) of shape [rows, kv_heads, width, head_dim], zeros in the left padding."""
