@@ -19,7 +19,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # measure, comparisons, naive_reference as in the suite
 
-from comparisons import batch_scaling, doc_analysis_vs_generate, inject_vs_reprefill, math_problems, naive_vs_engine  # noqa: E402
+from comparisons import (analysis_vs_batched_reprompt, batch_scaling, doc_analysis_vs_generate,  # noqa: E402
+                         inject_vs_reprefill, math_problems, naive_vs_engine)
 from measure import Row, format_table, peak_memory_mib  # noqa: E402
 
 STUDY_DOCS = 1000
@@ -92,6 +93,7 @@ def main(argv=None) -> list[Row]:
     problem = math_problems(1, budget)[0]
     for track in (True, False):
         rows += doc_analysis_vs_generate(model, tokenizer, problem, track, repeats, label=label)[0]
+    rows += analysis_vs_batched_reprompt(model, tokenizer, problem, repeats, label=label)[0]
     naive_budget = min(budget, 16)  # the naive reference is quadratic in the budget
     rows.append(naive_vs_engine(model, tokenizer, math_problems(1, naive_budget)[0], 1, label=label)[0])
     scaling, rates = batch_scaling(model, tokenizer, math_problems(8, budget), max(1, repeats - 1), label=label)
