@@ -4,7 +4,6 @@ import pytest
 
 from helpers import assert_same_trace, no_stop
 from kvinject.model_adapters.engine import InjectionEngine, InjectionSettings, Problem
-from kvinject.model_adapters.engine import injection_engine
 from kvinject.model_adapters.engine.decoding import DecodeRow, DecodingLoop, greedy_decode
 
 POINTS = (0, 5, 15)
@@ -12,40 +11,28 @@ BUDGET = 40
 
 
 class CountingModel:
-    """The model behind a counter: every forward call is recorded, with whether it ran inside the
-    teacher-forced scoring (``scoring`` is set while the engine scores)."""
+    """The model behind a counter of its forward calls."""
 
     def __init__(self, model):
-        self.model, self.calls, self.scoring = model, [], False
+        self.model, self.calls = model, 0
 
     def __call__(self, **kwargs):
-        self.calls.append("scoring" if self.scoring else "decoding")
+        self.calls += 1
         return self.model(**kwargs)
 
     def __getattr__(self, name):
         return getattr(self.model, name)
 
 
-def count_forwards(monkeypatch, model, tokenizer, problems, batch_size, **settings):
-    """(traces, decoding forward calls per batch, scoring forward calls per batch); decoding calls
-    include the prompt-prefix and control-prompt prefills."""
+def count_forwards(model, tokenizer, problems, batch_size, **settings):
+    """(traces, forward calls per batch): the decoding steps (scoring included: it runs inside them)
+    plus the prompt-prefix and control-prompt prefills."""
     counting = CountingModel(model)
-    score_triples = injection_engine.score_triples
-
-    def counted_scoring(*args, **kwargs):
-        counting.scoring = True
-        try:
-            return score_triples(*args, **kwargs)
-        finally:
-            counting.scoring = False
-
-    monkeypatch.setattr(injection_engine, "score_triples", counted_scoring)
     engine = InjectionEngine(counting, tokenizer, InjectionSettings(injection_points=POINTS, **settings),
                              batch_size=batch_size)
-    counting.calls.clear()  # replace's rotary probe at construction is not part of a batch
+    counting.calls = 0  # replace's rotary probe at construction is not part of a batch
     traces = engine.run(problems)
-    batches = -(-len(problems) // batch_size)
-    return traces, counting.calls.count("decoding") / batches, counting.calls.count("scoring") / batches
+    return traces, counting.calls / -(-len(problems) // batch_size)
 
 
 def problems(count):
@@ -54,21 +41,18 @@ def problems(count):
 
 
 @pytest.mark.parametrize("family,strategy", [("qwen2", "append"), ("gemma3_text", "replace")])
-def test_a_batch_decodes_in_one_pass_of_about_budget_steps(family, strategy, monkeypatch, tiny_model_builder,
-                                                           tiny_tokenizer):
+def test_a_batch_decodes_in_one_pass_of_about_budget_steps(family, strategy, tiny_model_builder, tiny_tokenizer):
     """Every run goes to its budget (no EOS): a branch forked after N tokens generates BUDGET - N
     tokens from the step after its fork, so the last row ends at step BUDGET + 1 whatever the points."""
     model = tiny_model_builder(family)
     for batch_size in (1, 3):
-        traces, decoding, scoring = count_forwards(monkeypatch, model, tiny_tokenizer, problems(3), batch_size,
-                                                   strategy=strategy)
+        traces, calls = count_forwards(model, tiny_tokenizer, problems(3), batch_size, strategy=strategy)
         assert all(c["stop_reason"] == "max_new_tokens" for t in traces for c in t["conditions"].values())
         assert all(t["conditions"][f"injection@{n}"]["injected"] for t in traces for n in POINTS)
-        assert decoding <= 1.05 * (BUDGET + max(POINTS))  # the issue's bound (two loops needed ~2 x BUDGET)
+        assert calls <= 1.05 * (BUDGET + max(POINTS))  # the issue's bound (two loops needed ~2 x BUDGET)
         # One step per generated token plus the first step, the shared-prefix prefill and (replace)
-        # the control prompts' prefill: nothing else decodes.
-        assert decoding == BUDGET + 1 + 1 + (strategy == "replace")
-        assert 1 <= scoring <= 3  # the prime pass and the query chunks, once per batch
+        # the control prompts' prefill: nothing else runs the model, scoring included.
+        assert calls == BUDGET + 1 + 1 + (strategy == "replace")
 
 
 def test_a_row_that_joins_a_running_loop_decodes_as_it_would_alone(tiny_model_builder, tiny_tokenizer):
@@ -94,9 +78,9 @@ def test_a_row_that_joins_a_running_loop_decodes_as_it_would_alone(tiny_model_bu
         assert (got.new_ids, got.stop_reason) == (expected.new_ids, expected.stop_reason)
 
 
-def test_docs_of_a_batch_share_the_loop(monkeypatch, tiny_model_builder, tiny_tokenizer):
+def test_docs_of_a_batch_share_the_loop(tiny_model_builder, tiny_tokenizer):
     model = tiny_model_builder("llama")
-    together, decoding_together, _ = count_forwards(monkeypatch, model, tiny_tokenizer, problems(3), 3)
-    alone, decoding_alone, _ = count_forwards(monkeypatch, model, tiny_tokenizer, problems(3), 1)
-    assert decoding_together == decoding_alone  # per batch: three docs cost the steps of one
+    together, calls_together = count_forwards(model, tiny_tokenizer, problems(3), 3)
+    alone, calls_alone = count_forwards(model, tiny_tokenizer, problems(3), 1)
+    assert calls_together == calls_alone  # per batch: three docs cost the steps of one
     assert_same_trace(together, alone)

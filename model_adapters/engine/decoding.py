@@ -42,24 +42,53 @@ class _Active:
     row: DecodeRow
     result: DecodeResult
     feed: list[int]  # what the row feeds at the next step
+    leader: "_Active | None" = None  # a teacher-forced row takes its leader's tokens and stops with it
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOutput:
+    """What one step computed, for an observer: per batch row (``results`` gives the rows' order) the
+    logits of its last fed token, the token it took, and on request the attention weights and hidden
+    states of the fed tokens; ``mask`` marks every row's real slots ([rows, slots], feed included)."""
+
+    results: list[DecodeResult]
+    tokens: list[int]
+    logits: torch.Tensor  # [rows, vocab]
+    mask: torch.Tensor
+    attentions: tuple | None  # per layer [rows, heads, fed columns, slots]
+    hidden_states: tuple | None  # embeddings then per layer [rows, fed columns, hidden]
 
 
 class DecodingLoop:
-    """One running batch: ``add`` rows at any time, ``step`` until ``running`` is false."""
+    """One running batch: ``add`` rows at any time, ``step`` until ``running`` is false.
 
-    def __init__(self, model):
+    ``observer(StepOutput)`` is called after every step in which one of its rows is active;
+    ``outputs`` (output_attentions, output_hidden_states) are asked of the model on those steps."""
+
+    def __init__(self, model, observer=None, **outputs):
         self.model = model
         self.batch: PaddedBatch | None = None
         self.active: list[_Active] = []  # in batch-row order
         self.joining: list[_Active] = []  # added since the last step
         self.steps = 0  # forwards run so far
+        self.observer, self.outputs = observer, outputs
+        self.observed: set[int] = set()  # id() of the results the observer reads
 
-    def add(self, row: DecodeRow) -> DecodeResult:
-        """Queue ``row`` to join the next step; its result fills in as the loop runs."""
+    def add(self, row: DecodeRow, leader: DecodeResult | None = None, observed: bool = False) -> DecodeResult:
+        """Queue ``row`` to join the next step; its result fills in as the loop runs. With a
+        ``leader`` (a row added before it, joining at the same step) the row is teacher-forced: it
+        feeds the leader's tokens instead of its own argmax and leaves when the leader stops."""
         if not row.feed or row.budget < 1:
             raise ValueError("every decode row needs tokens to feed and a budget >= 1")
         result = DecodeResult([], "", {})
-        self.joining.append(_Active(row, result, list(row.feed)))
+        lead = None
+        if leader is not None:
+            lead = next((e for e in self.joining if e.result is leader), None)
+            if lead is None:
+                raise ValueError("a teacher-forced row joins at the same step as its leader, added before it")
+        self.joining.append(_Active(row, result, list(row.feed), lead))
+        if observed:
+            self.observed.add(id(result))
         return result
 
     @property
@@ -72,23 +101,35 @@ class DecodingLoop:
         token per row; rows that stop leave the batch."""
         self._admit()
         inputs = self.batch.feed_tokens([entry.feed for entry in self.active])
-        logits = self.model(**inputs, logits_to_keep=1).logits[:, -1]
+        observing = self.observer is not None and any(id(e.result) in self.observed for e in self.active)
+        out = self.model(**inputs, logits_to_keep=1, **(self.outputs if observing else {}))
+        logits = out.logits[:, -1]
         self.steps += 1
         for batch_row, entry in enumerate(self.active):
             generated = len(entry.result.new_ids)
             if generated in entry.row.capture_after:
                 entry.result.captures[generated] = self.batch.row_cache(batch_row)
-        kept_rows, kept = [], []
-        for batch_row, (entry, token) in enumerate(zip(self.active, logits.argmax(-1).tolist())):
+        kept_rows, kept, tokens = [], [], logits.argmax(-1).tolist()
+        for batch_row, entry in enumerate(self.active):
             row, result = entry.row, entry.result
-            result.new_ids.append(token)
-            reason = row.stop.reason(row.prior_ids + tuple(result.new_ids), row.budget - len(result.new_ids))
+            if entry.leader is None:
+                result.new_ids.append(tokens[batch_row])
+                reason = row.stop.reason(row.prior_ids + tuple(result.new_ids), row.budget - len(result.new_ids))
+            else:  # the leader comes first in the batch: its token and stop are already decided
+                result.new_ids.append(entry.leader.result.new_ids[-1])
+                tokens[batch_row] = result.new_ids[-1]
+                reason = entry.leader.result.stop_reason or None
+            token = tokens[batch_row]
             if reason is None:
                 entry.feed = [token]
                 kept_rows.append(batch_row)
                 kept.append(entry)
             else:
                 result.stop_reason = reason
+        if observing:
+            self.observer(StepOutput([e.result for e in self.active], tokens, logits, self.batch.mask,
+                                     getattr(out, "attentions", None), getattr(out, "hidden_states", None)))
+        del out
         if len(kept) < len(self.active):
             self.batch.keep_rows(kept_rows)
         self.active = kept

@@ -28,7 +28,7 @@ from kvinject.model_adapters.injection_settings import InjectionSettings
 from kvinject.model_adapters.engine.noise import control_seed, control_segment, non_special_ids
 from kvinject.model_adapters.engine.rope import RotaryKeys
 from kvinject.model_adapters.engine.row_cache import RowCache
-from kvinject.model_adapters.engine.scoring import ScoringContext, ScoringTriple, score_triples
+from kvinject.model_adapters.engine.scoring import LoopScoring, eager_attention
 from kvinject.model_adapters.engine.tokens import (
     EngineTokenizer,
     StopRule,
@@ -175,17 +175,18 @@ class InjectionEngine:
     # ------------------------------------------------------------------------------ one batch
 
     def _run_batch(self, docs: list[_Doc]) -> list[dict]:
-        loop = DecodingLoop(self.model)
+        settings = self.settings
+        scoring = LoopScoring(settings.track_attention, settings.track_hidden)
+        loop = DecodingLoop(self.model, observer=scoring, **scoring.outputs())
         runs = [self._start(loop, doc, prefix) for doc, prefix in zip(docs, self._shared_prefixes(docs))]
         regions = self._control_regions(docs)
-        branches: list[tuple[_Branch, tuple, DecodeResult]] = []
-        while loop.running:
-            loop.step()
-            for run in runs:  # a branch joins the loop at the step after its fork exists
-                branches += self._fork_reached_points(loop, run, regions)
-        triples = [self._scoring_triple(b, context, result.new_ids) for b, context, result in branches]
-        series = score_triples(self.model, triples, self.settings.track_attention, self.settings.track_hidden)
-        by_key = {(id(b.doc), b.point, b.noise): (b, result, s) for (b, _, result), s in zip(branches, series)}
+        by_key = {}
+        with eager_attention(self.model, settings.track_attention):  # attention weights exist only in eager
+            while loop.running:
+                loop.step()
+                for run in runs:  # a branch joins the loop at the step after its fork exists
+                    for branch in self._reached_points(run, regions):
+                        by_key[(id(branch.doc), branch.point, branch.noise)] = (branch, *self._add_branch(loop, scoring, branch))
         return [self._trace(run.doc, run.baseline, run.oracle, by_key) for run in runs]
 
     def _start(self, loop: DecodingLoop, doc: _Doc, prefix: RowCache | None) -> "_DocRun":
@@ -216,29 +217,26 @@ class InjectionEngine:
         controls = [doc.controls[point] for doc in docs for point in self.settings.injection_points]
         return dict(zip(keys, extend_caches(self.model, [None] * len(controls), controls)))
 
-    def _fork_reached_points(self, loop: DecodingLoop, run: "_DocRun", regions) -> list[tuple]:
+    def _reached_points(self, run: "_DocRun", regions) -> list[_Branch]:
         """The injection@N and noise@N branches of every point N the baseline has just reached (its
-        cache after N tokens was captured in the last step), added to the loop; points it stopped
-        at or before are dropped (not injected)."""
-        added = []
+        cache after N tokens was captured in the last step); points it stopped at or before are
+        dropped (not injected)."""
+        branches = []
         while run.points:
             point = run.points[0]
             fork = run.baseline.captures.get(point)
-            if fork is None:
-                if run.baseline.stop_reason:  # stopped at or before N tokens: never reaches N
-                    run.points.pop(0)
-                    continue
-                break
+            if fork is None and not run.baseline.stop_reason:
+                break  # not reached yet
             run.points.pop(0)
+            if fork is None:  # stopped at or before N tokens
+                continue
             doc, alternative = run.doc, run.oracle.captures[0]
             pre_ids = run.baseline.new_ids[:point]
             for noise, segment in ((False, doc.injected_ids), (True, doc.controls[point])):
                 # replace: the injection swaps in the oracle's prompt cache, a control its control prompt.
                 region = (regions[(id(doc), point)] if noise else alternative) if regions else None
-                branch = _Branch(doc, point, noise, segment, fork, pre_ids, alternative, region)
-                context = self._run_context(branch)
-                added.append((branch, context, loop.add(self._branch_row(branch, context))))
-        return added
+                branches.append(_Branch(doc, point, noise, segment, fork, pre_ids, alternative, region))
+        return branches
 
     # ------------------------------------------------------------------------------ contexts
 
@@ -259,29 +257,19 @@ class InjectionEngine:
         # The last token is fed again: its query is what predicts the first token after the swap.
         return context.head(context.length - 1), ids, labels
 
-    def _branch_row(self, branch: _Branch, run_context) -> DecodeRow:
-        cache, ids, _ = run_context
-        budget = branch.doc.problem.max_new_tokens - branch.point
-        return DecodeRow(cache, tuple(ids[cache.length :]), budget, branch.doc.stop, prior_ids=tuple(branch.pre_ids))
-
-    def _scoring_triple(self, branch: _Branch, run_context, post_ids: list[int]) -> ScoringTriple:
-        doc = branch.doc
-        queries = post_ids[:-1]  # the last post token predicts nothing that is scored
-
-        def context(cache: RowCache, ids: list[int]) -> ScoringContext:
-            return ScoringContext(cache, tuple(ids[cache.length :] + queries))
-
-        run_cache, run_ids, run_labels = run_context
-        old_ids = doc.original_ids + branch.pre_ids
-        new_ids = doc.alternative_ids + branch.pre_ids
-        return ScoringTriple(
-            run=context(run_cache, run_ids),
-            # The context's last token is not cached: its query predicts post_ids[0].
-            old=context(branch.fork.head(len(old_ids) - 1), old_ids),
-            new=context(branch.alternative.head(len(doc.alternative_ids) - 1), new_ids),
-            targets=tuple(post_ids),
-            run_labels=tuple(run_labels + [GENERATED_AFTER] * len(queries)),
-        )
+    def _add_branch(self, loop: DecodingLoop, scoring: LoopScoring, branch: _Branch) -> tuple[DecodeResult, dict]:
+        """Add the branch's run row and its old and new context rows (teacher-forced along the run,
+        scored in the same steps) to the loop; returns the run's result and its series."""
+        doc, pre = branch.doc, branch.pre_ids
+        cache, ids, labels = self._run_context(branch)
+        budget = doc.problem.max_new_tokens - branch.point
+        run = DecodeRow(cache, tuple(ids[cache.length :]), budget, doc.stop, prior_ids=tuple(pre))
+        # Each context's last token is not cached: its query predicts post_ids[0].
+        old_ids, new_ids = doc.original_ids + pre, doc.alternative_ids + pre
+        old = DecodeRow(branch.fork.head(len(old_ids) - 1), tuple(old_ids[-1:]), budget, doc.stop)
+        alternative = branch.alternative.head(len(doc.alternative_ids) - 1)
+        new = DecodeRow(alternative, tuple(new_ids[alternative.length :]), budget, doc.stop)
+        return scoring.add(loop, run, old, new, labels)
 
     # ------------------------------------------------------------------------------ traces
 

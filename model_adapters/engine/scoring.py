@@ -14,11 +14,13 @@ import dataclasses
 
 import torch
 
+from kvinject.model_adapters.engine.decoding import DecodeResult, DecodeRow, StepOutput
 from kvinject.model_adapters.engine.divergence import cosine_similarity, entropy, kl_divergence, log_probs
 from kvinject.model_adapters.engine.row_cache import PaddedBatch, RowCache
 from kvinject.trace_schema import SEGMENTS, empty_series
 
 NO_SEGMENT = -1  # pad slots and contexts whose attention is not reported
+GENERATED_AFTER = SEGMENTS.index("generated_after")
 
 # Largest logits tensor (elements) one chunk may create; the reductions need a few of that size.
 LOGIT_ELEMENTS_PER_CHUNK = 2**25
@@ -137,6 +139,21 @@ def score_triples(model, triples: list[ScoringTriple], track_attention: bool, tr
     return series
 
 
+def token_numbers(run, old, new, targets) -> dict[str, torch.Tensor]:
+    """The scalar series of the trace for log-distributions ``run``, ``old``, ``new`` [..., vocab] of
+    the queries predicting ``targets`` [...]."""
+    targets = targets.unsqueeze(-1)
+    return {
+        "logp_run": run.gather(-1, targets).squeeze(-1),
+        "logp_old": old.gather(-1, targets).squeeze(-1),
+        "logp_new": new.gather(-1, targets).squeeze(-1),
+        "kl_run_new": kl_divergence(run, new),
+        "kl_run_old": kl_divergence(run, old),
+        "kl_old_new": kl_divergence(old, new),
+        "entropy_run": entropy(run),
+    }
+
+
 def _reduce_chunk(out, triples, slots, series, start, stop, width, track_attention, track_hidden) -> None:
     count = len(triples)
     logp = log_probs(out.logits)
@@ -147,16 +164,7 @@ def _reduce_chunk(out, triples, slots, series, start, stop, width, track_attenti
         first = width - len(triple.targets)  # column of this triple's first query
         for column in range(max(start, first), stop):
             targets[row, column - start] = triple.targets[column - first]
-    targets = targets.unsqueeze(-1)
-    numbers = {
-        "logp_run": run.gather(-1, targets).squeeze(-1),
-        "logp_old": old.gather(-1, targets).squeeze(-1),
-        "logp_new": new.gather(-1, targets).squeeze(-1),
-        "kl_run_new": kl_divergence(run, new),
-        "kl_run_old": kl_divergence(run, old),
-        "kl_old_new": kl_divergence(old, new),
-        "entropy_run": entropy(run),
-    }
+    numbers = token_numbers(run, old, new, targets)
     del logp, run, old, new
     if track_attention:
         one_hot = slots.one_hot(count)  # [count, slots, segments]
@@ -180,3 +188,78 @@ def _reduce_chunk(out, triples, slots, series, start, stop, width, track_attenti
         if track_hidden:
             row_series["hidden_cos_new"].extend(cos_new[row, first_column:].tolist())
             row_series["hidden_cos_old"].extend(cos_old[row, first_column:].tolist())
+
+
+# ------------------------------------------------------------------------------ scoring in the loop
+
+
+@dataclasses.dataclass
+class _LoopRun:
+    run: DecodeResult
+    old: DecodeResult
+    new: DecodeResult
+    labels: torch.Tensor  # SEGMENTS index of every run-context token, then GENERATED_AFTER for every post token
+    series: dict
+
+
+class LoopScoring:
+    """Scores branches inside a ``DecodingLoop`` (its observer): a branch's run row decodes greedily
+    and its old and new context rows are teacher-forced along it in the same steps, so at every step
+    the three rows' last queries predict the same post-injection token. Each step is reduced to the
+    trace's per-token numbers at once; nothing of vocabulary size outlives the step."""
+
+    def __init__(self, track_attention: bool, track_hidden: bool):
+        self.track_attention, self.track_hidden = track_attention, track_hidden
+        self.live: list[_LoopRun] = []
+
+    def outputs(self) -> dict:
+        """The model outputs a DecodingLoop must ask for."""
+        return {"output_attentions": self.track_attention, "output_hidden_states": self.track_hidden}
+
+    def add(self, loop, run: DecodeRow, old: DecodeRow, new: DecodeRow, run_labels: list[int]) -> tuple[DecodeResult, dict]:
+        """Add a branch's three rows to ``loop``; returns the run's result and the series it fills."""
+        run_result = loop.add(run, observed=True)
+        labels = torch.tensor(run_labels + [GENERATED_AFTER] * run.budget, device=loop.model.device)
+        entry = _LoopRun(run_result, loop.add(old, leader=run_result), loop.add(new, leader=run_result), labels,
+                         empty_series(self.track_attention, self.track_hidden))
+        self.live.append(entry)
+        return run_result, entry.series
+
+    @torch.inference_mode()
+    def __call__(self, step: StepOutput) -> None:
+        position = {id(result): row for row, result in enumerate(step.results)}
+        live = [r for r in self.live if id(r.run) in position]
+        rows = {name: torch.tensor([position[id(getattr(r, name))] for r in live], device=step.logits.device)
+                for name in ("run", "old", "new")}
+        targets = torch.tensor([step.tokens[position[id(r.run)]] for r in live], device=step.logits.device)
+        run, old, new = (log_probs(step.logits[rows[name]]) for name in ("run", "old", "new"))
+        numbers = {key: values.tolist() for key, values in token_numbers(run, old, new, targets).items()}
+        del run, old, new
+        if self.track_attention:
+            masses = self._attention(step, live, rows["run"]).tolist()  # [runs][layers][segments]
+        if self.track_hidden:
+            hidden = [h[:, -1] for h in step.hidden_states[1:]]
+            cosines = {key: torch.stack([cosine_similarity(h[rows["run"]], h[rows[name]]) for h in hidden], -1).tolist()
+                       for key, name in (("hidden_cos_new", "new"), ("hidden_cos_old", "old"))}
+        for index, entry in enumerate(live):
+            for key, values in numbers.items():
+                entry.series[key].append(values[index])
+            if self.track_attention:
+                for segment_index, segment in enumerate(SEGMENTS):
+                    entry.series["attention"][segment].append([layer[segment_index] for layer in masses[index]])
+            if self.track_hidden:
+                for key, values in cosines.items():
+                    entry.series[key].append(values[index])
+        self.live = [r for r in self.live if not r.run.stop_reason]
+
+    @staticmethod
+    def _attention(step: StepOutput, live: list[_LoopRun], run_rows: torch.Tensor) -> torch.Tensor:
+        """[runs, layers, segments]: head-averaged weights of each run row's last query, summed
+        within the segments of its real slots."""
+        one_hot = torch.zeros(len(live), step.mask.shape[1], len(SEGMENTS), device=step.mask.device)
+        for index, (entry, row) in enumerate(zip(live, run_rows.tolist())):
+            real = step.mask[row].bool()
+            labels = entry.labels[: int(real.sum())]
+            one_hot[index, real] = torch.nn.functional.one_hot(labels, len(SEGMENTS)).float()
+        weights = torch.stack([a[run_rows, :, -1].float().mean(1) for a in step.attentions], dim=1)
+        return torch.bmm(weights, one_hot)
