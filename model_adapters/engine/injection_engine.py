@@ -1,19 +1,24 @@
 """The injection engine: every condition of every problem, greedily, with counterfactual scores.
 
 Contract: docs/architecture.md section 2 (API) and section 3 (the trace, schema version 1, built and
-checked in kvinject/trace_schema.py: ``SCHEMA_VERSION``, ``validate_trace``). For a batch of problems:
+checked in kvinject/trace_schema.py: ``SCHEMA_VERSION``, ``validate_trace``). A batch of problems
+runs in ONE decoding loop (decoding.py ``DecodingLoop``, continuous batching), one forward per step
+over every active row of every doc:
 
-1. baseline (original prompt) and oracle (alternative prompt) decode together, both starting from
-   one cache of their common prompt prefix (prefilled once; each still feeds at least its last prompt
-   token); the baseline's cache is copied after N generated tokens for each injection point N
-   (forked, never recomputed) and the oracle's after its prompt;
-2. every injection@N and noise@N branch continues from that fork in one batch: ``append`` feeds the
-   injected (or control) ids after the N tokens; ``replace`` swaps the prompt region for the
-   alternative prompt's cache (or a prefilled length-matched control prompt), moves the N
-   generated tokens' keys to their shifted positions (rope.py) and re-feeds the last token so the
-   first post-injection prediction is made in the new context (at N=0 this is the oracle exactly);
-3. the post-injection tokens of every branch are teacher-forced through the run, old and new
-   contexts, reusing the forked caches (scoring.py), and reduced to per-token series.
+1. the baseline (original prompt) and the oracle (alternative prompt) of every doc join at the first
+   step, both starting from one cache of their common prompt prefix (prefilled once; each still feeds
+   at least its last prompt token); the baseline's cache is copied after N generated tokens for each
+   injection point N (forked, never recomputed) and the oracle's after its prompt;
+2. right after the step that forks the baseline at N, injection@N and noise@N join the same loop:
+   ``append`` feeds the injected (or control) ids after the N tokens; ``replace`` swaps the prompt
+   region for the alternative prompt's cache (or a length-matched control prompt, prefilled before
+   the loop), moves the N generated tokens' keys to their shifted positions (rope.py) and re-feeds
+   the last token so the first post-injection prediction is made in the new context (at N=0 this is
+   the oracle exactly). A branch has max_new_tokens - N tokens left, so the loop ends after about
+   max_new_tokens + 1 steps whatever the points; rows leave when they stop;
+3. each branch brings two more rows, its old and new contexts, teacher-forced along the branch's
+   tokens in the same steps (scoring.py ``LoopScoring``): every step is reduced at once to the
+   per-token series, and the run's own numbers are its decoding step's.
 
 The tokenizer only needs the small ``EngineTokenizer`` protocol (tokens.py). Prompts get the
 tokenizer's special tokens as in lm-eval's HFLM; the injected segment is tokenised on its own.
