@@ -42,6 +42,7 @@ class _Active:
     row: DecodeRow
     result: DecodeResult
     feed: list[int]  # what the row feeds at the next step
+    cache: RowCache | None  # what the row joins the batch with
     leader: "_Active | None" = None  # a teacher-forced row takes its leader's tokens and stops with it
 
 
@@ -70,7 +71,8 @@ class DecodingLoop:
         self.batch: PaddedBatch | None = None
         self.active: list[_Active] = []  # in batch-row order
         self.joining: list[_Active] = []  # added since the last step
-        self.steps = 0  # forwards run so far
+        self.steps = 0  # decoding forwards run so far
+        self.prefills = 0  # forwards that prefilled joining rows' feeds
         self.observer, self.outputs = observer, outputs
         self.observed: set[int] = set()  # id() of the results the observer reads
 
@@ -86,7 +88,7 @@ class DecodingLoop:
             lead = next((e for e in self.joining if e.result is leader), None)
             if lead is None:
                 raise ValueError("a teacher-forced row joins at the same step as its leader, added before it")
-        self.joining.append(_Active(row, result, list(row.feed), lead))
+        self.joining.append(_Active(row, result, list(row.feed), row.cache, lead))
         if observed:
             self.observed.add(id(result))
         return result
@@ -137,13 +139,29 @@ class DecodingLoop:
     def _admit(self) -> None:
         if not self.joining:
             return
-        caches = [entry.row.cache for entry in self.joining]
+        if self.active:
+            self._prefill_feeds(self.joining)
+        caches = [entry.cache for entry in self.joining]
         if self.batch is None or not self.active:
             self.batch = PaddedBatch(self.model, caches)
         else:
             self.batch.add_rows(caches)
         self.active += self.joining
         self.joining = []
+
+
+    def _prefill_feeds(self, entries: list[_Active]) -> None:
+        """Feed all but the last token of every long feed in one forward of the joining rows alone,
+        so that they join the running batch with one token each: a multi-token feed in the shared
+        step would pad every running row to its width (and with attention weights requested, make
+        them all [rows, heads, width, slots])."""
+        long = [entry for entry in entries if len(entry.feed) > 1]
+        if not long:
+            return
+        caches = extend_caches(self.model, [entry.cache for entry in long], [entry.feed[:-1] for entry in long])
+        self.prefills += 1
+        for entry, cache in zip(long, caches):
+            entry.cache, entry.feed = cache, entry.feed[-1:]
 
 
 def greedy_decode(model, rows: list[DecodeRow]) -> list[DecodeResult]:
