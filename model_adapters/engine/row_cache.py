@@ -102,12 +102,10 @@ class PaddedBatch:
         width = max(len(t) for t in tokens)
         device = self.mask.device
         # Pad slots are masked out of every attention, so any valid id does; 0 always exists.
-        ids = torch.zeros((self.size, width), dtype=torch.long, device=device)
-        feed_mask = torch.zeros(self.size, width, dtype=torch.long, device=device)
-        for row, row_tokens in enumerate(tokens):
-            if row_tokens:
-                ids[row, width - len(row_tokens) :] = torch.tensor(row_tokens, device=device)
-                feed_mask[row, width - len(row_tokens) :] = 1
+        # Built as Python lists and converted once: a per-row tensor costs more than a step of a small model.
+        ids = torch.tensor([[0] * (width - len(t)) + list(t) for t in tokens], dtype=torch.long, device=device)
+        feed_mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in tokens], dtype=torch.long,
+                                 device=device)
         self.mask = torch.cat([self.mask, feed_mask], dim=1)
         # Real tokens continue each row's own count; pads get position 0 (masked, never attended).
         positions = self._slot_positions()[:, -width:] * feed_mask

@@ -114,10 +114,10 @@ class LoopScoring:
     def _attention(step: StepOutput, live: list[_LoopRun], run_rows: torch.Tensor) -> torch.Tensor:
         """[runs, layers, segments]: head-averaged weights of each run row's last query, summed
         within the segments of its real slots."""
-        one_hot = torch.zeros(len(live), step.mask.shape[1], len(SEGMENTS), device=step.mask.device)
-        for index, (entry, row) in enumerate(zip(live, run_rows.tolist())):
-            real = step.mask[row].bool()
-            labels = entry.labels[: int(real.sum())]
-            one_hot[index, real] = torch.nn.functional.one_hot(labels, len(SEGMENTS)).float()
+        labels = torch.nn.utils.rnn.pad_sequence([entry.labels for entry in live], batch_first=True)
+        real = step.mask[run_rows]  # [runs, slots]
+        # The k-th real slot of a row holds its k-th context token: its label is labels[k].
+        slot_labels = labels.gather(1, (real.cumsum(-1) - 1).clamp(0, labels.shape[1] - 1))
+        one_hot = torch.nn.functional.one_hot(slot_labels, len(SEGMENTS)).float() * real.unsqueeze(-1)
         weights = torch.stack([a[run_rows, :, -1].float().mean(1) for a in step.attentions], dim=1)
         return torch.bmm(weights, one_hot)
