@@ -172,8 +172,7 @@ class KVInjectLM(LM):
             logger.warning(no_eos_message(self.args.pretrained))
         self.settings = self.args.injection
         self.batch_size = self._batch_size()
-        self.engine = InjectionEngine(self.model, self.tokenizer, self.settings, batch_size=self.batch_size,
-                                      score_in_float32=self.args.score_dtype == "float32")
+        self.engine = InjectionEngine(self.model, self.tokenizer, self.settings, batch_size=self.batch_size)
         # With several processes each spools the docs it computes; rank 0 writes the run's trace file.
         self.trace_log = TraceLog(self.args.trace_dir)
         self._merged_log = None
@@ -230,13 +229,10 @@ class KVInjectLM(LM):
         free = device_free_bytes(self.device) if self.args.batch_size == "auto" else None
         if free is None or not problems:
             return
-        import torch
-
-        position = kv_bytes_per_position(self.model.config, self.model.dtype.itemsize)
-        scored = kv_bytes_per_position(self.model.config, torch.float32.itemsize) if self.engine.score_in_float32 else position
+        position = kv_bytes_per_position(self.model.config, self.model.dtype.itemsize)  # scoring rows too
         shapes = [self._doc_shape(problem) for problem in problems]
         self.batch_size = self.engine.batch_size = min(
-            self.batch_size, fitting_batch_size(free, shapes, position, scored, self.args.max_batch_size))
+            self.batch_size, fitting_batch_size(free, shapes, position, position, self.args.max_batch_size))
 
     def _doc_shape(self, problem: Problem) -> DocShape:
         prompt = max(len(encode_prompt(self.tokenizer, problem.original_prompt)),
@@ -353,8 +349,7 @@ class KVInjectLM(LM):
             if self.args.batch_size != "auto" or len(batch) == 1:
                 raise RuntimeError(
                     f"kvinject ran out of memory on doc(s) {', '.join(problems[i].doc_id for i in batch)} with "
-                    f"batch_size={len(batch)}; use batch_size=auto or a smaller batch_size, or score_dtype=model "
-                    "(a 16-bit model scores in float32 by default, its weights then take twice the memory; finished "
+                    f"batch_size={len(batch)}; use batch_size=auto or a smaller batch_size (finished "
                     "docs are kept in the result store and reused when the run is restarted)"
                 )
             self.batch_size = self.engine.batch_size = max(1, len(batch) // 2)

@@ -75,6 +75,20 @@ def check_attention_dtype(attn_implementation: str, dtype) -> None:
         )
 
 
+def check_score_dtype(score_dtype: str, dtype) -> None:
+    """The engine scores inside its one decoding loop, in the forwards that decode: a 16-bit model
+    cannot score in float32 there. Refused before any weights load."""
+    import torch
+
+    if score_dtype == "float32" and dtype != torch.float32:
+        raise ModelArgsError(
+            f"model arg score_dtype=float32 needs a float32 model, but dtype resolves to "
+            f"{str(dtype).removeprefix('torch.')}: the engine scores the post-injection tokens in the same "
+            "forwards that decode them, in the model's dtype; use dtype=float32 for float32 measures, or "
+            "score_dtype=model (metrics/README.md, Precision)"
+        )
+
+
 def _require_gguf(arg: str) -> None:
     if importlib.util.find_spec("gguf") is None:
         raise ModelArgsError(f"model arg {arg} needs the gguf package: pip install 'kvinject[gguf]'")
@@ -125,6 +139,7 @@ def load_model_and_tokenizer(args: ModelArgs):
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     check_attention_dtype(args.attn_implementation, dtype)
+    check_score_dtype(args.score_dtype, dtype)
     location, gguf_file = weights_location(args)
     common = {"revision": args.revision, "trust_remote_code": args.trust_remote_code}
     if gguf_file:

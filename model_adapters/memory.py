@@ -1,10 +1,10 @@
 """Memory: how many docs fit in one batch (``batch_size=auto``), and what counts as out of memory.
 
-A doc's peak is the scoring batch (engine/scoring.py): for each of its 2 x points branches
-(injection and noise at each N) three contexts (run, old, new) are cached side by side, each about
-prompt + injected segment + token budget positions long once padded, in the scoring dtype (float32
-for a 16-bit model by default, twice its bytes); the branches' own caches (forks of the baseline,
-the alternative prompt, the decoded runs) are held in the model's dtype at the same time.
+A doc's peak is its rows in the decoding loop (engine/decoding.py, engine/scoring.py): for each of
+its 2 x points branches (injection and noise at each N) three rows (run, old, new) are cached side
+by side, each about prompt + injected segment + token budget positions long once padded, beside the
+baseline and oracle rows and the caches forked from them (the baseline after N tokens, the
+alternative prompt), all in the model's dtype (scoring runs in it too).
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ DEFAULT_USER_TURN_TEMPLATE = "The problem has changed. The new problem is: {alte
 INJECTION_TURNS = ("inline", "user")
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-SCORE_DTYPES = ("float32", "model")
+SCORE_DTYPES = ("model", "float32")
 ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 
 
@@ -40,9 +40,9 @@ class ModelArgs:
     revision: str | None = None  # Hub revision (branch, tag or commit)
     gguf_file: str | None = None  # GGUF file inside `pretrained` (needs the `gguf` package)
     dtype: str = "auto"  # auto: bfloat16 on a GPU that supports it natively, float32 otherwise
-    # float32: a 16-bit model scores the post-injection tokens in float32 (exact measures; twice the
-    # weights' memory while scoring); model: in its own dtype (metrics/README.md, Precision)
-    score_dtype: str = "float32"
+    # model: the post-injection tokens are scored in the model's dtype, inside the decoding loop;
+    # float32 is accepted only with a float32 model (loading.check_score_dtype; metrics/README.md, Precision)
+    score_dtype: str = "model"
     device: str = "auto"  # auto: cuda, then mps, then cpu; an unavailable device falls back with a warning
     load_in_4bit: bool = False  # bitsandbytes 4-bit weights, CUDA only
     trust_remote_code: bool = False  # run code shipped with a Hub model; off unless you trust it

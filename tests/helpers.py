@@ -226,28 +226,34 @@ def incremental_greedy(model, prompt: list[int], budget: int):
 
 
 def old_context_against_decode(model, tokenizer, prompt, point, budget, batch_with=()):
-    """(the baseline's decode-time log-distributions after `point`, the teacher-forced old-context
-    scores of the same tokens from the engine's fork), scored in one batch with the (context, query
-    count) pairs of `batch_with`."""
+    """(the baseline's decode-time log-distributions after `point`, the old-context scores of the same
+    tokens as the engine computes them: a row from the baseline's fork teacher-forced along a leader
+    that decodes them, in one loop with the decode rows `batch_with`)."""
     import torch
 
-    from kvinject.model_adapters.engine.decoding import DecodeRow, greedy_decode
-    from kvinject.model_adapters.engine.scoring import ScoringContext, teacher_forced_chunks
+    from kvinject.model_adapters.engine.decoding import DecodeRow, DecodingLoop, greedy_decode
 
     generated, decode_steps = incremental_greedy(model, prompt, budget)
-    fork = greedy_decode(model, [DecodeRow(None, tuple(prompt), budget, no_stop(tokenizer),
-                                           capture_after=frozenset({point}))])[0]
+    stop = no_stop(tokenizer)
+    fork = greedy_decode(model, [DecodeRow(None, tuple(prompt), budget, stop, capture_after=frozenset({point}))])[0]
     assert fork.new_ids == generated
-    post = generated[point:]
     old_ids = prompt + generated[:point]
-    context = ScoringContext(fork.captures[point].head(len(old_ids) - 1), tuple(old_ids[-1:] + post[:-1]))
-    contexts = [context] + [c for c, _ in batch_with]
-    queries = [len(post)] + [n for _, n in batch_with]
     scored = []
-    with torch.no_grad():
-        for _, _, out, _ in teacher_forced_chunks(model, contexts, queries):
-            scored.append(torch.log_softmax(out.logits[0].float(), -1))
-    return torch.stack(decode_steps[point:]), torch.cat(scored)[-len(post) :]
+
+    def observe(step):
+        row = next(row for row, result in enumerate(step.results) if result is old)
+        scored.append(torch.log_softmax(step.logits[row].float(), -1))
+
+    loop = DecodingLoop(model, observer=observe)
+    leader = loop.add(DecodeRow(None, tuple(old_ids), budget - point, stop))  # the same context, prefilled whole
+    old = loop.add(DecodeRow(fork.captures[point].head(len(old_ids) - 1), tuple(old_ids[-1:]), 1, stop),
+                   leader=leader, observed=True)
+    for row in batch_with:
+        loop.add(row)
+    while loop.running:
+        loop.step()
+    assert leader.new_ids == old.new_ids == generated[point:]
+    return torch.stack(decode_steps[point:]), torch.stack(scored[: len(leader.new_ids)])
 
 
 def assert_same_trace(left, right, path="trace", abs_tol=1e-4):

@@ -6,7 +6,8 @@ Exactness tolerances per precision (what each can resolve; metrics/README.md "Pr
   contract; 16-bit: a few units in the last place of the largest logit; measured on these models:
   bf16 <= 7.8e-3, fp16 <= 1.0e-3 relative);
 - trace series of a 16-bit model vs a float32 forward pass of the same weights over the same ids
-  (the measure's error from running in 16-bit; scoring itself is in float32): SERIES_TOLERANCE;
+  (the measure's error from running in 16-bit; scoring runs in the model's dtype, inside the
+  decoding loop): SERIES_TOLERANCE;
 - identical contexts (old and new of an identical control) give bit-identical series in every
   precision: the old and new contexts are computed the same way, so rounding cannot tell them apart.
 """
@@ -21,7 +22,9 @@ from kvinject.model_adapters.engine.row_cache import PaddedBatch
 
 PRECISIONS = [torch.float32, torch.bfloat16, torch.float16]
 FAMILIES = ("llama", "gemma3_text", "gpt2")  # half-split rotary, sliding-capable with norms, absolute positions
-# per series key group: (logp_*, kl_*) absolute, nats; measured bf16 <= (1.0e-2, 1.2e-3), fp16 <= (1.3e-3, 2.3e-4)
+# per series key group: (logp_*, kl_*) absolute, nats; measured with scoring in the model's dtype (inside
+# the decoding loop): bf16 <= (1.4e-2, 2.6e-3), fp16 <= (2.6e-3, 3.0e-4) (float32 scoring gave (1.0e-2,
+# 1.2e-3) and (1.3e-3, 2.3e-4))
 SERIES_TOLERANCE = {torch.float32: (TOLERANCE, TOLERANCE), torch.bfloat16: (3e-2, 5e-3), torch.float16: (5e-3, 1e-3)}
 PROBLEMS = [
     Problem("short", "Q: 2+2?", "Q: 7+5, then 3?", "New: 7+5, then 3", 7),
@@ -86,19 +89,17 @@ def test_trace_series_match_a_float32_forward_pass_in_each_precision(family, dty
     assert checked == 2 * 2 * 2
 
 
-@pytest.mark.parametrize("float32_scoring", [True, False], ids=["float32-scoring", "model-dtype-scoring"])
-def test_identical_controls_score_old_and_new_bit_identically_in_each_precision(dtype, float32_scoring):
+def test_identical_controls_score_old_and_new_bit_identically_in_each_precision(dtype):
     tokenizer = TinyCharTokenizer(eos_token_id=None)
     model = build_tiny_model("llama").to(dtype)
     same = [Problem("same", "Q: 6 eggs, 2 eaten?", "Q: 6 eggs, 2 eaten?", "Again: 6 eggs", 6),
             Problem("other", "Question: Tom has 3 apples. A:", "Question: Tom has 9 pears. A:", "Now 9 pears!", 6)]
-    engine = InjectionEngine(model, tokenizer, SETTINGS, batch_size=2, score_in_float32=float32_scoring)
-    trace = engine.run(same)[0]
+    trace = InjectionEngine(model, tokenizer, SETTINGS, batch_size=2).run(same)[0]
+    assert trace["settings"]["score_dtype"] == trace["settings"]["dtype"] == precision_id(dtype)
     for name in ("injection@0", "injection@3", "noise@0", "noise@3"):
         series = trace["conditions"][name]["series"]
         assert series["kl_run_old"] == series["kl_run_new"] and series["logp_old"] == series["logp_new"], name
         assert max(series["kl_old_new"]) == 0.0, name
-    assert next(model.parameters()).dtype == dtype  # scoring in float32 leaves the weights as they were
 
 
 def test_greedy_ties_go_to_the_lowest_id_in_each_precision(dtype):
@@ -118,16 +119,3 @@ def test_greedy_ties_go_to_the_lowest_id_in_each_precision(dtype):
     together = [result.new_ids for result in greedy_decode(model, rows)]
     assert together == alone
     assert {i for ids in alone for i in ids} <= {0, 5}  # the lowest id among the maxima: never 7
-
-
-def test_a_float32_scoring_pass_that_fails_leaves_the_weights_as_they_were(monkeypatch):
-    from kvinject.model_adapters.engine import scoring
-
-    model = build_tiny_model("llama").to(torch.bfloat16)
-    before = {name: p.clone() for name, p in model.named_parameters()}
-    with pytest.raises(RuntimeError, match="simulated"):
-        with scoring.float32_weights(model):
-            assert next(model.parameters()).dtype == torch.float32
-            raise RuntimeError("simulated failure while scoring")
-    for name, p in model.named_parameters():
-        assert p.dtype == torch.bfloat16 and torch.equal(p, before[name]), name

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from helpers import assert_same_trace, old_context_against_decode, windowed_model
+from helpers import assert_same_trace, no_stop, old_context_against_decode, windowed_model
 from kvinject.model_adapters.engine import InjectionSettings, InjectionEngine, Problem
 from kvinject.model_adapters.engine.divergence import kl_divergence
 from kvinject.model_adapters.engine.row_cache import PaddedBatch
-from kvinject.model_adapters.engine.scoring import ScoringContext
+from kvinject.model_adapters.engine.decoding import DecodeRow
 from kvinject.trace_schema import validate_trace
 
 WINDOW = 8  # every test sequence is several windows long
@@ -74,11 +74,11 @@ def test_old_context_along_baseline_tokens_equals_decode_distributions_beyond_th
     model = windowed_with_attention
     prompt = tiny_tokenizer.encode("Question: Tom has 3 apples. A:")
     point, budget = 6, 24
-    # One unpadded row with transformers' own sliding cache is exact; a second, shorter context in the
-    # same batch pads the first one's rows differently.
+    # One unpadded row with transformers' own sliding cache is exact; a shorter row in the same loop
+    # pads the scored row differently (and leaves it early).
     assert len(prompt) + budget > 5 * WINDOW
     decoded, scored = old_context_against_decode(
-        model, tiny_tokenizer, prompt, point, budget, batch_with=((ScoringContext(None, tuple(prompt[:5])), 2),)
+        model, tiny_tokenizer, prompt, point, budget, batch_with=(DecodeRow(None, tuple(prompt[:5]), 2, no_stop(tiny_tokenizer)),)
     )
     assert kl_divergence(decoded, scored).max().item() < 1e-6
 

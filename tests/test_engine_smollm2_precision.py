@@ -51,7 +51,7 @@ def test_identical_controls_are_not_adapted_in_bfloat16(bf16_smollm2):
     settings = AdaptationSettings(report="full")
     adapted = runs = 0
     for trace in traces:
-        assert trace["settings"]["dtype"] == "bfloat16" and trace["settings"]["score_dtype"] == "float32"
+        assert trace["settings"]["dtype"] == "bfloat16" and trace["settings"]["score_dtype"] == "bfloat16"
         for name, entry in trace["conditions"].items():
             if "@" in name and entry["injected"]:
                 series = entry["series"]
@@ -78,7 +78,7 @@ def test_changed_docs_agree_with_float32_within_the_bfloat16_resolution(smollm2,
     changed = [_problem(f"changed{i}", _question(i), _question(i, change=4)) for i in range(3)]
     reference = InjectionEngine(smollm2[0], smollm2[1], SETTINGS, batch_size=3).run(changed)
     traces = InjectionEngine(*bf16_smollm2, SETTINGS, batch_size=3).run(changed)
-    resolution = KL_GAP_RESOLUTION[("bfloat16", "float32")]
+    resolution = KL_GAP_RESOLUTION[("bfloat16", "bfloat16")]  # scoring runs in the model's dtype
     settings = AdaptationSettings()
     gap_float32 = min_kl_gap(settings, reference[0]["settings"])
     gap_bf16 = min_kl_gap(settings, traces[0]["settings"])

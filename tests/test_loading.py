@@ -50,6 +50,15 @@ def test_flash_attention_with_float32_is_refused_before_loading(monkeypatch):
         load_model_and_tokenizer(auto)
 
 
+def test_float32_scoring_of_a_16bit_model_is_refused_before_loading(monkeypatch):
+    """Scoring runs inside the decoding loop's forwards, in the model's dtype (metrics/README.md, Precision)."""
+    monkeypatch.setattr(loading, "weights_location", lambda args: pytest.fail("tried to load weights"))
+    with pytest.raises(ModelArgsError, match="score_dtype=float32 needs a float32 model, but dtype resolves to bfloat16"):
+        load_model_and_tokenizer(parse_model_args({"score_dtype": "float32", "dtype": "bfloat16", "device": "cpu"}))
+    assert parse_model_args({}).score_dtype == "model"
+    loading.check_score_dtype("float32", torch.float32)  # a float32 model scores in float32
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_4bit_compute_dtype_follows_dtype(dtype, monkeypatch):
     monkeypatch.setattr(loading.importlib.util, "find_spec", lambda name: object())  # as if bitsandbytes were installed

@@ -1,8 +1,9 @@
 """The injection engine: exact forked KV-cache injection, greedy decoding and counterfactual scoring.
 
 - ``injection_engine``: runs every condition of a batch of problems and builds their traces;
-- ``decoding``: batched greedy decoding of ragged rows; ``row_cache``: per-row caches and padding;
-- ``scoring``: teacher-forced scoring under the run, old and new contexts; ``divergence``: KL, entropy;
+- ``decoding``: the decoding loop (rows join and leave one running batch); ``row_cache``: per-row
+  caches and padding;
+- ``scoring``: scoring under the run, old and new contexts inside the loop; ``divergence``: KL, entropy;
 - ``rope``: moving rotary-embedded keys to new positions (``strategy=replace``);
 - ``noise``: length-matched control segments; ``tokens``: the tokenizer protocol, stops and EOS ids.
 """

@@ -1,19 +1,24 @@
 """The injection engine: every condition of every problem, greedily, with counterfactual scores.
 
 Contract: docs/architecture.md section 2 (API) and section 3 (the trace, schema version 1, built and
-checked in kvinject/trace_schema.py: ``SCHEMA_VERSION``, ``validate_trace``). For a batch of problems:
+checked in kvinject/trace_schema.py: ``SCHEMA_VERSION``, ``validate_trace``). A batch of problems
+runs in ONE decoding loop (decoding.py ``DecodingLoop``, continuous batching), one forward per step
+over every active row of every doc:
 
-1. baseline (original prompt) and oracle (alternative prompt) decode together, both starting from
-   one cache of their common prompt prefix (prefilled once; each still feeds at least its last prompt
-   token); the baseline's cache is copied after N generated tokens for each injection point N
-   (forked, never recomputed) and the oracle's after its prompt;
-2. every injection@N and noise@N branch continues from that fork in one batch: ``append`` feeds the
-   injected (or control) ids after the N tokens; ``replace`` swaps the prompt region for the
-   alternative prompt's cache (or a prefilled length-matched control prompt), moves the N
-   generated tokens' keys to their shifted positions (rope.py) and re-feeds the last token so the
-   first post-injection prediction is made in the new context (at N=0 this is the oracle exactly);
-3. the post-injection tokens of every branch are teacher-forced through the run, old and new
-   contexts, reusing the forked caches (scoring.py), and reduced to per-token series.
+1. the baseline (original prompt) and the oracle (alternative prompt) of every doc join at the first
+   step, both starting from one cache of their common prompt prefix (prefilled once; each still feeds
+   at least its last prompt token); the baseline's cache is copied after N generated tokens for each
+   injection point N (forked, never recomputed) and the oracle's after its prompt;
+2. right after the step that forks the baseline at N, injection@N and noise@N join the same loop:
+   ``append`` feeds the injected (or control) ids after the N tokens; ``replace`` swaps the prompt
+   region for the alternative prompt's cache (or a length-matched control prompt, prefilled before
+   the loop), moves the N generated tokens' keys to their shifted positions (rope.py) and re-feeds
+   the last token so the first post-injection prediction is made in the new context (at N=0 this is
+   the oracle exactly). A branch has max_new_tokens - N tokens left, so the loop ends after about
+   max_new_tokens + 1 steps whatever the points; rows leave when they stop;
+3. each branch brings two more rows, its old and new contexts, teacher-forced along the branch's
+   tokens in the same steps (scoring.py ``LoopScoring``): every step is reduced at once to the
+   per-token series, and the run's own numbers are its decoding step's.
 
 The tokenizer only needs the small ``EngineTokenizer`` protocol (tokens.py). Prompts get the
 tokenizer's special tokens as in lm-eval's HFLM; the injected segment is tokenised on its own.
@@ -23,12 +28,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
-from kvinject.model_adapters.engine.decoding import DecodeResult, DecodeRow, extend_caches, greedy_decode
+from kvinject.model_adapters.engine.decoding import DecodeResult, DecodeRow, DecodingLoop, extend_caches
 from kvinject.model_adapters.injection_settings import InjectionSettings
 from kvinject.model_adapters.engine.noise import control_seed, control_segment, non_special_ids
 from kvinject.model_adapters.engine.rope import RotaryKeys
 from kvinject.model_adapters.engine.row_cache import RowCache
-from kvinject.model_adapters.engine.scoring import ScoringContext, ScoringTriple, score_triples
+from kvinject.model_adapters.engine.scoring import LoopScoring, eager_attention
 from kvinject.model_adapters.engine.tokens import (
     EngineTokenizer,
     StopRule,
@@ -87,18 +92,29 @@ class _Branch:
     region: RowCache | None  # replace: the cache of `segment` as a prompt
 
 
+@dataclasses.dataclass
+class _DocRun:
+    """One doc's rows in the running loop."""
+
+    doc: _Doc
+    baseline: DecodeResult
+    oracle: DecodeResult
+    points: list[int]  # injection points not forked (nor dropped) yet, ascending
+
+
 class InjectionEngine:
     """Runs every condition of a batch of problems on one model and returns one schema-1 trace each.
 
-    ``run(problems)`` decodes the baseline and oracle, forks the baseline after each injection point for
-    the injection and noise runs, and scores every post-injection token under the run, old and new
-    contexts (module docstring, steps 1-3); ``check(problems)`` raises the tokenised input errors
-    (empty segments, context too long) before any compute. Greedy decoding only; the settings
-    (injection points, strategy, noise, tracking) are fixed per engine, the batch size may shrink.
+    ``run(problems)`` runs a batch in one decoding loop: the baseline and oracle from the first step,
+    the injection and noise runs forked from the baseline as it reaches each injection point, and
+    every post-injection token scored under the run, old and new contexts in the same steps (module
+    docstring, steps 1-3), in the model's dtype (metrics/README.md, "Precision"); ``check(problems)``
+    raises the tokenised input errors (empty segments, context too long) before any compute. Greedy
+    decoding only; the settings (injection points, strategy, noise, tracking) are fixed per engine,
+    the batch size may shrink.
     """
 
-    def __init__(self, model, tokenizer: EngineTokenizer, settings: InjectionSettings, batch_size: int = 1,
-                 score_in_float32: bool = True):
+    def __init__(self, model, tokenizer: EngineTokenizer, settings: InjectionSettings, batch_size: int = 1):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")
         # replace moves the generated tokens' keys; refused here, before any compute, where that is not exact.
@@ -107,7 +123,6 @@ class InjectionEngine:
         self.tokenizer = tokenizer
         self.settings = settings
         self.batch_size = batch_size
-        self.score_in_float32 = score_in_float32  # scoring.float32_weights: 16-bit models score in float32
         self.eos_ids = eos_ids(tokenizer, model)
         vocab = min(len(tokenizer), model.get_input_embeddings().num_embeddings)
         self.random_ids = non_special_ids(vocab, tokenizer.all_special_ids)
@@ -176,26 +191,29 @@ class InjectionEngine:
     # ------------------------------------------------------------------------------ one batch
 
     def _run_batch(self, docs: list[_Doc]) -> list[dict]:
-        points = frozenset(self.settings.injection_points)
-        rows = []
-        for doc, prefix in zip(docs, self._shared_prefixes(docs)):
-            budget, start = doc.problem.max_new_tokens, 0 if prefix is None else prefix.length
-            # Both rows start from the shared prefix; their captures copy the whole cache, prefix included.
-            rows.append(DecodeRow(prefix, tuple(doc.original_ids[start:]), budget, doc.stop, capture_after=points))
-            rows.append(DecodeRow(prefix, tuple(doc.alternative_ids[start:]), budget, doc.stop,
-                                  capture_after=frozenset({0})))
-        results = greedy_decode(self.model, rows)
-        baselines, oracles = results[0::2], results[1::2]
-        alternative_caches = [oracle.captures[0] for oracle in oracles]
+        settings = self.settings
+        scoring = LoopScoring(settings.track_attention, settings.track_hidden)
+        loop = DecodingLoop(self.model, observer=scoring, **scoring.outputs())
+        runs = [self._start(loop, doc, prefix) for doc, prefix in zip(docs, self._shared_prefixes(docs))]
+        regions = self._control_regions(docs)
+        by_key = {}
+        with eager_attention(self.model, settings.track_attention):  # attention weights exist only in eager
+            while loop.running:
+                loop.step()
+                for run in runs:  # a branch joins the loop at the step after its fork exists
+                    for branch in self._reached_points(run, regions):
+                        by_key[(id(branch.doc), branch.point, branch.noise)] = (branch, *self._add_branch(loop, scoring, branch))
+        return [self._trace(run.doc, run.baseline, run.oracle, by_key) for run in runs]
 
-        branches = self._branches(docs, baselines, alternative_caches)
-        run_contexts = [self._run_context(b) for b in branches]
-        runs = greedy_decode(self.model, [self._branch_row(b, c) for b, c in zip(branches, run_contexts)])
-        triples = [self._scoring_triple(b, c, run.new_ids) for b, c, run in zip(branches, run_contexts, runs)]
-        series = score_triples(self.model, triples, self.settings.track_attention, self.settings.track_hidden,
-                               self.score_in_float32)
-        by_key = {(id(b.doc), b.point, b.noise): (b, run, s) for b, run, s in zip(branches, runs, series)}
-        return [self._trace(doc, baseline, oracle, by_key) for doc, baseline, oracle in zip(docs, baselines, oracles)]
+    def _start(self, loop: DecodingLoop, doc: _Doc, prefix: RowCache | None) -> "_DocRun":
+        """Add the doc's baseline and oracle rows to the loop."""
+        budget, start = doc.problem.max_new_tokens, 0 if prefix is None else prefix.length
+        points = frozenset(self.settings.injection_points)
+        # Both rows start from the shared prefix; their captures copy the whole cache, prefix included.
+        baseline = loop.add(DecodeRow(prefix, tuple(doc.original_ids[start:]), budget, doc.stop, capture_after=points))
+        oracle = loop.add(DecodeRow(prefix, tuple(doc.alternative_ids[start:]), budget, doc.stop,
+                                    capture_after=frozenset({0})))
+        return _DocRun(doc, baseline, oracle, list(self.settings.injection_points))
 
     def _shared_prefixes(self, docs: list[_Doc]) -> list[RowCache | None]:
         """Per doc, the cache of the prompt prefix that the original and alternative prompts share
@@ -206,23 +224,35 @@ class InjectionEngine:
         caches = iter(extend_caches(self.model, [None] * len(prefixes), prefixes))
         return [next(caches) if n else None for n in lengths]
 
-    def _branches(self, docs, baselines: list[DecodeResult], alternative_caches) -> list[_Branch]:
-        branches = []
-        for doc, baseline, alternative_cache in zip(docs, baselines, alternative_caches):
-            for point in self.settings.injection_points:
-                fork = baseline.captures.get(point)
-                if fork is None:  # the baseline stopped at or before N tokens
-                    continue
-                pre_ids = baseline.new_ids[:point]
-                for noise, segment in ((False, doc.injected_ids), (True, doc.controls[point])):
-                    branches.append(_Branch(doc, point, noise, segment, fork, pre_ids, alternative_cache, None))
+    def _control_regions(self, docs: list[_Doc]) -> dict[tuple[int, int], RowCache]:
+        """replace: (id(doc), point) -> the cache of the length-matched control prompt that noise@N
+        swaps in, prefilled in one batch before decoding (append: none)."""
         if self.settings.strategy != "replace":
-            return branches
-        # The injection swaps in the oracle's prompt cache; a control swaps in a length-matched
-        # control prompt, which has to be prefilled.
-        controls = [b for b in branches if b.noise]
-        regions = iter(extend_caches(self.model, [None] * len(controls), [b.segment for b in controls]))
-        return [dataclasses.replace(b, region=next(regions) if b.noise else b.alternative) for b in branches]
+            return {}
+        keys = [(id(doc), point) for doc in docs for point in self.settings.injection_points]
+        controls = [doc.controls[point] for doc in docs for point in self.settings.injection_points]
+        return dict(zip(keys, extend_caches(self.model, [None] * len(controls), controls)))
+
+    def _reached_points(self, run: "_DocRun", regions) -> list[_Branch]:
+        """The injection@N and noise@N branches of every point N the baseline has just reached (its
+        cache after N tokens was captured in the last step); points it stopped at or before are
+        dropped (not injected)."""
+        branches = []
+        while run.points:
+            point = run.points[0]
+            fork = run.baseline.captures.get(point)
+            if fork is None and not run.baseline.stop_reason:
+                break  # not reached yet
+            run.points.pop(0)
+            if fork is None:  # stopped at or before N tokens
+                continue
+            doc, alternative = run.doc, run.oracle.captures[0]
+            pre_ids = run.baseline.new_ids[:point]
+            for noise, segment in ((False, doc.injected_ids), (True, doc.controls[point])):
+                # replace: the injection swaps in the oracle's prompt cache, a control its control prompt.
+                region = (regions[(id(doc), point)] if noise else alternative) if regions else None
+                branches.append(_Branch(doc, point, noise, segment, fork, pre_ids, alternative, region))
+        return branches
 
     # ------------------------------------------------------------------------------ contexts
 
@@ -243,38 +273,29 @@ class InjectionEngine:
         # The last token is fed again: its query is what predicts the first token after the swap.
         return context.head(context.length - 1), ids, labels
 
-    def _branch_row(self, branch: _Branch, run_context) -> DecodeRow:
-        cache, ids, _ = run_context
-        budget = branch.doc.problem.max_new_tokens - branch.point
-        return DecodeRow(cache, tuple(ids[cache.length :]), budget, branch.doc.stop, prior_ids=tuple(branch.pre_ids))
-
-    def _scoring_triple(self, branch: _Branch, run_context, post_ids: list[int]) -> ScoringTriple:
-        doc = branch.doc
-        queries = post_ids[:-1]  # the last post token predicts nothing that is scored
-
-        def context(cache: RowCache, ids: list[int]) -> ScoringContext:
-            return ScoringContext(cache, tuple(ids[cache.length :] + queries))
-
-        run_cache, run_ids, run_labels = run_context
-        old_ids = doc.original_ids + branch.pre_ids
-        new_ids = doc.alternative_ids + branch.pre_ids
-        return ScoringTriple(
-            run=context(run_cache, run_ids),
-            # Old and new reuse their prompt's cache only and feed the rest alike (last prompt token,
-            # pre_ids, queries): in 16-bit, pre_ids cached while decoding and pre_ids scored anew differ
-            # by rounding, and identical contexts must give identical distributions.
-            old=context(branch.fork.head(len(doc.original_ids) - 1), old_ids),
-            new=context(branch.alternative.head(len(doc.alternative_ids) - 1), new_ids),
-            targets=tuple(post_ids),
-            run_labels=tuple(run_labels + [GENERATED_AFTER] * len(queries)),
-        )
+    def _add_branch(self, loop: DecodingLoop, scoring: LoopScoring, branch: _Branch) -> tuple[DecodeResult, dict]:
+        """Add the branch's run row and its old and new context rows (teacher-forced along the run,
+        scored in the same steps) to the loop; returns the run's result and its series."""
+        doc, pre = branch.doc, branch.pre_ids
+        cache, ids, labels = self._run_context(branch)
+        budget = doc.problem.max_new_tokens - branch.point
+        run = DecodeRow(cache, tuple(ids[cache.length :]), budget, doc.stop, prior_ids=tuple(pre))
+        # Old and new reuse their prompt's cache only and feed the rest alike (last prompt token, then
+        # pre_ids): in 16-bit, pre_ids cached while decoding and pre_ids fed anew differ by rounding,
+        # and identical contexts must give identical distributions. The last fed token is not cached
+        # before the loop: its query predicts post_ids[0].
+        old = DecodeRow(branch.fork.head(len(doc.original_ids) - 1), (doc.original_ids[-1], *pre), budget, doc.stop)
+        new = DecodeRow(branch.alternative.head(len(doc.alternative_ids) - 1), (doc.alternative_ids[-1], *pre),
+                        budget, doc.stop)
+        return scoring.add(loop, run, old, new, labels)
 
     # ------------------------------------------------------------------------------ traces
 
     def _precision(self) -> dict:
-        """The trace's precision settings (trace_schema.PRECISION_KEYS): the metrics' resolution depends on them."""
+        """The trace's precision settings (trace_schema.PRECISION_KEYS): the metrics' resolution depends
+        on them. Every row of the loop, scoring rows included, runs in the model's dtype."""
         dtype = str(self.model.dtype).removeprefix("torch.")
-        return {"dtype": dtype, "score_dtype": "float32" if self.score_in_float32 else dtype}
+        return {"dtype": dtype, "score_dtype": dtype}
 
     def _condition(self, doc: _Doc, prompt: str, ids: list[int], stop_reason: str) -> dict:
         text = truncate_at_stop(decode_generated(self.tokenizer, ids), doc.stop.stop_sequences)

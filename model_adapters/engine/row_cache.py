@@ -44,12 +44,6 @@ class RowCache:
         """The tokens from index ``start`` on."""
         return RowCache(tuple((k[:, start:], v[:, start:]) for k, v in self.layers))
 
-    def to(self, dtype: torch.dtype) -> "RowCache":
-        """This row in ``dtype`` (itself when it already is)."""
-        if self.layers[0][0].dtype == dtype:
-            return self
-        return RowCache(tuple((k.to(dtype), v.to(dtype)) for k, v in self.layers))
-
     def then(self, other: "RowCache") -> "RowCache":
         """This row followed by ``other`` (same model)."""
         return RowCache(
@@ -108,12 +102,10 @@ class PaddedBatch:
         width = max(len(t) for t in tokens)
         device = self.mask.device
         # Pad slots are masked out of every attention, so any valid id does; 0 always exists.
-        ids = torch.zeros((self.size, width), dtype=torch.long, device=device)
-        feed_mask = torch.zeros(self.size, width, dtype=torch.long, device=device)
-        for row, row_tokens in enumerate(tokens):
-            if row_tokens:
-                ids[row, width - len(row_tokens) :] = torch.tensor(row_tokens, device=device)
-                feed_mask[row, width - len(row_tokens) :] = 1
+        # Built as Python lists and converted once: a per-row tensor costs more than a step of a small model.
+        ids = torch.tensor([[0] * (width - len(t)) + list(t) for t in tokens], dtype=torch.long, device=device)
+        feed_mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in tokens], dtype=torch.long,
+                                 device=device)
         self.mask = torch.cat([self.mask, feed_mask], dim=1)
         # Real tokens continue each row's own count; pads get position 0 (masked, never attended).
         positions = self._slot_positions()[:, -width:] * feed_mask
@@ -160,6 +152,25 @@ class PaddedBatch:
         index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
         self.cache.batch_select_indices(index)
         self.mask = self.mask[index]
+
+    def add_rows(self, caches: list[RowCache | None]) -> None:
+        """Append rows (after the existing ones) that start from ``caches``: every row stays
+        right-aligned, the narrower side gets left padding (masked slots, so no row changes)."""
+        lengths = [0 if c is None else c.length for c in caches]
+        width = max(self.mask.shape[1], *lengths)
+        grow = width - self.mask.shape[1]
+        added = torch.zeros(len(caches), width, dtype=self.mask.dtype, device=self.mask.device)
+        for row, length in enumerate(lengths):
+            added[row, width - length :] = 1
+        self.mask = torch.cat([torch.nn.functional.pad(self.mask, (grow, 0)), added])
+        new_layers = _padded_layers(caches, width)
+        if new_layers is None:  # nothing cached in the new rows: zeros of the running layers' shape
+            new_layers = [tuple(t.new_zeros((len(caches), t.shape[1], width, t.shape[3])) for t in (layer.keys, layer.values))
+                          for layer in self.cache.layers]
+        for layer, (keys, values) in zip(self.cache.layers, new_layers):
+            # Pads are zeros: masked out of every attention (as in _padded_layers).
+            layer.keys = torch.cat([torch.nn.functional.pad(layer.keys, (0, 0, grow, 0)), keys])
+            layer.values = torch.cat([torch.nn.functional.pad(layer.values, (0, 0, grow, 0)), values])
 
 
 def _padded_layers(caches: list[RowCache | None], width: int):

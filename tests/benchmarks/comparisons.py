@@ -11,6 +11,7 @@ import dataclasses
 import tempfile
 
 import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from kvinject.model_adapters.engine import InjectionEngine, InjectionSettings, Problem
 from kvinject.model_adapters.engine.decoding import extend_caches
@@ -108,6 +109,79 @@ def doc_analysis_vs_generate(model, tokenizer, problem: Problem, track: bool, re
         kib = trace_kib_on_disk(outputs["analysis"])
         rows.append(Row(f"trace_size{label} budget={problem.max_new_tokens}", "KiB on disk per doc", "1", kib,
                         "<= 200", "as model_adapters/trace_log.TraceLog writes it; the table's ratio is KiB"))
+    return rows, outputs
+
+
+class _RowBudgets(StoppingCriteria):
+    """Each row of a left-padded ``generate`` batch stops after its own number of new tokens."""
+
+    def __init__(self, prompt_width: int, budgets: list[int]):
+        self.prompt_width, self.budgets = prompt_width, budgets
+
+    def __call__(self, input_ids, scores, **kwargs):
+        generated = input_ids.shape[1] - self.prompt_width
+        return torch.tensor([generated >= budget for budget in self.budgets], device=input_ids.device)
+
+
+def reprompted_conditions(trace: dict) -> dict[str, tuple[list[int], int]]:
+    """{condition: (full prompt ids, new-token budget)} as a user would re-prompt every condition of
+    ``trace`` (append): baseline and oracle their prompts; injection@N and noise@N the original
+    prompt + the baseline's first N tokens + the segment, with the budget left after N tokens."""
+    original, alternative = trace["prompts"]["original"]["ids"], trace["prompts"]["alternative"]["ids"]
+    budget = trace["settings"]["max_new_tokens"]
+    conditions = {"baseline": (original, budget), "oracle": (alternative, budget)}
+    for name, entry in trace["conditions"].items():
+        if "@" in name:
+            conditions[name] = (original + entry["pre_ids"] + entry["injected_ids"], budget - entry["injection_point"])
+    return conditions
+
+
+def forward_calls(model, run) -> int:
+    """Model forward calls while ``run()`` runs (a hook on the model counts them)."""
+    calls = [0]
+    handle = model.register_forward_pre_hook(lambda module, args: calls.__setitem__(0, calls[0] + 1))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return calls[0]
+
+
+def analysis_vs_batched_reprompt(model, tokenizer, problem: Problem, repeats: int,
+                                 label: str = "") -> tuple[list[Row], dict]:
+    """One doc's full analysis (scores, attention and hidden tracking on) vs what a user would write
+    without kvinject: one ``model.generate`` over the 8 conditions' full prompts at once (left-padded,
+    the injection and noise rows re-prompted with the baseline's first N tokens, which are taken from
+    the engine and not timed), no scores, same budgets. Also the engine's forward calls per batch
+    against the issue's bound. Returns the rows and both outputs ({condition: generated ids})."""
+    settings = InjectionSettings()
+    with no_eos(model, tokenizer) as engine_tokenizer:
+        engine = InjectionEngine(model, engine_tokenizer, settings)
+        trace = engine.run([problem])[0]
+        conditions = reprompted_conditions(trace)
+        width = max(len(ids) for ids, _ in conditions.values())
+        ids = torch.tensor([[0] * (width - len(p)) + p for p, _ in conditions.values()], device=model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p, _ in conditions.values()], device=model.device)
+        budgets = [b for _, b in conditions.values()]
+
+        def reprompt():
+            with torch.inference_mode():
+                out = model.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=max(budgets),
+                                     pad_token_id=0, stopping_criteria=StoppingCriteriaList([_RowBudgets(width, budgets)]))
+            return {name: out[row, width : width + budget].tolist()
+                    for row, (name, (_, budget)) in enumerate(conditions.items())}
+
+        def analysis():
+            trace = engine.run([problem])[0]
+            return {name: c["ids"][len(c.get("pre_ids", [])):] for name, c in trace["conditions"].items()}
+
+        seconds, outputs = interleaved_seconds({"analysis": analysis, "reprompt": reprompt}, repeats)
+        calls = forward_calls(model, lambda: engine.run([problem]))
+    budget, bound = problem.max_new_tokens, problem.max_new_tokens + max(settings.injection_points)
+    rows = [Row(f"batched_reprompt_generate{label} budget={budget}", "full analysis", "batched re-prompting generate",
+                paired_ratio(seconds, "analysis", "reprompt"), "<= 1.2", _medians(seconds)),
+            Row(f"forward_calls{label} budget={budget}", "forward calls per batch (prefill, decoding, scoring)",
+                "budget + largest point", calls / bound, "<= 1.05", f"{calls} calls (counted, exact); bound {bound}")]
     return rows, outputs
 
 

@@ -5,7 +5,8 @@ both contenders compute the same thing; `--benchmark-enable` runs the stated siz
 """
 import pytest
 
-from comparisons import batch_scaling, doc_analysis_vs_generate, inject_vs_reprefill, math_problems, naive_vs_engine
+from comparisons import (analysis_vs_batched_reprompt, batch_scaling, doc_analysis_vs_generate, inject_vs_reprefill,
+                         math_problems, naive_vs_engine)
 
 pytestmark = pytest.mark.slow
 
@@ -27,6 +28,15 @@ def test_doc_analysis_vs_generate_smollm2(comparison, smollm2, budget, track):
 
     _, outputs = comparison(run)
     assert outputs["analysis"]["conditions"]["baseline"]["ids"] == outputs["generate"]
+
+
+@pytest.mark.parametrize("budget", [64, 256])
+def test_batched_reprompt_generate_smollm2(comparison, smollm2, budget):
+    model, tokenizer = smollm2
+    rows, outputs = comparison(lambda repeats, smoke: analysis_vs_batched_reprompt(
+        model, tokenizer, math_problems(1, 18 if smoke else budget)[0], repeats))
+    assert outputs["reprompt"]["baseline"] == outputs["analysis"]["baseline"]
+    assert rows[1].verdict == "met"
 
 
 def test_naive_reference_smollm2(comparison, smollm2):

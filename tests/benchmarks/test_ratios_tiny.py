@@ -6,7 +6,8 @@ the targets of issue 11 are stated for SmolLM2 (test_ratios_smollm2.py), the tin
 import pytest
 import torch
 
-from comparisons import batch_scaling, doc_analysis_vs_generate, inject_vs_reprefill, math_problems, naive_vs_engine
+from comparisons import (analysis_vs_batched_reprompt, batch_scaling, doc_analysis_vs_generate, inject_vs_reprefill,
+                         math_problems, naive_vs_engine)
 from kvinject.trace_schema import SCALAR_SERIES
 
 
@@ -32,6 +33,15 @@ def test_doc_analysis_vs_generate_tiny(comparison, tiny, track):
     rows, outputs = comparison(run)
     # Same work on both sides: the engine's baseline is exactly what generate returns.
     assert outputs["analysis"]["conditions"]["baseline"]["ids"] == outputs["generate"]
+
+
+def test_batched_reprompt_generate_tiny(comparison, tiny):
+    model, tokenizer = tiny
+    rows, outputs = comparison(lambda repeats, smoke: analysis_vs_batched_reprompt(
+        model, tokenizer, math_problems(1, 24 if smoke else 64)[0], repeats, label=" [tiny]"))
+    # Same work on both sides: every condition's generated ids are the engine's.
+    assert outputs["reprompt"] == outputs["analysis"] and len(outputs["analysis"]) == 8
+    assert rows[1].verdict == "met"  # counted, not timed: the decoding steps of one loop
 
 
 def test_naive_reference_matches_engine_tiny(comparison, tiny):
