@@ -22,7 +22,7 @@ from kvinject.model_adapters.engine import InjectionEngine, InjectionSettings, P
 pytestmark = pytest.mark.slow
 
 SETTINGS = InjectionSettings(injection_points=(4, 8), track_attention=False, track_hidden=False)
-KL_TOLERANCE = 0.5        # nats per token (measured max 0.26)
+KL_TOLERANCE = 0.5        # nats per token (measured max 0.31 with bf16 scoring in the loop; 0.26 before)
 MEAN_KL_TOLERANCE = 0.15  # nats, mean over a run's shared tokens
 ITEMS = ["apples", "pencils", "marbles", "stickers", "cookies", "books"]
 
