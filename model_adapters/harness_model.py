@@ -11,8 +11,8 @@ import time
 
 from lm_eval.api.model import LM
 
-from kvinject.model_adapters.distributed import ProcessGroup
 from kvinject.model_adapters.chat_turns import user_turn_frame
+from kvinject.model_adapters.distributed import ProcessGroup
 from kvinject.model_adapters.engine import InjectionEngine, Problem
 from kvinject.model_adapters.engine.tokens import encode_prompt, encode_segment, eos_ids
 from kvinject.model_adapters.loading import load_model_and_tokenizer, weights_location

@@ -1,6 +1,5 @@
 """Fixtures; the helpers they use live in tests/helpers.py."""
 import pytest
-
 from helpers import TINY_FAMILIES, TinyCharTokenizer, build_tiny_model, build_tiny_model_folder
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kvinject.trace_schema import SEGMENTS, build_trace as schema_trace, condition, empty_series, injection_condition
+from kvinject.trace_schema import SEGMENTS, condition, empty_series, injection_condition
+from kvinject.trace_schema import build_trace as schema_trace
 
 TOLERANCE = 1e-4  # fp32 logits and keys against full recomputation
 # 16-bit logits against full recomputation in the same dtype, relative to max(1, max |logit|): a few

@@ -239,7 +239,8 @@ def test_normalisation_keeps_letters_nfkd_cannot_decompose():
 
 
 # Property: whatever the wording of a negation or correction, the negated value is never scored as stated.
-from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st
 
 from kvinject.adaptation_tasks.adaptation_pairs.answers import match_pair_answer  # noqa: E402
 

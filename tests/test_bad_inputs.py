@@ -9,6 +9,7 @@ import logging
 import sqlite3
 
 import pytest
+from helpers import request
 
 from kvinject.adaptation_tasks.adaptation_math import data as math_data
 from kvinject.adaptation_tasks.adaptation_math.mawps_sources import MawpsSourceError, read_mawps_source
@@ -17,7 +18,6 @@ from kvinject.model_adapters import loading
 from kvinject.model_adapters.harness_model import DocError, KVInjectLM, no_eos_message
 from kvinject.model_adapters.model_args import ModelArgsError, parse_model_args
 from kvinject.model_adapters.result_store import ResultStore
-from helpers import request
 
 # ------------------------------------------------------------------ model args: refused before loading
 

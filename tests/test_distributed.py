@@ -6,9 +6,9 @@ import sqlite3
 import time
 
 import pytest
+from helpers import request
 
 from kvinject.model_adapters.distributed import check_backend, check_gpu_count
-from helpers import request
 
 QUESTIONS = [("What is 3 + 5?", "What is 4 + 5?"), ("What is 7 - 2?", "What is 9 - 2?"),
              ("What is 2 * 6?", "What is 3 * 6?"), ("What is 8 / 4?", "What is 8 / 2?")]

@@ -2,10 +2,11 @@
 import pickle
 
 import pytest
-
-from kvinject.model_adapters.harness_model import DocError, KVInjectLM, TraceSpool, TracedGeneration, first_occurrences
-from kvinject.model_adapters.trace_log import read_traces
 from helpers import GEN_KWARGS, request
+
+from kvinject.model_adapters.harness_model import DocError, KVInjectLM, TracedGeneration, TraceSpool, first_occurrences
+from kvinject.model_adapters.trace_log import read_traces
+
 
 @pytest.fixture(scope="module")
 def lm(local_model_dir, tmp_path_factory):

@@ -129,9 +129,9 @@ def test_use_cache_never_serves_results_of_other_injection_points(local_model_di
 
 def test_batch_size_auto_backs_off_on_out_of_memory(local_model_dir, tmp_path, caplog):
     import torch
+    from helpers import request
 
     from kvinject.model_adapters.harness_model import KVInjectLM
-    from helpers import request
 
     lm = KVInjectLM(pretrained=str(local_model_dir), injection_points="1:2", batch_size="auto",
                     max_batch_size=4, result_store="none", trace_dir=str(tmp_path))
@@ -164,9 +164,9 @@ def test_batch_size_auto_backs_off_on_out_of_memory(local_model_dir, tmp_path, c
 
 def test_out_of_memory_with_a_fixed_batch_size_names_the_docs_and_the_fix(local_model_dir, tmp_path):
     import torch
+    from helpers import request
 
     from kvinject.model_adapters.harness_model import KVInjectLM
-    from helpers import request
 
     lm = KVInjectLM(pretrained=str(local_model_dir), injection_points="1:2", batch_size=2, result_store="none",
                     trace_dir=str(tmp_path))

@@ -13,10 +13,10 @@ import pytest
 
 from kvinject.adaptation_tasks.adaptation_math import data as math_data
 from kvinject.adaptation_tasks.adaptation_math.added_step import step_question
-from kvinject.adaptation_tasks.adaptation_math.mawps_builder import SetSpec, build_augmented_set, make_variant
 from kvinject.adaptation_tasks.adaptation_math.expression import evaluate, render
-from kvinject.adaptation_tasks.adaptation_math.mawps_text import render_problem
+from kvinject.adaptation_tasks.adaptation_math.mawps_builder import SetSpec, build_augmented_set, make_variant
 from kvinject.adaptation_tasks.adaptation_math.mawps_sources import SOURCE_ENV_VAR, MawpsSourceError, read_mawps_source
+from kvinject.adaptation_tasks.adaptation_math.mawps_text import render_problem
 
 FIXTURES = Path(__file__).parent / "fixtures" / "tasks"
 FIXTURE_SOURCES = {

@@ -3,6 +3,7 @@ import dataclasses
 
 import pytest
 import transformers
+from helpers import request
 
 from kvinject.model_adapters import harness_model
 from kvinject.model_adapters.memory import (
@@ -13,7 +14,6 @@ from kvinject.model_adapters.memory import (
     is_out_of_memory,
     kv_bytes_per_position,
 )
-from helpers import request
 
 GIB = 2**30
 QWEN_7B = transformers.Qwen2Config(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28,

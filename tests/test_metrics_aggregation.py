@@ -6,17 +6,16 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import build_answers, build_trace, run_series
 
 from kvinject.metrics import (
     AdaptationSettings,
+    aggregations,
     doc_metrics,
     metric_aggregation,
     metric_higher_is_better,
     result_keys,
 )
-from kvinject.metrics import aggregations
-from kvinject.metrics.values import NoTest
-from helpers import build_answers, build_trace, run_series
 
 # The smallest randomised p-value is about 2 / (resamples + 1) (two-sided): with the 28 tests of
 # the realistic run (14 paired metrics x 2 points), Holm needs > 1100 for 0.05.

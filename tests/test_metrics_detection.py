@@ -11,11 +11,11 @@ import math
 
 import numpy as np
 import pytest
+from helpers import build_answers, build_trace, run_series
 
 from kvinject.metrics import AdaptationSettings, doc_metrics, metric_aggregation
 from kvinject.metrics.aggregations import _rate_intervals, detection_outcome
 from kvinject.metrics.detection import cusum, detect
-from helpers import build_answers, build_trace, run_series
 
 ALPHA = 0.05
 

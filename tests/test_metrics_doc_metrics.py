@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 import pytest
+from helpers import build_answers, build_trace, run_series
 
 from kvinject.metrics import AdaptationSettings, doc_metrics, result_keys
 from kvinject.metrics import keys as K
-from helpers import build_answers, build_trace, run_series
 
 SETTINGS = AdaptationSettings(window_tokens=2, per_layer=True, report="full")
 # The injection run: a_t = [0.25, 0.5, 0.75, 0.75], r_t = [-1, 0, 0.5, 1.5],

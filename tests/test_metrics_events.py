@@ -6,9 +6,9 @@ import math
 
 import numpy as np
 import pytest
+from helpers import build_answers, build_trace, run_series
 
 from kvinject.metrics import AdaptationSettings, doc_metrics, metric_aggregation
-from helpers import build_answers, build_trace, run_series
 
 SETTINGS = AdaptationSettings(report="full", bootstrap_resamples=500, permutation_resamples=999)
 

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import attention_segments
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -12,12 +13,11 @@ from kvinject.metrics.events import first_time, stabilization_time
 from kvinject.metrics.series import (
     LOG_PROB_FLOOR,
     adaptation_scores,
-    final_window,
     clamped_cosines,
+    final_window,
     log_ratios,
     non_sink_masses,
 )
-from helpers import attention_segments
 
 INF = math.inf
 

@@ -1,7 +1,7 @@
 """The metric tests' trace builder (tests/helpers.py) gives traces that validate_trace accepts."""
 import pytest
-
 from helpers import build_trace, run_series
+
 from kvinject.trace_schema import SCHEMA_VERSION, SEGMENTS, validate_trace
 
 

@@ -1,7 +1,6 @@
 import pytest
 
 from kvinject.model_adapters.injection_settings import split_injection_points
-
 from kvinject.model_adapters.model_args import (
     DEFAULT_PRETRAINED,
     VALID_NAMES,

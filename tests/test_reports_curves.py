@@ -3,9 +3,9 @@ import xml.etree.ElementTree as ElementTree
 
 import numpy as np
 import pytest
+from helpers import run_series as series
 from matplotlib.image import imread
 from report_runs import make_trace, simple_trace
-from helpers import run_series as series
 
 from kvinject.metrics import AdaptationSettings
 from kvinject.reports.curves import CurveKey, mean_band, run_series, task_curves

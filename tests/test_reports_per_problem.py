@@ -1,7 +1,7 @@
 """Per-problem JSON in the original study's format: every value follows a documented rule."""
 import pytest
-from report_runs import check_seed_format, make_trace, simple_trace, write_run
 from helpers import run_series as series
+from report_runs import check_seed_format, make_trace, simple_trace, write_run
 
 from kvinject.metrics import AdaptationSettings
 from kvinject.reports.per_problem import LabelThresholds, assess, problem_report, problem_reports

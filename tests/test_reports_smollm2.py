@@ -16,8 +16,8 @@ from matplotlib.image import imread
 from report_runs import check_seed_format
 
 from kvinject import cli
-from kvinject.strict_json import decoded_value
 from kvinject.reports.leaderboard import HEADLINE_MEASURES, parse_measure_name
+from kvinject.strict_json import decoded_value
 
 pytestmark = pytest.mark.slow
 TASKS = ("adaptation_math", "adaptation_semantic")

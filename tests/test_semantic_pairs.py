@@ -70,8 +70,8 @@ def test_stale_disputed_and_duplicate_subjects_are_absent(committed):
 
 
 def test_every_currency_is_accepted_by_its_common_english_name(committed):
-    from babel.numbers import get_currency_name
     import iso4217
+    from babel.numbers import get_currency_name
 
     code_of = {currency.currency_name: currency.code for currency in iso4217.Currency}
     for pair in committed["pairs"]:

@@ -9,8 +9,8 @@ from lm_eval.tasks import TaskManager
 
 import kvinject.metrics
 from kvinject.adaptation_tasks.adaptation_math import data as math_data
-from kvinject.adaptation_tasks.docs import MalformedDocError
 from kvinject.adaptation_tasks.adaptation_math.mawps_sources import SOURCE_ENV_VAR
+from kvinject.adaptation_tasks.docs import MalformedDocError
 
 TASKS_DIR = Path(kvinject.adaptation_tasks.__file__).parent
 MAWPS_SOURCE = os.environ.get(SOURCE_ENV_VAR)
@@ -162,8 +162,8 @@ def test_malformed_math_doc_names_doc_and_field(change, field, monkeypatch):
 
 
 def test_malformed_semantic_doc_names_doc_and_field(semantic_task):
-    from kvinject.adaptation_tasks.docs import validate_doc
     from kvinject.adaptation_tasks.adaptation_semantic.data import SEMANTIC_SCHEMA
+    from kvinject.adaptation_tasks.docs import validate_doc
 
     doc = dict(next(iter(semantic_task.test_docs())), alternative_aliases=[])
     with pytest.raises(MalformedDocError, match=f"'{doc['id']}'.*'alternative_aliases'"):

@@ -5,9 +5,9 @@ import pytest
 from lm_eval.tasks import TaskManager
 
 import kvinject.adaptation_tasks
-from kvinject.adaptation_tasks.fewshot import MATH_EXAMPLES, SEMANTIC_EXAMPLES
 from kvinject.adaptation_tasks.adaptation_math.answers import match_math_answer
 from kvinject.adaptation_tasks.adaptation_semantic.answers import match_semantic_answer
+from kvinject.adaptation_tasks.fewshot import MATH_EXAMPLES, SEMANTIC_EXAMPLES
 from kvinject.model_adapters.harness_model import problem_from_request
 from kvinject.model_adapters.model_args import parse_model_args
 

@@ -65,9 +65,10 @@ def read_examples(path: Path) -> list[TrainingExample]:
 def run_training(config: TrainConfig, output: Path, callbacks=(), split_only: bool = False) -> dict | None:
     """Run (or resume) a training run in ``output``; returns the training log. ``split_only``: write the
     config and the split (so the base model can be measured on the held-out docs first) and stop."""
+    from lm_eval.utils import simple_parse_args_string
+
     from kvinject.model_adapters.loading import load_model_and_tokenizer
     from kvinject.model_adapters.model_args import parse_model_args
-    from lm_eval.utils import simple_parse_args_string
 
     config.check_resumable(output)
     config.save(output)

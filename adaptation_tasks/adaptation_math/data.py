@@ -16,9 +16,9 @@ from pathlib import Path
 
 import datasets
 
-from kvinject.adaptation_tasks.docs import DocSchema, is_number, validated_test_split
 from kvinject.adaptation_tasks.adaptation_math.mawps_builder import VARIATION_TYPES, build_augmented_set
 from kvinject.adaptation_tasks.adaptation_math.mawps_sources import DEFAULT_SOURCE, SOURCE_ENV_VAR, read_mawps_source
+from kvinject.adaptation_tasks.docs import DocSchema, is_number, validated_test_split
 from kvinject.paths import user_cache_dir
 
 # Everything that decides the built set: the readers, the text rendering, the arithmetic and the builder.

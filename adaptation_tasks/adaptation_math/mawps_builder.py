@@ -33,7 +33,11 @@ from kvinject.adaptation_tasks.adaptation_math.expression import (
 )
 from kvinject.adaptation_tasks.adaptation_math.mawps_sources import SourceProblem, numbers_in_text
 from kvinject.adaptation_tasks.adaptation_math.mawps_text import render_problem, split_question
-from kvinject.adaptation_tasks.adaptation_math.story_checks import source_problem_fault, story_fault, used_more_than_once
+from kvinject.adaptation_tasks.adaptation_math.story_checks import (
+    source_problem_fault,
+    story_fault,
+    used_more_than_once,
+)
 
 SEED = 20240611
 CHANGED_TYPES = ("single_number", "multiple_numbers", "added_step")

@@ -18,7 +18,14 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
-from kvinject.adaptation_tasks.adaptation_math.expression import Const, Expr, ExpressionError, Slot, parse_infix, parse_prefix
+from kvinject.adaptation_tasks.adaptation_math.expression import (
+    Const,
+    Expr,
+    ExpressionError,
+    Slot,
+    parse_infix,
+    parse_prefix,
+)
 
 SOURCE_ENV_VAR = "KVINJECT_MAWPS_SOURCE"
 DEFAULT_SOURCE = "MU-NLPC/Calc-mawps"

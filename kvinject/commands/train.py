@@ -38,9 +38,10 @@ def add_arguments(parser) -> None:
 def _config(args) -> TrainConfig:
     """The run's settings, checked before anything is written (UsageError names a bad value or a missing
     model folder)."""
+    from lm_eval.utils import simple_parse_args_string
+
     from kvinject.commands.common import model_folder_exists
     from kvinject.model_adapters.model_args import parse_model_args
-    from lm_eval.utils import simple_parse_args_string
 
     try:
         config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
