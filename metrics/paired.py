@@ -96,6 +96,7 @@ def headline_key(name: str, point: int | None = None) -> str:
 
 
 def is_per_point(name: str) -> bool:
+    """Whether the headline name or key has one value per injection point (``@N``)."""
     return _parse_name(name).spec.per_injection_point
 
 

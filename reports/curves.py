@@ -72,6 +72,7 @@ def run_series(entry: dict, settings: AdaptationSettings) -> dict[str, np.ndarra
 
 
 def is_control(trace: dict) -> bool:
+    """Whether the trace is an identical control (the original and alternative prompts have the same ids)."""
     prompts = trace["prompts"]
     return prompts["original"]["ids"] == prompts["alternative"]["ids"]
 

@@ -56,6 +56,8 @@ def builder_fingerprint() -> str:
 
 
 def augmented_math_set(source: str) -> list[dict]:
+    """The docs built from the MAWPS ``source`` (MawpsSourceError if unreadable), cached per source checksum and
+    builder fingerprint; a damaged cache file is rebuilt, a new one is written atomically."""
     mawps = read_mawps_source(source)
     cache_file = user_cache_dir() / f"adaptation_math-{builder_fingerprint()[:12]}-{mawps.checksum[:16]}.json"
     if cache_file.is_file():

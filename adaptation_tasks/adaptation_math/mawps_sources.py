@@ -59,6 +59,8 @@ class MawpsSource:
 
 
 def read_mawps_source(source: str) -> MawpsSource:
+    """The problems of ``source`` in whichever accepted format it is (module docstring); MawpsSourceError when it
+    is missing, unreadable or in no accepted format."""
     path = Path(source).expanduser()
     try:
         if path.is_dir() and sorted(path.glob("**/*.csv")):

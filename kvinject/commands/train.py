@@ -21,6 +21,7 @@ _HELP = {
 
 
 def add_arguments(parser) -> None:
+    """The flags of ``kvinject train``: --output_path, --split_only and one per TrainConfig field."""
     parser.add_argument("--output_path", required=True, type=Path,
                         help="run folder (config, split, checkpoints, model/); an existing run there resumes")
     parser.add_argument("--split_only", action="store_true",
@@ -53,6 +54,8 @@ def _config(args) -> TrainConfig:
 
 
 def run(args) -> int:
+    """Write the split and, unless --split_only, fine-tune and save the model, then print the lm_eval command for
+    the held-out docs; 0."""
     from kvinject.training.fine_tune import MODEL_FOLDER, training_losses
     from kvinject.training.pipeline import run_training
 
