@@ -227,3 +227,65 @@ def test_a_second_name_list_would_be_found():
     names = {"a", "b", "c", "d"}
     assert name_lists("X = ('c', 'a', 'b')\ndef f():\n    return {'d', 'a', 'x', 'b'}\n", names) == [1, 3]
     assert name_lists("X = ('a', 'b', 'x')\n", names) == []
+
+
+# ----------------------------------------------------------------------------------- test layout
+# The tests are laid out like the code: tests/<folder>/test_*.py tests the code folder of the same
+# name (adaptation_tasks/, model_adapters/engine/, metrics/, reports/, training/, prm/, configs/, or
+# kvinject/commands/ as tests/commands/); the kvinject/ core modules are tested at tests/ itself.
+# Basenames stay unique: pytest's default import mode imports each test file by its basename.
+TESTS = ROOT / "tests"
+SEPARATE_SUITES = ("benchmarks",)  # tests/benchmarks: the pytest-benchmark suite (README "Benchmarks")
+HELPER_MODULES = ("helpers", "report_runs")  # tests/helpers.py, tests/report_runs.py
+
+
+def unit_test_files() -> list[Path]:
+    return sorted(p for p in TESTS.rglob("test_*.py") if p.relative_to(TESTS).parts[0] not in SEPARATE_SUITES)
+
+
+def misplaced_tests(files, root: Path = ROOT) -> list[str]:
+    """Test files whose folder under tests/ names no code folder (at the root or under kvinject/)."""
+    misplaced = []
+    for path in files:
+        folder = path.parent.relative_to(root / "tests")
+        if folder.parts and not ((root / folder).is_dir() or (root / "kvinject" / folder).is_dir()):
+            misplaced.append(str(path.relative_to(root)))
+    return misplaced
+
+
+def test_every_test_file_lives_in_the_folder_of_the_code_it_tests():
+    files = unit_test_files()
+    assert {p.parent.relative_to(TESTS).as_posix() for p in files} >= {
+        ".", "adaptation_tasks", "commands", "metrics", "model_adapters", "model_adapters/engine", "reports",
+        "training", "prm"}
+    assert misplaced_tests(files) == []
+
+
+def test_test_file_basenames_are_unique():
+    names = [p.name for p in TESTS.rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
+
+
+def test_a_misplaced_test_file_would_be_found(tmp_path):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "kvinject" / "commands").mkdir(parents=True)
+    files = [tmp_path / "tests" / rel for rel in
+             ("test_a.py", "metrics/test_b.py", "commands/test_c.py", "engine/test_d.py", "metrics/x/test_e.py")]
+    assert misplaced_tests(files, tmp_path) == ["tests/engine/test_d.py", "tests/metrics/x/test_e.py"]
+
+
+def test_test_modules_import_no_helper_function_a_fixture_serves():
+    """Shared helpers reach test functions as conftest.py fixtures; a test module imports from the
+    helper modules only constants and what it uses at module level (parametrize lists, its own helpers)."""
+    offenders = []
+    for path in unit_test_files():
+        tree = ast.parse(path.read_text(), str(path))
+        imported = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                    and node.module in HELPER_MODULES for alias in node.names}
+        for test in (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test")):
+            used = {n.id for n in ast.walk(test) if isinstance(n, ast.Name) and not n.id.isupper()} & imported
+            fixtures = {arg.arg for arg in test.args.args}
+            in_decorators = {n.id for d in test.decorator_list for n in ast.walk(d) if isinstance(n, ast.Name)}
+            body_only = used - fixtures - in_decorators
+            offenders += [f"{path.relative_to(ROOT)}::{test.name} uses {name}" for name in sorted(body_only)]
+    assert offenders == []

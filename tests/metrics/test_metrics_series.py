@@ -17,7 +17,6 @@ from kvinject.metrics.series import (
     log_ratios,
     non_sink_masses,
 )
-from helpers import attention_segments
 
 INF = math.inf
 
@@ -79,7 +78,7 @@ def test_log_ratio_known_values():
     assert log_ratios([-1.0, -3.0, -INF], [-2.0, -1.0, -INF]).tolist() == [1.0, -2.0, 0.0]
 
 
-def test_non_sink_masses_renormalise_without_the_sink():
+def test_non_sink_masses_renormalise_without_the_sink(attention_segments):
     attention = attention_segments(injected=[0.5, 0.2], original=[0.25, 0.6], sink=0.6,
                                    n_layers=3)
     masses = non_sink_masses(attention)
@@ -88,7 +87,7 @@ def test_non_sink_masses_renormalise_without_the_sink():
     assert sum(masses.values()) == pytest.approx(np.ones((2, 3)))
 
 
-def test_token_with_all_mass_on_the_sink_gets_zero_everywhere():
+def test_token_with_all_mass_on_the_sink_gets_zero_everywhere(attention_segments):
     attention = attention_segments(injected=[0.5], original=[0.5], sink=1.0, n_layers=1)
     assert all(mass.tolist() == [[0.0]] for mass in non_sink_masses(attention).values())
 

@@ -6,8 +6,8 @@ import yaml
 
 from kvinject.model_adapters.model_args import parse_model_args
 
-# lm-eval --config files; configs/study/ holds `kvinject study` files (tests/test_study.py)
-CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml") if "study" not in p.parent.parts)
+# lm-eval --config files; configs/study/ holds `kvinject study` files (tests/commands/test_study.py)
+CONFIGS = sorted(p for p in (Path(__file__).resolve().parents[2] / "configs").rglob("*.yaml") if "study" not in p.parent.parts)
 
 
 def test_there_are_configs_for_the_study_offline_and_families():

@@ -144,7 +144,7 @@ def test_cli_writes_markdown_and_csv_and_refuses_with_one_line(two_runs, tmp_pat
     assert "give two run folders" in capsys.readouterr().err
 
 
-def test_runs_without_logged_samples_are_refused(tmp_path, two_runs):
+def test_runs_without_logged_samples_are_refused(tmp_path, two_runs, write_run):
     bare = write_run(tmp_path / "bare", "model-b", {"injection_accuracy@5,none": 0.0}, task=TASK)
     with pytest.raises(ValueError, match="--log_samples"):
         compare_runs(one_run(two_runs[0]), one_run(bare))

@@ -12,9 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import stored_docs
 
-DRIVER = Path(__file__).parent / "evaluation_run.py"
+DRIVER = Path(__file__).resolve().parents[1] / "evaluation_run.py"
 TASK = "adaptation_semantic"
 LIMIT = 7  # odd: the two processes of the data-parallel test get unequal shares
 GEN_KWARGS = "max_gen_toks=40"
@@ -57,7 +56,7 @@ def test_two_runs_with_the_same_seed_give_identical_results(reference, local_mod
 
 
 @pytest.mark.slow
-def test_a_run_killed_several_times_resumes_to_the_uninterrupted_results(reference, local_model_dir, tmp_path):
+def test_a_run_killed_several_times_resumes_to_the_uninterrupted_results(reference, local_model_dir, tmp_path, stored_docs):
     store = tmp_path / "store.sqlite"
     args = model_args(local_model_dir, tmp_path, result_store=str(store))
     seed = random.randrange(2**32)
@@ -127,11 +126,10 @@ def test_use_cache_never_serves_results_of_other_injection_points(local_model_di
     assert third["results"] == first["results"]
 
 
-def test_batch_size_auto_backs_off_on_out_of_memory(local_model_dir, tmp_path, caplog):
+def test_batch_size_auto_backs_off_on_out_of_memory(local_model_dir, tmp_path, caplog, adaptation_request):
     import torch
 
     from kvinject.model_adapters.harness_model import KVInjectLM
-    from helpers import request
 
     lm = KVInjectLM(pretrained=str(local_model_dir), injection_points="1:2", batch_size="auto",
                     max_batch_size=4, result_store="none", trace_dir=str(tmp_path))
@@ -144,7 +142,7 @@ def test_batch_size_auto_backs_off_on_out_of_memory(local_model_dir, tmp_path, c
         return forward(*args, **kwargs)
 
     lm.model.forward = recording_forward
-    expected = lm.generate_until([request("probe")])[0].trace
+    expected = lm.generate_until([adaptation_request("probe")])[0].trace
     widest = max(one_doc_rows)
 
     def forward_with_little_memory(*args, **kwargs):  # room for two docs' rows at a time
@@ -155,18 +153,18 @@ def test_batch_size_auto_backs_off_on_out_of_memory(local_model_dir, tmp_path, c
 
     lm.model.forward = forward_with_little_memory
     with caplog.at_level("WARNING"):
-        outputs = lm.generate_until([request(f"doc{i}") for i in range(5)] + [request("probe")])
+        outputs = lm.generate_until([adaptation_request(f"doc{i}") for i in range(5)] + [adaptation_request("probe")])
     assert lm.batch_size <= 2 and lm.engine.batch_size == lm.batch_size
     assert "out of memory with 4 docs per batch" in caplog.text
     assert [o.trace["doc_id"] for o in outputs] == [f"doc{i}" for i in range(5)] + ["probe"]
     assert outputs[-1].trace["conditions"]["baseline"]["ids"] == expected["conditions"]["baseline"]["ids"]
 
 
-def test_out_of_memory_with_a_fixed_batch_size_names_the_docs_and_the_fix(local_model_dir, tmp_path):
+def test_out_of_memory_with_a_fixed_batch_size_names_the_docs_and_the_fix(local_model_dir, tmp_path,
+                                                                         adaptation_request):
     import torch
 
     from kvinject.model_adapters.harness_model import KVInjectLM
-    from helpers import request
 
     lm = KVInjectLM(pretrained=str(local_model_dir), injection_points="1:2", batch_size=2, result_store="none",
                     trace_dir=str(tmp_path))
@@ -176,4 +174,4 @@ def test_out_of_memory_with_a_fixed_batch_size_names_the_docs_and_the_fix(local_
 
     lm.model.forward = no_memory
     with pytest.raises(RuntimeError, match=r"out of memory on doc\(s\) a, b with batch_size=2; use batch_size=auto"):
-        lm.generate_until([request("a"), request("b")])
+        lm.generate_until([adaptation_request("a"), adaptation_request("b")])

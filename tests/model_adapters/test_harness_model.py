@@ -5,7 +5,7 @@ import pytest
 
 from kvinject.model_adapters.harness_model import DocError, KVInjectLM, TraceSpool, TracedGeneration, first_occurrences
 from kvinject.model_adapters.trace_log import read_traces
-from helpers import GEN_KWARGS, request
+from helpers import GEN_KWARGS
 
 @pytest.fixture(scope="module")
 def lm(local_model_dir, tmp_path_factory):
@@ -15,8 +15,8 @@ def lm(local_model_dir, tmp_path_factory):
     )
 
 
-def test_every_doc_gets_its_trace_and_pickles(lm):
-    outputs = lm.generate_until([request("a"), request("b", "What is 7 - 2?", "What is 9 - 2?")])
+def test_every_doc_gets_its_trace_and_pickles(lm, adaptation_request):
+    outputs = lm.generate_until([adaptation_request("a"), adaptation_request("b", "What is 7 - 2?", "What is 9 - 2?")])
     assert [o.trace["doc_id"] for o in outputs] == ["a", "b"]
     assert all(isinstance(o, TracedGeneration) and str(o) == o.trace["conditions"]["baseline"]["text"] for o in outputs)
     assert "Question: What is 9 - 2?" in outputs[1].trace["prompts"]["alternative"]["text"]
@@ -32,21 +32,21 @@ def test_every_doc_gets_its_trace_and_pickles(lm):
         (dict(gen_kwargs={**GEN_KWARGS, "num_beams": 4}), "doc bad: unsupported generation_kwargs ['num_beams']"),
     ],
 )
-def test_a_bad_doc_fails_before_any_compute_and_is_named(lm, monkeypatch, bad, message):
+def test_a_bad_doc_fails_before_any_compute_and_is_named(lm, monkeypatch, bad, message, adaptation_request):
     monkeypatch.setattr(lm.engine, "run", lambda problems: pytest.fail("nothing may run before every doc is checked"))
     with pytest.raises(DocError) as error:
-        lm.generate_until([request("good"), request("bad", **bad)])
+        lm.generate_until([adaptation_request("good"), adaptation_request("bad", **bad)])
     assert "task adaptation_semantic" in str(error.value) and message in str(error.value)
 
 
-def test_prompt_without_the_question_is_named(lm):
-    broken = request("c")
+def test_prompt_without_the_question_is_named(lm, adaptation_request):
+    broken = adaptation_request("c")
     broken.doc["original_question"] = "a question the prompt does not contain"
     with pytest.raises(DocError, match="doc c: the prompt does not contain field 'original_question'"):
         lm.generate_until([broken])
 
 
-def test_a_failing_batch_names_its_docs_and_keeps_earlier_traces(lm, monkeypatch):
+def test_a_failing_batch_names_its_docs_and_keeps_earlier_traces(lm, monkeypatch, adaptation_request):
     real_run = lm.engine.run
     calls = []
 
@@ -59,7 +59,7 @@ def test_a_failing_batch_names_its_docs_and_keeps_earlier_traces(lm, monkeypatch
     monkeypatch.setattr(lm.engine, "run", run_then_fail)
     before = len(read_traces(lm.trace_log.path))
     with pytest.raises(RuntimeError, match=r"kvinject failed on doc\(s\) second of task adaptation_semantic") as error:
-        lm.generate_until([request("first"), request("second")])
+        lm.generate_until([adaptation_request("first"), adaptation_request("second")])
     assert str(lm.trace_log.path) in str(error.value)
     kept = read_traces(lm.trace_log.path)[before:]
     assert [record["trace"]["doc_id"] for record in kept] == ["first"]
@@ -77,14 +77,14 @@ def test_generate_until_reads_as_its_steps():
     assert len(inspect.getsource(KVInjectLM.generate_until).strip().splitlines()) < 25
 
 
-def test_first_occurrences_run_a_repeated_request_once():
-    a, b = request("a"), request("b")
+def test_first_occurrences_run_a_repeated_request_once(adaptation_request):
+    a, b = adaptation_request("a"), adaptation_request("b")
     first, distinct = first_occurrences([a, b, a, a])
     assert distinct == [0, 1] and first == {id(a): 0, id(b): 1}
-    assert first_occurrences([request("a"), request("a")])[1] == [0, 1]  # equal docs, distinct requests
+    assert first_occurrences([adaptation_request("a"), adaptation_request("a")])[1] == [0, 1]  # equal docs, distinct requests
 
 
-def test_the_spool_writes_traces_in_request_order_as_soon_as_the_earlier_ones_are_known():
+def test_the_spool_writes_traces_in_request_order_as_soon_as_the_earlier_ones_are_known(adaptation_request):
     class Log:
         def __init__(self):
             self.appended, self.flushes = [], 0
@@ -96,18 +96,18 @@ def test_the_spool_writes_traces_in_request_order_as_soon_as_the_earlier_ones_ar
             self.flushes += 1
 
     log = Log()
-    spool = TraceSpool(log, [request("a"), request("b"), request("c")], [0, 2])
+    spool = TraceSpool(log, [adaptation_request("a"), adaptation_request("b"), adaptation_request("c")], [0, 2])
     spool.write_ready({2: {"doc_id": "c"}})
     assert log.appended == []  # doc 0 is not known yet
     spool.write_ready({0: {"doc_id": "a"}, 2: {"doc_id": "c"}})
     assert log.appended == [("adaptation_semantic", "a"), ("adaptation_semantic", "c")] and log.flushes == 2
 
 
-def test_stored_traces_are_reused_and_counted(lm, tmp_path, monkeypatch):
+def test_stored_traces_are_reused_and_counted(lm, tmp_path, monkeypatch, adaptation_request):
     from kvinject.model_adapters.result_store import ResultStore
 
     assert lm._stored_traces({0: "k0"}) == {}  # result_store=none
-    trace = lm.generate_until([request("stored")])[0].trace
+    trace = lm.generate_until([adaptation_request("stored")])[0].trace
     store = ResultStore(tmp_path / "store.sqlite")
     store.put_many([("k1", trace)])
     monkeypatch.setattr(lm, "store", store)
@@ -115,19 +115,19 @@ def test_stored_traces_are_reused_and_counted(lm, tmp_path, monkeypatch):
     assert lm._stored_traces({0: "k0", 1: "k1"}) == {1: trace} and lm.docs_reused == 1
 
 
-def test_a_tokenised_check_failure_names_the_task(lm, monkeypatch):
+def test_a_tokenised_check_failure_names_the_task(lm, monkeypatch, adaptation_request):
     def refuse(problems):
         raise ValueError(f"doc {problems[0].doc_id}: the context is too long")
 
     monkeypatch.setattr(lm.engine, "check", refuse)
-    requests = [request("long")]
+    requests = [adaptation_request("long")]
     with pytest.raises(DocError, match="task adaptation_semantic, doc long: the context is too long"):
         lm._check_tokenised(requests, lm._checked_problems(requests), [0])
     lm._check_tokenised(requests, lm._checked_problems(requests), [])  # nothing pending, nothing checked
 
 
-def test_compute_docs_retries_a_shrunk_batch_and_spools_each_one(lm, monkeypatch):
-    requests = [request("x"), request("y"), request("z")]
+def test_compute_docs_retries_a_shrunk_batch_and_spools_each_one(lm, monkeypatch, adaptation_request):
+    requests = [adaptation_request("x"), adaptation_request("y"), adaptation_request("z")]
     problems = lm._checked_problems(requests)
     calls = []
 
@@ -149,12 +149,12 @@ def test_compute_docs_retries_a_shrunk_batch_and_spools_each_one(lm, monkeypatch
     assert spooled == [[0], [0, 1], [0, 1, 2]] and [traces[i]["doc_id"] for i in range(3)] == ["x", "y", "z"]
 
 
-def test_gathered_traces_join_this_process_traces(lm, monkeypatch):
+def test_gathered_traces_join_this_process_traces(lm, monkeypatch, adaptation_request):
     from types import SimpleNamespace
 
     others = {1: {"doc_id": "elsewhere"}}
     processes = SimpleNamespace(rank=1, world_size=2, all_gather_object=lambda mine: [mine, others])
     monkeypatch.setattr(lm, "processes", processes)
     traces = {0: {"doc_id": "here"}}
-    lm._gather_traces([request("here"), request("elsewhere")], [0, 1], [0], traces)
+    lm._gather_traces([adaptation_request("here"), adaptation_request("elsewhere")], [0, 1], [0], traces)
     assert traces == {0: {"doc_id": "here"}, 1: {"doc_id": "elsewhere"}}

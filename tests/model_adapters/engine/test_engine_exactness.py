@@ -2,16 +2,7 @@
 import pytest
 import torch
 
-from helpers import (
-    TINY_FAMILIES,
-    TOLERANCE,
-    TinyCharTokenizer,
-    assert_forked_append_matches_one_forward_pass,
-    build_tiny_model,
-    full_log_probs,
-    old_context_against_decode,
-    windowed_model,
-)
+from helpers import TINY_FAMILIES, TOLERANCE
 from kvinject.model_adapters.engine import InjectionSettings, InjectionEngine, Problem
 from kvinject.model_adapters.engine.divergence import kl_divergence
 from kvinject.model_adapters.engine.tokens import encode_prompt, encode_segment
@@ -32,7 +23,7 @@ FORKED_APPEND_CASES = (
 
 
 @pytest.mark.parametrize("kind,family,attention", FORKED_APPEND_CASES)
-def test_forked_append_logits_match_one_forward_pass(kind, family, attention, request):
+def test_forked_append_logits_match_one_forward_pass(kind, family, attention, request, assert_forked_append_matches_one_forward_pass, tiny_model_builder, tiny_tokenizer_class, windowed_model):
     """The one statement every strategy rests on: decoding through the engine's caches is greedy under
     full recomputation, and a segment appended to a cache forked after N tokens (ragged batch) gives
     the logits of one forward pass over the concatenated ids."""
@@ -46,9 +37,9 @@ def test_forked_append_logits_match_one_forward_pass(kind, family, attention, re
                  encode_segment(tokenizer, " Correction: the question is about Italy.")]
         assert_forked_append_matches_one_forward_pass(model, tokenizer, prompts, feeds, point=5, budget=8)
         return
-    tokenizer = TinyCharTokenizer(eos_token_id=None)
+    tokenizer = tiny_tokenizer_class(eos_token_id=None)
     if kind == "tiny":
-        model = build_tiny_model(family)
+        model = tiny_model_builder(family)
         prompts = [tokenizer.encode(p.original_prompt) for p in PROBLEMS]
         feeds = [tokenizer.encode(" New: 9", add_special_tokens=False) + [40, 41], [50, 51, 52]]
         assert_forked_append_matches_one_forward_pass(model, tokenizer, prompts, feeds, point=3, budget=6)
@@ -68,7 +59,7 @@ def run_engine(model, tokenizer, problems=PROBLEMS, batch_size=2, **settings):
     return traces
 
 
-def test_append_trace_scores_match_full_recomputation(tiny_family_model, tiny_tokenizer):
+def test_append_trace_scores_match_full_recomputation(tiny_family_model, tiny_tokenizer, full_log_probs):
     _, model = tiny_family_model
     traces = run_engine(model, tiny_tokenizer)
     checked = 0
@@ -109,7 +100,7 @@ def test_append_trace_scores_match_full_recomputation(tiny_family_model, tiny_to
     assert checked == 2 * 2 * 2  # docs x points x (injection, noise)
 
 
-def test_old_context_along_baseline_tokens_equals_decode_distributions(tiny_family_model, tiny_tokenizer):
+def test_old_context_along_baseline_tokens_equals_decode_distributions(tiny_family_model, tiny_tokenizer, old_context_against_decode):
     _, model = tiny_family_model
     prompt = tiny_tokenizer.encode(PROBLEMS[1].original_prompt)
     decoded, scored = old_context_against_decode(model, tiny_tokenizer, prompt, point=2, budget=7)

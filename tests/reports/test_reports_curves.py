@@ -4,17 +4,16 @@ import xml.etree.ElementTree as ElementTree
 import numpy as np
 import pytest
 from matplotlib.image import imread
-from report_runs import make_trace, simple_trace
-from helpers import run_series as series
+from report_runs import simple_trace
 
 from kvinject.metrics import AdaptationSettings
 from kvinject.reports.curves import CurveKey, mean_band, run_series, task_curves
 from kvinject.reports.plotting import draw_curves
 
 
-def test_run_series_follow_the_metric_definitions():
-    trace = make_trace({3: (series([0.0, 0.3, 0.9], [0.6, 0.1, 0.1], injected_mass=[0.6, 0.5, 0.4],
-                                   original_mass=[0.2, 0.3, 0.1]), series([0.1] * 3))})
+def test_run_series_follow_the_metric_definitions(make_trace, run_series):
+    trace = make_trace({3: (run_series([0.0, 0.3, 0.9], [0.6, 0.1, 0.1], injected_mass=[0.6, 0.5, 0.4],
+                                   original_mass=[0.2, 0.3, 0.1]), run_series([0.1] * 3))})
     values = run_series(trace["conditions"]["injection@3"], AdaptationSettings())
     np.testing.assert_allclose(values["adaptation_score"], [0.0, 0.75, 0.9])
     np.testing.assert_array_equal(values["adapted_share"], [0.0, 1.0, 1.0])
@@ -42,10 +41,10 @@ def test_mean_band_coverage_is_near_the_confidence_level():
     assert 0.90 <= coverage <= 0.98, coverage
 
 
-def test_task_curves_leave_out_controls_and_runs_not_injected():
+def test_task_curves_leave_out_controls_and_runs_not_injected(make_trace, run_series, simple_trace):
     traces = [simple_trace("changed-1"), simple_trace("changed-2", length=4),
               simple_trace("control", control=True),
-              make_trace({1: (series([0.2] * 5), series([0.1] * 5)), 2: (None, None)}, doc_id="short")]
+              make_trace({1: (run_series([0.2] * 5), run_series([0.1] * 5)), 2: (None, None)}, doc_id="short")]
     curves = task_curves({"m": traces}, AdaptationSettings(), resamples=100)
     assert set(curves) == {CurveKey("m", point, kind) for point in (1, 2) for kind in ("injection", "noise")}
     np.testing.assert_array_equal(curves[CurveKey("m", 1, "injection")]["adaptation_score"].n_docs[:4], [3, 3, 3, 3])

@@ -56,7 +56,7 @@ def test_budget_censored_runs_are_still_censored():
     assert results["adaptation_point_median@5"] == 9.0
 
 
-def test_shares_use_the_fixed_horizon_not_the_run_lengths():
+def test_shares_use_the_fixed_horizon_not_the_run_lengths(build_answers, build_trace):
     short = AdaptationSettings(report="full", horizon_tokens=9, bootstrap_resamples=50)
     docs = [doc_metrics(build_trace({5: (_adapting_at(8 + i % 4, 20), _adapting_at(99, 20))},
                                     doc_id=f"d{i}", stop_reasons=("eos", "eos")),
@@ -64,7 +64,7 @@ def test_shares_use_the_fixed_horizon_not_the_run_lengths():
     assert _aggregate(docs, short)["adaptation_point_share@5"] == pytest.approx(0.5)   # t = 8, 9
 
 
-def test_without_adaptation_injection_does_not_differ_from_the_noise_control():
+def test_without_adaptation_injection_does_not_differ_from_the_noise_control(build_answers, build_trace, run_series):
     """Injection and noise runs from the same per-token distribution (a_t wanders around 0.5):
     the event measures of the two do not differ (p-value not small; seeded, under this null the
     p-value is uniform so a fixed seed makes the assertion deterministic, not a 5% gamble)."""

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import DynamicCache
 
-from helpers import ROTARY_FAMILIES, TOLERANCE, build_tiny_model, prompt_cache
+from helpers import ROTARY_FAMILIES, TOLERANCE, prompt_cache
 from kvinject.model_adapters.engine import InjectionEngine, InjectionSettings, Problem
 from kvinject.model_adapters.engine.rope import RotaryKeys
 from kvinject.trace_schema import validate_trace
@@ -37,8 +37,8 @@ def test_at_least_ten_rotary_families_with_both_pairings_and_partial_rotary_are_
 
 
 @pytest.mark.parametrize("family", ROTARY_FAMILIES)
-def test_moved_keys_equal_keys_computed_at_the_shifted_positions(family, tiny_tokenizer):
-    model = build_tiny_model(family)
+def test_moved_keys_equal_keys_computed_at_the_shifted_positions(family, tiny_tokenizer, prompt_cache, tiny_model_builder):
+    model = tiny_model_builder(family)
     rotary = RotaryKeys.from_model(model)
     assert (rotary.interleaved, 2 * rotary.inv_freqs[0].shape[0]) == EXPECTED_ROTATION[family]
     ids = tiny_tokenizer.encode("Tom has 3 apples and 4 pears.")
@@ -62,8 +62,8 @@ def run_replace(model, tokenizer, problems, points, track=False):
 
 
 @pytest.mark.parametrize("family", ROTARY_FAMILIES)
-def test_replace_equals_the_continuation_from_keys_computed_at_shifted_positions(family, tiny_tokenizer):
-    model = build_tiny_model(family)
+def test_replace_equals_the_continuation_from_keys_computed_at_shifted_positions(family, tiny_tokenizer, tiny_model_builder):
+    model = tiny_model_builder(family)
     for trace in run_replace(model, tiny_tokenizer, PROBLEMS, (0, 3)):
         conditions = trace["conditions"]
         assert conditions["injection@0"]["ids"] == conditions["oracle"]["ids"]  # at N=0 the oracle exactly
@@ -76,17 +76,17 @@ def test_replace_equals_the_continuation_from_keys_computed_at_shifted_positions
 
 
 @pytest.mark.parametrize("family", ["llama", "gptj", "phi"])
-def test_replace_attends_to_the_new_prompt_only(family, tiny_tokenizer):
-    for trace in run_replace(build_tiny_model(family), tiny_tokenizer, PROBLEMS, (3,), track=True):
+def test_replace_attends_to_the_new_prompt_only(family, tiny_tokenizer, tiny_model_builder):
+    for trace in run_replace(tiny_model_builder(family), tiny_tokenizer, PROBLEMS, (3,), track=True):
         attention = trace["conditions"]["injection@3"]["series"]["attention"]
         assert max(max(row) for row in attention["original_prompt"]) == 0
         assert min(min(row) for row in attention["injected"]) > 0
 
 
 @pytest.mark.parametrize("family", ["llama", "gptj", "phi"])
-def test_replace_by_the_same_prompt_is_the_baseline(family, tiny_tokenizer):
+def test_replace_by_the_same_prompt_is_the_baseline(family, tiny_tokenizer, tiny_model_builder):
     same = [Problem(p.doc_id, p.original_prompt, p.original_prompt, "", 7) for p in PROBLEMS]
-    for trace in run_replace(build_tiny_model(family), tiny_tokenizer, same, (0, 2, 4)):
+    for trace in run_replace(tiny_model_builder(family), tiny_tokenizer, same, (0, 2, 4)):
         for point in (0, 2, 4):
             assert trace["conditions"][f"injection@{point}"]["ids"] == trace["conditions"]["baseline"]["ids"]
 
@@ -121,8 +121,8 @@ def refusal(model, tokenizer) -> str:
     return str(error.value)
 
 
-def test_absolute_positions_are_refused(tiny_tokenizer):
-    message = refusal(build_tiny_model("gpt2"), tiny_tokenizer)
+def test_absolute_positions_are_refused(tiny_tokenizer, tiny_model_builder):
+    message = refusal(tiny_model_builder("gpt2"), tiny_tokenizer)
     assert message.startswith("strategy=replace is not supported for gpt2: it has no rotary position embeddings")
     assert "use strategy=append" in message
 

@@ -2,7 +2,6 @@
 import pytest
 import torch
 
-from helpers import assert_same_trace
 from kvinject.model_adapters.engine import InjectionSettings, InjectionEngine, Problem
 from kvinject.trace_schema import validate_trace
 from kvinject.model_adapters.engine.row_cache import PaddedBatch
@@ -50,7 +49,7 @@ def run_with_and_without_sharing(monkeypatch, model, tokenizer, settings, batch_
 
 @pytest.mark.parametrize("family,strategy", [("qwen2", "append"), ("gpt2", "append"), ("mistral", "append"),
                                              ("gemma3_text", "replace"), ("llama", "replace")])
-def test_sharing_the_prefix_changes_no_trace(family, strategy, monkeypatch, tiny_model_builder, tiny_tokenizer):
+def test_sharing_the_prefix_changes_no_trace(family, strategy, monkeypatch, tiny_model_builder, tiny_tokenizer, assert_same_trace):
     model = tiny_model_builder(family)
     settings = InjectionSettings(injection_points=(0, 3), strategy=strategy)
     shared, unshared, shared_fed, unshared_fed = run_with_and_without_sharing(
@@ -70,7 +69,7 @@ def test_sharing_the_prefix_changes_no_trace(family, strategy, monkeypatch, tiny
     assert unshared_fed - shared_fed == sum(lengths)
 
 
-def test_the_prefix_is_fed_once_per_doc(monkeypatch, tiny_model_builder, tiny_tokenizer_class):
+def test_the_prefix_is_fed_once_per_doc(monkeypatch, tiny_model_builder, tiny_tokenizer_class, assert_same_trace):
     # Without BOS, "first" shares nothing: its batch (the last one) has no prefix to prefill.
     tokenizer = tiny_tokenizer_class(eos_token_id=None, bos_token_id=None)
     shared, unshared, shared_fed, unshared_fed = run_with_and_without_sharing(

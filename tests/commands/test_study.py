@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import stored_docs
 
 from kvinject import cli
 from kvinject.commands.study import MARKER
@@ -17,7 +16,7 @@ from kvinject.model_adapters.model_args import parse_model_args
 from kvinject.model_adapters.result_store import ResultStore
 from kvinject.study import load_study, parse_study
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OFFLINE = ROOT / "configs" / "study" / "offline-cpu.yaml"
 GPU = ROOT / "configs" / "study" / "qwen2.5-math-7b-gpu.yaml"
 
@@ -155,7 +154,7 @@ def test_dry_run_timing_names_an_unknown_task(tmp_path, capsys):
 
 
 @pytest.mark.slow   # a tiny model, but two lm-eval processes and a kill: about two minutes on a shared CPU
-def test_a_study_killed_during_its_second_run_continues_there(tmp_path, local_model_dir):
+def test_a_study_killed_during_its_second_run_continues_there(tmp_path, local_model_dir, stored_docs):
     limit = 5
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump({

@@ -3,7 +3,6 @@ import csv
 import io
 
 import pytest
-from report_runs import simple_trace, write_prm, write_run
 
 from kvinject.reports.leaderboard import build_leaderboard, parse_measure_name, read_measures
 from kvinject.reports.runs import find_runs
@@ -47,7 +46,7 @@ def test_measures_carry_their_interval_and_stderr_and_skip_non_numbers():
     assert "sample_len" not in measures and "alias" not in str(measures)
 
 
-def test_rows_rank_by_the_recorded_direction_and_ties_share_a_rank(tmp_path):
+def test_rows_rank_by_the_recorded_direction_and_ties_share_a_rank(tmp_path, simple_trace, write_run):
     trace = simple_trace()
     for model, point_value in (("model-a", 4.0), ("model-b", 2.0), ("model-c", 4.0)):
         write_run(tmp_path / model, model, results(0.5, point_value), [trace], higher_is_better=HIGHER)
@@ -60,7 +59,7 @@ def test_rows_rank_by_the_recorded_direction_and_ties_share_a_rank(tmp_path):
     assert [row.rank for row in higher.rows] == [1, 1]
 
 
-def test_rows_run_with_other_settings_are_not_ranked_together(tmp_path):
+def test_rows_run_with_other_settings_are_not_ranked_together(tmp_path, simple_trace, write_run):
     write_run(tmp_path / "a", "model-a", results(0.9), [simple_trace()], higher_is_better=HIGHER)
     write_run(tmp_path / "b", "model-b", results(0.1), [simple_trace(strategy="replace")], higher_is_better=HIGHER,
               generation_kwargs={"max_gen_toks": 64})
@@ -71,7 +70,7 @@ def test_rows_run_with_other_settings_are_not_ranked_together(tmp_path):
     assert "not compared" in board.markdown() and "not compared" in board.latex()
 
 
-def test_runs_differing_only_in_where_results_go_share_a_group(tmp_path):
+def test_runs_differing_only_in_where_results_go_share_a_group(tmp_path, simple_trace, write_run):
     """result_store, trace_dir, batch_size: the fingerprint leaves them out, so they never split groups."""
     write_run(tmp_path / "a", "model-a", results(0.9), [simple_trace()], higher_is_better=HIGHER)
     write_run(tmp_path / "b", "model-b", results(0.1), [simple_trace()], higher_is_better=HIGHER,
@@ -84,7 +83,7 @@ def test_runs_differing_only_in_where_results_go_share_a_group(tmp_path):
     assert sorted(row.group for row in board.rows) == ["A", "A", "B"]
 
 
-def test_tables_show_the_results_json_values(tmp_path):
+def test_tables_show_the_results_json_values(tmp_path, simple_trace, write_run):
     write_run(tmp_path / "a", "model-a", results(0.123456789), [simple_trace()], higher_is_better=HIGHER)
     board = build_leaderboard(find_runs([tmp_path]), digits=3)
     assert board.columns == ["injection_accuracy@5", "adaptation_gap@5"]   # headline order, no baseline_accuracy
@@ -96,7 +95,7 @@ def test_tables_show_the_results_json_values(tmp_path):
     assert r"injection\_accuracy@5" in board.latex() and "0.123 [0.023, 0.223]" in board.latex()
 
 
-def test_unknown_sort_measure_and_missing_headline_measures_are_named(tmp_path):
+def test_unknown_sort_measure_and_missing_headline_measures_are_named(tmp_path, simple_trace, write_run):
     write_run(tmp_path / "a", "model-a", results(0.5), [simple_trace()])
     runs = find_runs([tmp_path])
     with pytest.raises(ValueError, match="injection_accurac@5.*injection_accuracy@5"):
@@ -105,7 +104,7 @@ def test_unknown_sort_measure_and_missing_headline_measures_are_named(tmp_path):
     assert any("not in any results JSON" in note and "detection_rate" in note for note in notes)
 
 
-def test_runs_are_found_with_their_own_traces_only(tmp_path):
+def test_runs_are_found_with_their_own_traces_only(tmp_path, simple_trace, write_run):
     folder = write_run(tmp_path / "m", "model-a", results(0.5), [simple_trace()])
     (folder / "traces_2026-01-02T03-04-05.000006_1.jsonl.gz").write_bytes(b"")
     (folder / "traces_2099-01-01T00-00-00.000000.jsonl").write_text("")   # another run's
@@ -127,7 +126,7 @@ def _prm_rows(injection: float) -> list[dict]:
             {"condition": "injection@9", "docs": 1, "mean": 0.9, "mean_interval": [0.8, 1.0], "min": 0.0, "min_interval": [0.0, 0.0]}]
 
 
-def test_prm_columns_copy_the_prm_json_and_stay_empty_without_it(tmp_path):
+def test_prm_columns_copy_the_prm_json_and_stay_empty_without_it(tmp_path, simple_trace, write_prm, write_run):
     scored = write_run(tmp_path / "a", "model-a", results(0.9), [simple_trace()], higher_is_better=HIGHER)
     write_prm(scored, "judge-x", {"adaptation_semantic": _prm_rows(0.123456789012345)})
     write_run(tmp_path / "b", "model-b", results(0.1), [simple_trace()], higher_is_better=HIGHER)
@@ -143,7 +142,7 @@ def test_prm_columns_copy_the_prm_json_and_stay_empty_without_it(tmp_path):
     assert not any("PRM" in note for note in board.notes)
 
 
-def test_prm_scores_of_different_judges_are_noted_as_not_compared(tmp_path):
+def test_prm_scores_of_different_judges_are_noted_as_not_compared(tmp_path, simple_trace, write_prm, write_run):
     for model, judge in (("model-a", "judge-x"), ("model-b", "judge-y")):
         folder = write_run(tmp_path / model, model, results(0.5), [simple_trace()], higher_is_better=HIGHER)
         write_prm(folder, judge, {"adaptation_semantic": _prm_rows(0.5)})

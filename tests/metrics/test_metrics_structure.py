@@ -5,7 +5,7 @@ from pathlib import Path
 
 import kvinject.trace_schema as schema
 
-METRICS_DIR = Path(__file__).resolve().parents[1] / "metrics"
+METRICS_DIR = Path(__file__).resolve().parents[2] / "metrics"
 SCHEMA_CONSTANTS = {"SCHEMA_VERSION", "SEGMENTS", "STOP_REASONS", "STRATEGIES", "NOISE_KINDS",
                     "SCALAR_SERIES", "SETTINGS_KEYS"}
 

@@ -138,7 +138,7 @@ def test_identical_problem_control_gives_only_detection_values_and_its_adaptatio
             ("detection_latency_vs_controls_pvalue", ""), ("adaptation_point_vs_controls_pvalue", ""))}
 
 
-def test_zero_length_window_has_no_window_means_and_stopped_runs_never_adapt():
+def test_zero_length_window_has_no_window_means_and_stopped_runs_never_adapt(run_series):
     empty = run_series([])
     values = _metrics({5: (empty, empty)})
     for metric in ("adaptation_point", "stabilization", "attention_stabilization"):
@@ -153,7 +153,7 @@ def test_zero_length_window_has_no_window_means_and_stopped_runs_never_adapt():
     assert "detection_rate@5" not in values["pvalue_injection_accuracy@5"]
 
 
-def test_identical_distributions_never_adapt():
+def test_identical_distributions_never_adapt(run_series):
     same = run_series([0.0, 0.7, 2.0], [0.0, 0.7, 2.0])
     values = _metrics({5: (same, same)})
     assert values["adaptation_score@5"] == 0.5 and values["oracle_convergence@5"] == 0.5
@@ -161,7 +161,7 @@ def test_identical_distributions_never_adapt():
     assert values["stabilization_share@5"]["run"] == {"time": 3, "status": "censored"}
 
 
-def test_fp32_level_differences_never_count_as_adapted():
+def test_fp32_level_differences_never_count_as_adapted(run_series):
     # a_t = 1.2 / 2.2 > 0.5, but the run is closer to the new context by 2e-8 nats only
     tiny = run_series([1.2e-7] * 6, [1e-7] * 6)
     values = _metrics({5: (tiny, NOISE)})
@@ -171,7 +171,7 @@ def test_fp32_level_differences_never_count_as_adapted():
     assert _metrics({5: (tiny, NOISE)}, loose)["adaptation_point_share@5"]["run"]["status"] == "event"
 
 
-def test_stabilization_for_k_tokens_is_configurable():
+def test_stabilization_for_k_tokens_is_configurable(run_series):
     flapping = run_series([3, 1, 3, 3, 1], [1, 3, 1, 1, 3])   # adapted at t = 1, 3, 4
     assert _metrics({5: (flapping, NOISE)})["stabilization_share@5"]["run"]["status"] == "censored"
     settings = AdaptationSettings(stabilization_tokens=2, report="full")
@@ -182,7 +182,7 @@ def test_stabilization_for_k_tokens_is_configurable():
     assert stricter_values["adaptation_point_share@5"]["run"]["status"] == "censored"
 
 
-def test_untracked_attention_and_hidden_states_give_no_such_keys():
+def test_untracked_attention_and_hidden_states_give_no_such_keys(run_series):
     plain = run_series([1, 2], track_attention=False, track_hidden=False)
     values = _metrics({5: (plain, plain)}, track_attention=False, track_hidden=False)
     assert not any(key.startswith(("attention", "embedding", "final_attention",
@@ -191,7 +191,7 @@ def test_untracked_attention_and_hidden_states_give_no_such_keys():
     assert "pvalue_oracle_convergence@5" in values
 
 
-def test_replaced_prompt_has_no_attention_ratio_but_stabilizes_at_once():
+def test_replaced_prompt_has_no_attention_ratio_but_stabilizes_at_once(run_series):
     # strategy=replace: the prompt region is the new prompt, reported as "injected"
     replaced = run_series([1, 2], injected_mass=0.7, original_mass=0.0)
     values = _metrics({5: (replaced, NOISE)})
@@ -199,7 +199,7 @@ def test_replaced_prompt_has_no_attention_ratio_but_stabilizes_at_once():
     assert values["attention_stabilization_share@5"]["run"] == {"time": 1, "status": "event"}
 
 
-def test_answers_drive_the_accuracy_metrics():
+def test_answers_drive_the_accuracy_metrics(build_answers):
     answers = build_answers([5], baseline_old=False, oracle_new=True, injection=(False, True),
                             noise=(False, False))
     values = _metrics(answers=answers)
@@ -225,7 +225,7 @@ def test_log_ratio_detection_statistic_changes_the_payload():
     assert _metrics(settings=short)["detection_rate@5"]["run"] == [1.0, 1.0]
 
 
-def test_malformed_traces_are_reported_with_the_doc_id():
+def test_malformed_traces_are_reported_with_the_doc_id(build_answers, build_trace, run_series):
     trace = build_trace({5: (INJECTION, NOISE)}, doc_id="gsm-17")
     trace["conditions"]["injection@5"]["series"]["kl_run_new"].pop()
     with pytest.raises(ValueError, match="gsm-17.*kl_run_new"):

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 from matplotlib.image import imread
-from report_runs import check_seed_format
 
 from kvinject import cli
 from kvinject.reports.leaderboard import HEADLINE_MEASURES, parse_measure_name
@@ -89,7 +88,7 @@ def test_curve_images_decode_and_are_not_blank(report):
         assert "<svg" in (folder / "curves" / f"{task}.svg").read_text()[:2000]
 
 
-def test_one_per_problem_json_per_problem_in_the_study_format(report):
+def test_one_per_problem_json_per_problem_in_the_study_format(report, check_seed_format):
     out, folder = report
     model_folders = sorted((folder / "problems").iterdir())
     assert len(model_folders) == 2

@@ -15,7 +15,6 @@ import pytest
 from kvinject.metrics import AdaptationSettings, doc_metrics, metric_aggregation
 from kvinject.metrics.aggregations import _rate_intervals, detection_outcome
 from kvinject.metrics.detection import cusum, detect
-from helpers import build_answers, build_trace, run_series
 
 ALPHA = 0.05
 
@@ -182,7 +181,7 @@ def test_latency_of_a_fixed_shift_does_not_depend_on_the_run_length():
     assert abs(difference) <= 3 * standard_error + 1e-9, (medians[40].mean(), medians[160].mean())
 
 
-def test_run_length_past_the_horizon_changes_nothing_end_to_end():
+def test_run_length_past_the_horizon_changes_nothing_end_to_end(build_answers, build_trace, run_series):
     rng = np.random.default_rng(4)
     settings = AdaptationSettings(report="full", bootstrap_resamples=50, permutation_resamples=99)
     results = {}
@@ -257,7 +256,7 @@ def test_a_small_calibration_is_flagged_and_claims_no_alpha():
     assert metric_aggregation("detection_calibrated@5", settings)(large) == 1.0
 
 
-def test_log_ratio_statistic_is_pages_likelihood_ratio_cusum():
+def test_log_ratio_statistic_is_pages_likelihood_ratio_cusum(build_answers, build_trace, run_series):
     settings = AdaptationSettings(detection_statistic="log_ratio", cusum_drift=0.0,
                                   bootstrap_resamples=20, permutation_resamples=20, report="full")
     rng = np.random.default_rng(7)

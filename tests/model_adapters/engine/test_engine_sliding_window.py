@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from helpers import assert_same_trace, old_context_against_decode, windowed_model
+from helpers import windowed_model
 from kvinject.model_adapters.engine import InjectionSettings, InjectionEngine, Problem
 from kvinject.model_adapters.engine.divergence import kl_divergence
 from kvinject.model_adapters.engine.row_cache import PaddedBatch
@@ -47,7 +47,7 @@ def test_the_window_shapes_the_reference(windowed, tiny_tokenizer):
 
 
 @pytest.mark.parametrize("strategy", ["append", "replace"])
-def test_a_ragged_batch_gives_the_traces_of_one_doc_at_a_time(strategy, windowed, tiny_tokenizer_class):
+def test_a_ragged_batch_gives_the_traces_of_one_doc_at_a_time(strategy, windowed, tiny_tokenizer_class, assert_same_trace):
     model = windowed
     tokenizer = tiny_tokenizer_class(eos_token_id=None)
     problems = PROBLEMS
@@ -70,7 +70,7 @@ def test_a_ragged_batch_gives_the_traces_of_one_doc_at_a_time(strategy, windowed
 
 
 def test_old_context_along_baseline_tokens_equals_decode_distributions_beyond_the_window(
-        windowed_with_attention, tiny_tokenizer):
+        windowed_with_attention, tiny_tokenizer, old_context_against_decode):
     model = windowed_with_attention
     prompt = tiny_tokenizer.encode("Question: Tom has 3 apples. A:")
     point, budget = 6, 24

@@ -3,12 +3,11 @@ import json
 import subprocess
 import sys
 
-from report_runs import make_trace, simple_trace, write_run
 
 from kvinject import cli
 
 
-def test_report_writes_tables_curves_and_one_json_per_problem(tmp_path, capsys):
+def test_report_writes_tables_curves_and_one_json_per_problem(tmp_path, capsys, simple_trace, write_run):
     write_run(tmp_path / "out" / "model-a", "model-a", {"injection_accuracy@1,none": 0.5},
               [simple_trace("doc-a"), simple_trace("doc-b")])
     write_run(tmp_path / "out" / "model-b", "model-b", {"injection_accuracy@1,none": 0.7})   # no traces
@@ -29,7 +28,7 @@ def test_report_writes_tables_curves_and_one_json_per_problem(tmp_path, capsys):
     assert not (report / "problems" / "model-b").exists()
 
 
-def test_bad_input_is_named(tmp_path, capsys):
+def test_bad_input_is_named(tmp_path, capsys, simple_trace, write_run):
     write_run(tmp_path / "out", "model-a", {"injection_accuracy@1,none": 0.5}, [simple_trace()])
     assert cli.main(["report", str(tmp_path / "nowhere"), "--output_path", str(tmp_path / "r")]) == 2
     assert "nowhere: not a folder" in capsys.readouterr().err
@@ -48,7 +47,7 @@ def test_report_imports_no_torch():
     assert out.strip() == "[]"
 
 
-def test_an_unreadable_trace_file_costs_its_task_not_the_leaderboard(tmp_path, capsys):
+def test_an_unreadable_trace_file_costs_its_task_not_the_leaderboard(tmp_path, capsys, simple_trace, write_run):
     folder = write_run(tmp_path / "out", "model-a", {"injection_accuracy@1,none": 0.5}, [simple_trace()])
     trace_file = next(folder.glob("traces_*.jsonl"))
     trace_file.write_text(trace_file.read_text()[:-40] + "\n")   # cut short, as by a crash
@@ -57,7 +56,7 @@ def test_an_unreadable_trace_file_costs_its_task_not_the_leaderboard(tmp_path, c
     assert "0.500" in (tmp_path / "r" / "leaderboard.md").read_text()
 
 
-def test_report_says_why_it_draws_no_curves_when_nothing_was_injected(tmp_path, capsys):
+def test_report_says_why_it_draws_no_curves_when_nothing_was_injected(tmp_path, capsys, make_trace, write_run):
     never_injected = [make_trace({1: (None, None)}, doc_id=f"doc-{i}") for i in range(2)]
     write_run(tmp_path / "out", "model-a", {"injection_accuracy@1,none": 0.5}, never_injected)
     assert cli.main(["report", str(tmp_path / "out"), "--out", str(tmp_path / "r")]) == 0
@@ -66,7 +65,7 @@ def test_report_says_why_it_draws_no_curves_when_nothing_was_injected(tmp_path, 
     assert not (tmp_path / "r" / "curves").exists()
 
 
-def test_null_values_of_a_strict_results_json_read_as_words(tmp_path, capsys):
+def test_null_values_of_a_strict_results_json_read_as_words(tmp_path, capsys, write_run):
     """Strict results JSON writes null for "not estimable" and for a median not reached (its
     _median_reached key says which); the leaderboard shows the words, not nan or a blank."""
     write_run(tmp_path / "out", "model-a", {

@@ -1,7 +1,5 @@
 """Per-problem JSON in the original study's format: every value follows a documented rule."""
 import pytest
-from report_runs import check_seed_format, make_trace, simple_trace, write_run
-from helpers import run_series as series
 
 from kvinject.metrics import AdaptationSettings
 from kvinject.reports.per_problem import LabelThresholds, assess, problem_report, problem_reports
@@ -32,13 +30,13 @@ def test_thresholds_are_configurable_and_checked():
         LabelThresholds(excellent_latency=12, good_latency=10)
 
 
-def test_values_come_from_the_trace():
+def test_values_come_from_the_trace(check_seed_format, make_trace, run_series):
     # injection@2: a_t = old / (old + new) is 0.2, 0.2, then 0.8 from t = 3 on (6 of 8 tokens adapted)
     kl_old, kl_new = [0.1, 0.1] + [0.4] * 6, [0.4, 0.4] + [0.1] * 6
-    injected = series(kl_old, kl_new, injected_mass=[0.2, 0.2] + [0.6] * 6, original_mass=0.3)
-    noise = series([0.1] * 8, [0.4] * 8, injected_mass=0.1, original_mass=0.3)
+    injected = run_series(kl_old, kl_new, injected_mass=[0.2, 0.2] + [0.6] * 6, original_mass=0.3)
+    noise = run_series([0.1] * 8, [0.4] * 8, injected_mass=0.1, original_mass=0.3)
     # injection@5: never above 0.5
-    late = series([0.1] * 4, [0.3] * 4, injected_mass=0.1, original_mass=0.3)
+    late = run_series([0.1] * 4, [0.3] * 4, injected_mass=0.1, original_mass=0.3)
     result = report(make_trace({2: (injected, noise), 5: (late, noise)}))
     check_seed_format(result)
     summary = result["token_analysis"]["injection_2"]["summary"]
@@ -63,19 +61,19 @@ def test_values_come_from_the_trace():
                                            "Attention: stabilizes after ~3.0 tokens"]
 
 
-def test_controls_and_points_not_injected_are_labelled_not_assessed():
+def test_controls_and_points_not_injected_are_labelled_not_assessed(check_seed_format, make_trace, run_series, simple_trace):
     control = report(simple_trace(control=True))
     check_seed_format(control)
     assert {entry["summary"]["assessment"] for entry in control["token_analysis"].values()} == {"identical control"}
     assert control["unified_summary"] == {"adaptation_detected": False, "adaptation_quality": "unknown",
                                           "best_injection_point": None, "key_findings": []}
-    partly = report(make_trace({1: (series([0.1] * 3, [0.3] * 3), series([0.1] * 3)), 4: (None, None)}))
+    partly = report(make_trace({1: (run_series([0.1] * 3, [0.3] * 3), run_series([0.1] * 3)), 4: (None, None)}))
     summary = partly["token_analysis"]["injection_4"]["summary"]
     assert summary["assessment"] == "not injected" and "before N=4" in summary["reason"]
     assert summary["adapted"] is None and "injection_4" not in partly["attention_analysis"]
 
 
-def test_one_report_per_doc_with_the_runs_model_and_time(tmp_path):
+def test_one_report_per_doc_with_the_runs_model_and_time(tmp_path, check_seed_format, simple_trace, write_run):
     write_run(tmp_path, "model-a", {"adaptation_score@1,none": 0.5},
               [simple_trace("doc-a"), simple_trace("doc-b", control=True), simple_trace("doc-c")])
     reports = problem_reports(find_runs([tmp_path])[0], "adaptation_semantic")

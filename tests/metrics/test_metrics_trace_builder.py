@@ -1,11 +1,10 @@
 """The metric tests' trace builder (tests/helpers.py) gives traces that validate_trace accepts."""
 import pytest
 
-from helpers import build_trace, run_series
 from kvinject.trace_schema import SCHEMA_VERSION, SEGMENTS, validate_trace
 
 
-def test_built_trace_follows_the_schema():
+def test_built_trace_follows_the_schema(build_trace, run_series):
     trace = build_trace({5: (run_series([0.1, 0.2]), run_series([0.3, 0.4])), 10: (None, None)})
     validate_trace(trace)
     assert trace["schema_version"] == SCHEMA_VERSION
@@ -23,12 +22,12 @@ def test_built_trace_follows_the_schema():
     assert trace["conditions"]["noise@5"]["noise_kind"] == "random"
 
 
-def test_the_builder_refuses_a_trace_the_schema_rejects():
+def test_the_builder_refuses_a_trace_the_schema_rejects(build_trace, run_series):
     with pytest.raises(ValueError, match="trace field conditions.injection@5.series"):
         build_trace({5: (run_series([0.1, 0.2], track_hidden=False), run_series([0.3, 0.4]))})
 
 
-def test_built_traces_without_tracking_or_injection_validate():
+def test_built_traces_without_tracking_or_injection_validate(build_trace, run_series):
     for attention, hidden in ((False, False), (True, False), (False, True)):
         trace = build_trace({5: (None, None), 3: (run_series([0.1], track_attention=attention,
                                                              track_hidden=hidden),) * 2},

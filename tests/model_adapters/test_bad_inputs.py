@@ -113,17 +113,17 @@ def with_gen_kwargs(doc_id, **gen_kwargs):
     (request("b", alternative="  "), r"doc b: field 'alternative_question' must be a non-empty string"),
     (request("b", question="What is 3 + 5?" * 200), r"doc 'b': needs \d+ positions .* but the model's context is 1024"),
 ])
-def test_bad_request_fails_before_any_compute_and_keeps_finished_docs(lm, bad, message, monkeypatch):
-    lm.generate_until([request("a")])
+def test_bad_request_fails_before_any_compute_and_keeps_finished_docs(lm, bad, message, monkeypatch, adaptation_request):
+    lm.generate_until([adaptation_request("a")])
     monkeypatch.setattr(lm.engine, "run", lambda problems: pytest.fail("computed before checking every request"))
     with pytest.raises(DocError, match=rf"task adaptation_semantic, {message}"):
-        lm.generate_until([request("a"), bad])
+        lm.generate_until([adaptation_request("a"), bad])
     assert len(lm.store) == 1  # doc a, finished before, is still there to be reused
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_non_finite_logits_name_the_doc_and_keep_finished_docs(lm, value, monkeypatch):
-    lm.generate_until([request("a")])
+def test_non_finite_logits_name_the_doc_and_keep_finished_docs(lm, value, monkeypatch, adaptation_request):
+    lm.generate_until([adaptation_request("a")])
     forward = lm.model.forward
 
     def broken_forward(*args, **kwargs):
@@ -133,10 +133,10 @@ def test_non_finite_logits_name_the_doc_and_keep_finished_docs(lm, value, monkey
 
     monkeypatch.setattr(lm.model, "forward", broken_forward)
     with pytest.raises(DocError, match=r"doc b: the model's outputs give an invalid trace \(trace field .*expected finite floats.*NaN or inf logits"):
-        lm.generate_until([request("a"), request("b", "What is 7 - 2?", "What is 9 - 2?")])
+        lm.generate_until([adaptation_request("a"), adaptation_request("b", "What is 7 - 2?", "What is 9 - 2?")])
     monkeypatch.setattr(lm.model, "forward", forward)
     before = lm.docs_reused
-    lm.generate_until([request("a"), request("b", "What is 7 - 2?", "What is 9 - 2?")])
+    lm.generate_until([adaptation_request("a"), adaptation_request("b", "What is 7 - 2?", "What is 9 - 2?")])
     assert lm.docs_reused - before == 1  # doc a was not lost
 
 
@@ -153,9 +153,9 @@ def test_tokenizer_without_eos_is_warned_about(local_model_dir, tmp_path, caplog
 # ------------------------------------------------------------------ the result store
 
 
-def test_interrupted_store_write_leaves_none_of_the_batch(lm, tmp_path):
+def test_interrupted_store_write_leaves_none_of_the_batch(lm, tmp_path, adaptation_request):
     store = ResultStore(tmp_path / "interrupted.sqlite")
-    trace = lm.generate_until([request("a")])[0].trace
+    trace = lm.generate_until([adaptation_request("a")])[0].trace
     store.put_many([("first", trace)])
     with pytest.raises(sqlite3.Error):  # fails inside the transaction, after "second" was inserted
         store.put_many([("second", trace), (object(), trace)])
@@ -164,13 +164,13 @@ def test_interrupted_store_write_leaves_none_of_the_batch(lm, tmp_path):
     assert len(store) == 1 and set(store.get_many(["first", "second", "third"])) == {"first"}
 
 
-def test_corrupt_store_entry_is_recomputed_not_served(lm, caplog):
-    expected = lm.generate_until([request("a")])[0].trace
+def test_corrupt_store_entry_is_recomputed_not_served(lm, caplog, adaptation_request):
+    expected = lm.generate_until([adaptation_request("a")])[0].trace
     with sqlite3.connect(lm.store.path) as connection:
         connection.execute("UPDATE traces SET trace = replace(trace, '\"doc_id\": \"a\"', '\"doc_id\": \"z\"')")
     before = lm.docs_computed
     with caplog.at_level(logging.WARNING):
-        again = lm.generate_until([request("a")])[0].trace
+        again = lm.generate_until([adaptation_request("a")])[0].trace
     assert "is corrupt (checksum mismatch); recomputing it" in caplog.text
     assert lm.docs_computed - before == 1 and again == expected
 

@@ -167,7 +167,7 @@ def test_holm_is_never_less_conservative_than_bh(realistic):
         assert bh <= holm
 
 
-def test_no_effect_gives_large_pvalues():
+def test_no_effect_gives_large_pvalues(build_answers, build_trace, run_series):
     rng = np.random.default_rng(1)
     docs = []
     for index in range(30):
