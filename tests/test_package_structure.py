@@ -274,18 +274,31 @@ def test_a_misplaced_test_file_would_be_found(tmp_path):
     assert misplaced_tests(files, tmp_path) == ["tests/engine/test_d.py", "tests/metrics/x/test_e.py"]
 
 
+def helper_calls_in_tests(source: str) -> list[str]:
+    """``test:name`` for each helper function a test body uses through a helper-module import
+    rather than a fixture; constants (UPPER_CASE) and decorators (parametrize lists) are fine."""
+    tree = ast.parse(source)
+    imported = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and node.module in HELPER_MODULES for alias in node.names}
+    found = []
+    for test in (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test")):
+        body = {n.id for statement in test.body for n in ast.walk(statement) if isinstance(n, ast.Name)}
+        used = {name for name in body & imported if not name.isupper()}
+        found += [f"{test.name}:{name}" for name in sorted(used - {arg.arg for arg in test.args.args})]
+    return found
+
+
 def test_test_modules_import_no_helper_function_a_fixture_serves():
     """Shared helpers reach test functions as conftest.py fixtures; a test module imports from the
     helper modules only constants and what it uses at module level (parametrize lists, its own helpers)."""
-    offenders = []
-    for path in unit_test_files():
-        tree = ast.parse(path.read_text(), str(path))
-        imported = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                    and node.module in HELPER_MODULES for alias in node.names}
-        for test in (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test")):
-            used = {n.id for n in ast.walk(test) if isinstance(n, ast.Name) and not n.id.isupper()} & imported
-            fixtures = {arg.arg for arg in test.args.args}
-            in_decorators = {n.id for d in test.decorator_list for n in ast.walk(d) if isinstance(n, ast.Name)}
-            body_only = used - fixtures - in_decorators
-            offenders += [f"{path.relative_to(ROOT)}::{test.name} uses {name}" for name in sorted(body_only)]
+    offenders = [f"{path.relative_to(ROOT)}::{use}" for path in unit_test_files()
+                 for use in helper_calls_in_tests(path.read_text())]
     assert offenders == []
+
+
+def test_a_helper_used_past_its_fixture_would_be_found():
+    source = ("from helpers import TOLERANCE, run_series, build_trace\n"
+              "@pytest.mark.parametrize('x', run_series([1]))\n"
+              "def test_a(x, build_trace):\n    build_trace(run_series([x]), TOLERANCE)\n"
+              "def helper():\n    return build_trace({})\n")
+    assert helper_calls_in_tests(source) == ["test_a:run_series"]

@@ -113,7 +113,8 @@ def with_gen_kwargs(doc_id, **gen_kwargs):
     (request("b", alternative="  "), r"doc b: field 'alternative_question' must be a non-empty string"),
     (request("b", question="What is 3 + 5?" * 200), r"doc 'b': needs \d+ positions .* but the model's context is 1024"),
 ])
-def test_bad_request_fails_before_any_compute_and_keeps_finished_docs(lm, bad, message, monkeypatch, adaptation_request):
+def test_bad_request_fails_before_any_compute_and_keeps_finished_docs(lm, bad, message, monkeypatch,
+                                                                      adaptation_request):
     lm.generate_until([adaptation_request("a")])
     monkeypatch.setattr(lm.engine, "run", lambda problems: pytest.fail("computed before checking every request"))
     with pytest.raises(DocError, match=rf"task adaptation_semantic, {message}"):

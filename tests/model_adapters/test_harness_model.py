@@ -81,7 +81,8 @@ def test_first_occurrences_run_a_repeated_request_once(adaptation_request):
     a, b = adaptation_request("a"), adaptation_request("b")
     first, distinct = first_occurrences([a, b, a, a])
     assert distinct == [0, 1] and first == {id(a): 0, id(b): 1}
-    assert first_occurrences([adaptation_request("a"), adaptation_request("a")])[1] == [0, 1]  # equal docs, distinct requests
+    twins = [adaptation_request("a"), adaptation_request("a")]
+    assert first_occurrences(twins)[1] == [0, 1]  # equal docs, distinct requests
 
 
 def test_the_spool_writes_traces_in_request_order_as_soon_as_the_earlier_ones_are_known(adaptation_request):

@@ -56,7 +56,8 @@ def test_two_runs_with_the_same_seed_give_identical_results(reference, local_mod
 
 
 @pytest.mark.slow
-def test_a_run_killed_several_times_resumes_to_the_uninterrupted_results(reference, local_model_dir, tmp_path, stored_docs):
+def test_a_run_killed_several_times_resumes_to_the_uninterrupted_results(reference, local_model_dir, tmp_path,
+                                                                         stored_docs):
     store = tmp_path / "store.sqlite"
     args = model_args(local_model_dir, tmp_path, result_store=str(store))
     seed = random.randrange(2**32)

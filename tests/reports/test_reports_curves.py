@@ -7,14 +7,15 @@ from matplotlib.image import imread
 from report_runs import simple_trace
 
 from kvinject.metrics import AdaptationSettings
-from kvinject.reports.curves import CurveKey, mean_band, run_series, task_curves
+from kvinject.reports.curves import CurveKey, mean_band, task_curves
+from kvinject.reports.curves import run_series as curve_values
 from kvinject.reports.plotting import draw_curves
 
 
 def test_run_series_follow_the_metric_definitions(make_trace, run_series):
     trace = make_trace({3: (run_series([0.0, 0.3, 0.9], [0.6, 0.1, 0.1], injected_mass=[0.6, 0.5, 0.4],
                                    original_mass=[0.2, 0.3, 0.1]), run_series([0.1] * 3))})
-    values = run_series(trace["conditions"]["injection@3"], AdaptationSettings())
+    values = curve_values(trace["conditions"]["injection@3"], AdaptationSettings())
     np.testing.assert_allclose(values["adaptation_score"], [0.0, 0.75, 0.9])
     np.testing.assert_array_equal(values["adapted_share"], [0.0, 1.0, 1.0])
     np.testing.assert_allclose(values["kl_run_new"], [0.6, 0.1, 0.1])

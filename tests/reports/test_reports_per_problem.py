@@ -61,7 +61,8 @@ def test_values_come_from_the_trace(check_seed_format, make_trace, run_series):
                                            "Attention: stabilizes after ~3.0 tokens"]
 
 
-def test_controls_and_points_not_injected_are_labelled_not_assessed(check_seed_format, make_trace, run_series, simple_trace):
+def test_controls_and_points_not_injected_are_labelled_not_assessed(check_seed_format, make_trace, run_series,
+                                                                    simple_trace):
     control = report(simple_trace(control=True))
     check_seed_format(control)
     assert {entry["summary"]["assessment"] for entry in control["token_analysis"].values()} == {"identical control"}

@@ -15,7 +15,8 @@ PROBLEMS = [
 
 @pytest.mark.parametrize("family,strategy", [("qwen2", "append"), ("gpt2", "append"), ("gemma2", "append"),
                                              ("llama", "replace"), ("gemma3_text", "replace")])
-def test_a_batch_gives_the_traces_of_one_doc_at_a_time(family, strategy, tiny_model_builder, tiny_tokenizer_class, assert_same_trace):
+def test_a_batch_gives_the_traces_of_one_doc_at_a_time(family, strategy, tiny_model_builder, tiny_tokenizer_class,
+                                                       assert_same_trace):
     model = tiny_model_builder(family)
     tokenizer = tiny_tokenizer_class(eos_token_id=2)
     settings = InjectionSettings(injection_points=(0, 2, 5), strategy=strategy, noise="shuffle")

@@ -23,7 +23,9 @@ FORKED_APPEND_CASES = (
 
 
 @pytest.mark.parametrize("kind,family,attention", FORKED_APPEND_CASES)
-def test_forked_append_logits_match_one_forward_pass(kind, family, attention, request, assert_forked_append_matches_one_forward_pass, tiny_model_builder, tiny_tokenizer_class, windowed_model):
+def test_forked_append_logits_match_one_forward_pass(kind, family, attention, request,
+                                                     assert_forked_append_matches_one_forward_pass, tiny_model_builder,
+                                                     tiny_tokenizer_class, windowed_model):
     """The one statement every strategy rests on: decoding through the engine's caches is greedy under
     full recomputation, and a segment appended to a cache forked after N tokens (ragged batch) gives
     the logits of one forward pass over the concatenated ids."""
@@ -100,7 +102,8 @@ def test_append_trace_scores_match_full_recomputation(tiny_family_model, tiny_to
     assert checked == 2 * 2 * 2  # docs x points x (injection, noise)
 
 
-def test_old_context_along_baseline_tokens_equals_decode_distributions(tiny_family_model, tiny_tokenizer, old_context_against_decode):
+def test_old_context_along_baseline_tokens_equals_decode_distributions(tiny_family_model, tiny_tokenizer,
+                                                                       old_context_against_decode):
     _, model = tiny_family_model
     prompt = tiny_tokenizer.encode(PROBLEMS[1].original_prompt)
     decoded, scored = old_context_against_decode(model, tiny_tokenizer, prompt, point=2, budget=7)

@@ -49,7 +49,8 @@ def run_with_and_without_sharing(monkeypatch, model, tokenizer, settings, batch_
 
 @pytest.mark.parametrize("family,strategy", [("qwen2", "append"), ("gpt2", "append"), ("mistral", "append"),
                                              ("gemma3_text", "replace"), ("llama", "replace")])
-def test_sharing_the_prefix_changes_no_trace(family, strategy, monkeypatch, tiny_model_builder, tiny_tokenizer, assert_same_trace):
+def test_sharing_the_prefix_changes_no_trace(family, strategy, monkeypatch, tiny_model_builder, tiny_tokenizer,
+                                             assert_same_trace):
     model = tiny_model_builder(family)
     settings = InjectionSettings(injection_points=(0, 3), strategy=strategy)
     shared, unshared, shared_fed, unshared_fed = run_with_and_without_sharing(

@@ -37,7 +37,8 @@ def test_at_least_ten_rotary_families_with_both_pairings_and_partial_rotary_are_
 
 
 @pytest.mark.parametrize("family", ROTARY_FAMILIES)
-def test_moved_keys_equal_keys_computed_at_the_shifted_positions(family, tiny_tokenizer, prompt_cache, tiny_model_builder):
+def test_moved_keys_equal_keys_computed_at_the_shifted_positions(family, tiny_tokenizer, prompt_cache,
+                                                                 tiny_model_builder):
     model = tiny_model_builder(family)
     rotary = RotaryKeys.from_model(model)
     assert (rotary.interleaved, 2 * rotary.inv_freqs[0].shape[0]) == EXPECTED_ROTATION[family]
@@ -62,7 +63,8 @@ def run_replace(model, tokenizer, problems, points, track=False):
 
 
 @pytest.mark.parametrize("family", ROTARY_FAMILIES)
-def test_replace_equals_the_continuation_from_keys_computed_at_shifted_positions(family, tiny_tokenizer, tiny_model_builder):
+def test_replace_equals_the_continuation_from_keys_computed_at_shifted_positions(family, tiny_tokenizer,
+                                                                                 tiny_model_builder):
     model = tiny_model_builder(family)
     for trace in run_replace(model, tiny_tokenizer, PROBLEMS, (0, 3)):
         conditions = trace["conditions"]

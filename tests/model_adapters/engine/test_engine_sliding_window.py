@@ -47,7 +47,8 @@ def test_the_window_shapes_the_reference(windowed, tiny_tokenizer):
 
 
 @pytest.mark.parametrize("strategy", ["append", "replace"])
-def test_a_ragged_batch_gives_the_traces_of_one_doc_at_a_time(strategy, windowed, tiny_tokenizer_class, assert_same_trace):
+def test_a_ragged_batch_gives_the_traces_of_one_doc_at_a_time(strategy, windowed, tiny_tokenizer_class,
+                                                              assert_same_trace):
     model = windowed
     tokenizer = tiny_tokenizer_class(eos_token_id=None)
     problems = PROBLEMS
