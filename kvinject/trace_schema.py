@@ -20,6 +20,10 @@ NOISE_KINDS = ("random", "shuffle")  # seeded random non-special tokens / the in
 SCALAR_SERIES = ("logp_run", "logp_old", "logp_new", "kl_run_new", "kl_run_old", "kl_old_new", "entropy_run")
 SETTINGS_KEYS = ("injection_points", "strategy", "noise", "track_attention", "track_hidden", "seed",
                  "max_new_tokens", "stop_sequences")
+# Optional settings: the precision the model decoded in and the one the series were scored in.
+# Absent (traces written before 16-bit support): float32 for both.
+PRECISION_KEYS = ("dtype", "score_dtype")
+PRECISIONS = ("float32", "bfloat16", "float16")
 
 
 def condition(prompt: str, ids: list[int], text: str, stop_reason: str) -> dict:
@@ -153,6 +157,9 @@ def validate_trace(trace) -> None:
     settings = _require(trace, "settings", "", dict)
     for key in SETTINGS_KEYS:
         _require(settings, key, "settings", None)
+    for key in PRECISION_KEYS:
+        if key in settings and settings[key] not in PRECISIONS:
+            _fail(f"settings.{key}", f"expected one of {', '.join(PRECISIONS)}")
     points = _require(settings, "injection_points", "settings", list)
     prompts = _require(trace, "prompts", "", dict)
     for name in ("original", "alternative"):

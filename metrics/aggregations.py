@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import logging
 
 import numpy as np
 from scipy import stats
@@ -38,6 +39,8 @@ from .resampling import (
 from .settings import AdaptationSettings
 from .survival import counts, kaplan_meier_median, log_rank_z, share_by, share_estimable, unpack
 from .values import NO_TEST, readable
+
+logger = logging.getLogger(__name__)
 
 NAN = float("nan")
 _CACHE_SIZE = 128
@@ -82,6 +85,8 @@ def _aggregation(parsed: K.ParsedKey, settings: AdaptationSettings):
         return functools.partial(mean_interval_end, parsed.stat, settings=settings)
     if kind == K.COUNT:
         return _count
+    if kind == K.MAXIMUM:
+        return functools.partial(noise_floor, settings=settings)
     if kind == K.TIME_TO_EVENT:
         return functools.partial(time_to_event_summary, parsed.stat, settings=settings)
     if kind == K.CONTROL_TEST:
@@ -106,6 +111,20 @@ def _median_reached(median: float) -> float:
 
 def _count(values) -> float:
     return float(len(values))
+
+
+def noise_floor(values, settings: AdaptationSettings) -> float:
+    """kl_noise_floor: the largest per-control KL-gap bound; a floor that reaches the adapted rule's
+    minimum gap means rounding alone can pass that rule, so the run's adaptation keys are noise there."""
+    if not len(values):
+        return NAN
+    floor = float(max(values))
+    if floor >= settings.adapted_min_kl_gap:
+        logger.warning(
+            "kl_noise_floor %.3g nats >= adapted_min_kl_gap %.3g: identical contexts differ by rounding as much "
+            "as the adapted rule's minimum effect; set metadata adaptation.adapted_min_kl_gap above the floor "
+            "(metrics/README.md, Precision)", floor, settings.adapted_min_kl_gap)
+    return floor
 
 
 def cached_on_content(function):

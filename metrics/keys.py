@@ -11,6 +11,7 @@ no `@N`). Each metric kind has its own statistics (`stat`, "" = the metric's own
                    noise runs)
     DETECTION      as listed per metric below (rate, intervals, latency, calibration, tests)
     CONTROL_TEST   ""  p-value of changed-problem vs identical-control injection runs
+    MAXIMUM        ""  the largest per-doc value
 `pvalue_<metric>@N`: corrected paired sign-flip p-value, injection vs noise (paired metrics).
 `<metric>_layer<l>@N`: the metric of layer l alone (1-based; per-layer metrics).
 """
@@ -25,12 +26,14 @@ COUNT = "count"                  # per-doc 1.0; summed
 TIME_TO_EVENT = "time_to_event"  # per-doc {"run": event, "noise": event}
 DETECTION = "detection"          # per-doc horizon statistic series of the injection and noise runs
 CONTROL_TEST = "control_test"    # per-doc {"run": event, "control": bool}: changed vs control docs
+MAXIMUM = "maximum"              # per-doc float; the largest over docs
 
 CI_LOW, CI_HIGH = "ci_low", "ci_high"
 PVALUE = "pvalue"
 _STATS = {
     MEAN: ("", CI_LOW, CI_HIGH),
     COUNT: ("",),
+    MAXIMUM: ("",),
     TIME_TO_EVENT: ("share", "share_ci_low", "share_ci_high", "median", "median_reached",
                     "censored", "never", "vs_noise"),
 }
@@ -64,6 +67,10 @@ METRICS: dict[str, MetricSpec] = {
     "n_controls": MetricSpec(COUNT, True, "identical-problem control docs injected at N; the "
                              "detection keys of N use n_docs + n_controls docs [docs]",
                              from_controls=True),
+    "kl_noise_floor": MetricSpec(
+        MAXIMUM, False, "largest |KL(run||old) - KL(run||new)| of any token of the identical-problem "
+        "controls' injection and noise runs at N, whose old and new contexts are the same tokens: "
+        "what rounding alone gives the adapted rule's KL gap [nats]", from_controls=True),
     "injection_accuracy": MetricSpec(
         MEAN, True, "injection@N run answers the alternative [share]", paired_test=True),
     "stuck_rate": MetricSpec(MEAN, False, "injection@N run answers the original [share]"),
@@ -158,7 +165,7 @@ METRICS: dict[str, MetricSpec] = {
 HEADLINE = (
     "baseline_accuracy", "oracle_accuracy", "n_docs", "injection_accuracy", "adaptation_gap",
     "adaptation_point_share", "detection_rate", "detection_calibrated", "kl_run_new",
-    "embedding_contrast",
+    "embedding_contrast", "kl_noise_floor",
 )
 # LEADERBOARD: the headline measures that tell models apart, the columns of `kvinject report`'s
 # leaderboard (the accuracies without @N, n_docs and the calibration flag stay in the results JSON).

@@ -21,6 +21,8 @@ Which docs contribute what:
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from kvinject.trace_schema import SCHEMA_VERSION
@@ -28,7 +30,7 @@ from kvinject.trace_schema import SCHEMA_VERSION
 from . import keys as K
 from .events import CENSORED, EVENT, first_time, stabilization_time
 from .series import adaptation_scores, clamped_cosines, final_window, log_ratios, non_sink_masses
-from .settings import AdaptationSettings
+from .settings import AdaptationSettings, min_kl_gap
 
 BUDGET_STOP = "max_new_tokens"   # the only stop_reason that censors (see events.py)
 
@@ -52,6 +54,8 @@ def doc_metrics(trace: dict, answers: dict, settings: AdaptationSettings | None 
 
 
 def _doc_metrics(trace: dict, answers: dict, settings: AdaptationSettings) -> dict:
+    # The adapted rule's minimum effect respects the precision the trace was computed in.
+    settings = dataclasses.replace(settings, adapted_min_kl_gap=min_kl_gap(settings, trace["settings"]))
     prompts = trace["prompts"]
     control = prompts["original"]["ids"] == prompts["alternative"]["ids"]
     values: dict = {}
@@ -74,6 +78,7 @@ def _doc_metrics(trace: dict, answers: dict, settings: AdaptationSettings) -> di
              {"run": run_metrics[0]["adaptation_point"], "control": control}, settings)
         if control:
             _put(values, "n_controls", point, 1.0, settings)
+            _put(values, "kl_noise_floor", point, _kl_gap_bound(run, noise), settings)
         else:
             pairs.update(_adaptation_values(values, run_metrics, noise, answers, point, settings))
     if settings.report == "full":
@@ -177,6 +182,15 @@ def _detection_payload(run: dict, noise: dict, control: bool, settings) -> dict:
     return {"run": _statistic(run, settings), "noise": _statistic(noise, settings),
             "run_budget_hit": run["stop_reason"] == BUDGET_STOP,
             "noise_budget_hit": noise["stop_reason"] == BUDGET_STOP, "control": control}
+
+
+def _kl_gap_bound(*runs: dict) -> float | None:
+    """The largest |KL(run||old) - KL(run||new)| over the runs' tokens (None: no token). For an
+    identical control old and new are the same tokens, so this is rounding: kl_noise_floor."""
+    gaps = [np.abs(np.asarray(r["series"]["kl_run_old"], dtype=float) - np.asarray(r["series"]["kl_run_new"], dtype=float))
+            for r in runs]
+    gaps = np.concatenate(gaps)
+    return float(gaps.max()) if gaps.size else None
 
 
 def _run_metrics(condition: dict, settings: AdaptationSettings) -> tuple[dict, dict]:

@@ -12,6 +12,27 @@ from collections.abc import Mapping
 from typing import Any
 
 from kvinject.settings_mapping import from_mapping
+from kvinject.trace_schema import PRECISION_KEYS
+
+# The smallest KL gap (KL(run||old) - KL(run||new), nats) a precision resolves, by (dtype the model
+# decoded in, dtype the series were scored in): twice the largest error of the gap against a float32
+# run of the same weights over the same tokens (SmolLM2-135M, 3 changed docs x 2 points x 2 runs,
+# 24 tokens; metrics/README.md "Precision"). The adapted rule's minimum gap is at least this.
+KL_GAP_RESOLUTION = {
+    ("float32", "float32"): 0.0,
+    ("bfloat16", "float32"): 0.25,   # measured max 0.12 nats
+    ("bfloat16", "bfloat16"): 0.35,  # measured max 0.16
+    ("float16", "float32"): 0.02,    # measured max 0.0095
+    ("float16", "float16"): 0.07,    # measured max 0.032
+}
+
+
+def min_kl_gap(settings: "AdaptationSettings", trace_settings: Mapping) -> float:
+    """The adapted rule's minimum KL gap for one trace: the setting, or the trace's precision's
+    resolution when that is larger (traces without precision settings are float32)."""
+    precision = tuple(trace_settings.get(key, "float32") for key in PRECISION_KEYS)
+    return max(settings.adapted_min_kl_gap, KL_GAP_RESOLUTION[precision])
+
 
 DETECTION_STATISTICS = ("kl_run_old", "log_ratio")
 CORRECTIONS = ("holm", "bh", "by")
@@ -26,7 +47,8 @@ class AdaptationSettings:
         KL(run||old) - KL(run||new) > adapted_min_kl_gap.
     adapted_min_kl_gap: the minimum effect: a token whose run is closer to the new context than
         to the old by at most this many nats is not adapted, so fp32-level differences (1e-7)
-        never count [nats, >= 0].
+        never count [nats, >= 0]. A trace decoded or scored in 16-bit raises it to its
+        precision's resolution (KL_GAP_RESOLUTION), below which rounding decides.
     horizon_tokens: H, the fixed horizon of the time-to-event shares, of the KL means and of the
         detector (the first H post-injection tokens), so that tasks with different token budgets
         are comparable [tokens, >= 1].
@@ -61,7 +83,7 @@ class AdaptationSettings:
         layers numbered from 1).
     confidence_intervals: also report `<metric>_ci_low@N` / `<metric>_ci_high@N` (full report).
     report: "headline" (default): the lm-eval table shows the headline keys only (keys.HEADLINE,
-        at most ~25 rows per task); "full": every key (intervals, censored counts, medians,
+        at most ~30 rows per task); "full": every key (intervals, censored counts, medians,
         p-values, per-layer values), also written to the results JSON and --log_samples.
     seed: seeds the bootstrap and permutation resampling, so aggregates are reproducible.
     """

@@ -14,8 +14,16 @@ from lm_eval.api.model import LM
 from kvinject.model_adapters.distributed import ProcessGroup
 from kvinject.model_adapters.chat_turns import user_turn_frame
 from kvinject.model_adapters.engine import InjectionEngine, Problem
-from kvinject.model_adapters.engine.tokens import eos_ids
+from kvinject.model_adapters.engine.tokens import encode_prompt, encode_segment, eos_ids
 from kvinject.model_adapters.loading import load_model_and_tokenizer, weights_location
+from kvinject.model_adapters.memory import (
+    DocShape,
+    device_free_bytes,
+    fitting_batch_size,
+    free_memory,
+    is_out_of_memory,
+    kv_bytes_per_position,
+)
 from kvinject.model_adapters.model_args import ModelArgs, parse_model_args
 from kvinject.model_adapters.result_store import ResultStore
 from kvinject.model_adapters.run_fingerprint import digest, doc_key, run_fingerprint
@@ -157,14 +165,15 @@ class KVInjectLM(LM):
         require_hooks()  # an lm-eval this plugin cannot hook into stops here, naming the missing symbol
         super().__init__()
         args = parse_model_args(model_args)  # before any weights load
-        self.processes = ProcessGroup()  # lm-eval sees one process: the adapter splits the docs itself
+        self.processes = ProcessGroup(args.device)  # lm-eval sees one process: the adapter splits the docs itself
         self.args = dataclasses.replace(args, device=self.processes.device_for(args.device))
         self.model, self.tokenizer, self._device = load_model_and_tokenizer(self.args)
         if not eos_ids(self.tokenizer, self.model):
             logger.warning(no_eos_message(self.args.pretrained))
         self.settings = self.args.injection
         self.batch_size = self._batch_size()
-        self.engine = InjectionEngine(self.model, self.tokenizer, self.settings, batch_size=self.batch_size)
+        self.engine = InjectionEngine(self.model, self.tokenizer, self.settings, batch_size=self.batch_size,
+                                      score_in_float32=self.args.score_dtype == "float32")
         # With several processes each spools the docs it computes; rank 0 writes the run's trace file.
         self.trace_log = TraceLog(self.args.trace_dir)
         self._merged_log = None
@@ -211,20 +220,29 @@ class KVInjectLM(LM):
     def _batch_size(self) -> int:
         if self.args.batch_size != "auto":
             return self.args.batch_size
-        import torch
-
         if not self.device.startswith("cuda"):
             return min(8, self.args.max_batch_size)
-        # Each doc holds a cache per branch (baseline, oracle, and injection + noise per point) for
-        # about 2k positions; use half of the free memory for them.
-        config = self.model.config.get_text_config()
-        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
-        bytes_per_position = 2 * config.num_hidden_layers * kv_heads * head_dim * self.model.dtype.itemsize
-        branches = 2 + 2 * len(self.settings.injection_points)
-        free, _ = torch.cuda.mem_get_info(torch.device(self.device))
-        fit = int(0.5 * free // (bytes_per_position * 2048 * branches))
-        return max(1, min(fit, self.args.max_batch_size))
+        return self.args.max_batch_size  # sized from the docs themselves in generate_until (_size_auto_batch)
+
+    def _size_auto_batch(self, problems: list[Problem]) -> None:
+        """batch_size=auto on a GPU: the most docs whose peak caches fit in the free memory, from these
+        docs' own lengths (memory.py); never more than a size an out-of-memory error already halved."""
+        free = device_free_bytes(self.device) if self.args.batch_size == "auto" else None
+        if free is None or not problems:
+            return
+        import torch
+
+        position = kv_bytes_per_position(self.model.config, self.model.dtype.itemsize)
+        scored = kv_bytes_per_position(self.model.config, torch.float32.itemsize) if self.engine.score_in_float32 else position
+        shapes = [self._doc_shape(problem) for problem in problems]
+        self.batch_size = self.engine.batch_size = min(
+            self.batch_size, fitting_batch_size(free, shapes, position, scored, self.args.max_batch_size))
+
+    def _doc_shape(self, problem: Problem) -> DocShape:
+        prompt = max(len(encode_prompt(self.tokenizer, problem.original_prompt)),
+                     len(encode_prompt(self.tokenizer, problem.alternative_prompt)))
+        segment = len(encode_segment(self.tokenizer, problem.injection_text)) if self.settings.strategy == "append" else 0
+        return DocShape(prompt, segment, problem.max_new_tokens, len(self.settings.injection_points))
 
     def get_model_info(self) -> dict:
         return {
@@ -245,16 +263,19 @@ class KVInjectLM(LM):
         first, distinct = first_occurrences(requests)  # a request repeated in the list runs once
         keys = {i: doc_key(self.fingerprint, problems[i]) for i in distinct}
         traces = self._stored_traces(keys)
-        pending = [i for i in distinct if i not in traces]
+        # Decided once for all processes: each read the store at its own moment (distributed.py).
+        pending = self.processes.agreed_pending([i for i in distinct if i not in traces])
         self._check_tokenised(requests, problems, pending)
-        mine = pending[self.processes.rank :: self.processes.world_size]
+        assigned = self.processes.share(pending)
+        mine = [i for i in assigned if i not in traces]  # a doc this process read as stored is not recomputed
+        self._size_auto_batch([problems[i] for i in mine])
         # One process: the spool is the run's trace file, reused and computed docs in request order.
         # Several: each spools the docs it computes, and rank 0 writes the trace file at the end.
         spool = TraceSpool(self.trace_log, requests, distinct if self.processes.world_size == 1 else mine)
         spool.write_ready(traces)
         self._compute_docs(requests, problems, mine, keys, traces, spool, disable_tqdm)
         if self.processes.world_size > 1:
-            self._gather_traces(requests, distinct, mine, traces)
+            self._gather_traces(requests, distinct, assigned, traces)
         outputs = [TracedGeneration(traces[first[id(r)]]["conditions"]["baseline"]["text"], traces[first[id(r)]])
                    for r in requests]
         for i in distinct:
@@ -308,36 +329,37 @@ class KVInjectLM(LM):
             progress.update(len(batch))
         progress.close()
 
-    def _gather_traces(self, requests, distinct: list[int], mine: list[int], traces: dict) -> None:
-        for computed_elsewhere in self.processes.all_gather_object({i: traces[i] for i in mine}):
+    def _gather_traces(self, requests, distinct: list[int], assigned: list[int], traces: dict) -> None:
+        for computed_elsewhere in self.processes.all_gather_object({i: traces[i] for i in assigned}):
             traces.update(computed_elsewhere)
         self._publish_all_traces(requests, distinct, traces)
 
     def _compute(self, requests, problems, batch: list[int], finished: int):
         """The traces of the docs at ``batch``; None when batch_size=auto had to shrink the batch."""
-        import torch
-
+        out_of_memory = False
         try:
             traces = self.engine.run([problems[i] for i in batch])
-        except torch.OutOfMemoryError:
+        except Exception as error:
+            if not is_out_of_memory(error):
+                ids = ", ".join(problems[i].doc_id for i in batch)
+                where = f" and in the result store {self.store.path}" if self.store is not None else ""
+                raise RuntimeError(
+                    f"kvinject failed on doc(s) {ids} of task {requests[batch[0]].task_name}; traces of the "
+                    f"{finished} docs before them are in {self.trace_log.path}{where}"
+                ) from error
+            out_of_memory = True  # handled below: inside the except its traceback still holds the batch's tensors
+        if out_of_memory:
+            free_memory()
             if self.args.batch_size != "auto" or len(batch) == 1:
                 raise RuntimeError(
                     f"kvinject ran out of memory on doc(s) {', '.join(problems[i].doc_id for i in batch)} with "
-                    f"batch_size={len(batch)}; use batch_size=auto or a smaller batch_size (finished docs are kept "
-                    "in the result store and reused when the run is restarted)"
-                ) from None
+                    f"batch_size={len(batch)}; use batch_size=auto or a smaller batch_size, or score_dtype=model "
+                    "(a 16-bit model scores in float32 by default, its weights then take twice the memory; finished "
+                    "docs are kept in the result store and reused when the run is restarted)"
+                )
             self.batch_size = self.engine.batch_size = max(1, len(batch) // 2)
             logger.warning("kvinject: out of memory with %d docs per batch; retrying with %d", len(batch), self.batch_size)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
             return None
-        except Exception as error:
-            ids = ", ".join(problems[i].doc_id for i in batch)
-            where = f" and in the result store {self.store.path}" if self.store is not None else ""
-            raise RuntimeError(
-                f"kvinject failed on doc(s) {ids} of task {requests[batch[0]].task_name}; traces of the "
-                f"{finished} docs before them are in {self.trace_log.path}{where}"
-            ) from error
         # Through JSON and back, so a computed trace is exactly what a resumed run reads from the store.
         traces = [json.loads(json.dumps(trace, ensure_ascii=False)) for trace in traces]
         for i, trace in zip(batch, traces):

@@ -40,16 +40,39 @@ def resolve_device(requested: str) -> str:
     return available[0]
 
 
+def native_bf16(device: str) -> bool:
+    """Whether the GPU ``device`` computes bfloat16 natively (compute capability 8.0, Ampere, or newer);
+    older GPUs emulate it, slowly and with other rounding than the runs it would be compared with."""
+    import torch
+
+    index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
+    return torch.cuda.get_device_capability(index) >= (8, 0)
+
+
 def resolve_dtype(requested: str, device: str):
     import torch
 
-    if requested != "auto":
-        return getattr(torch, requested)
-    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    # The measures are KL divergences between nearly equal distributions: keep fp32 where bf16
-    # would be emulated or unsupported (CPU, MPS, old GPUs).
-    return torch.float32
+    on_gpu = device.startswith("cuda")
+    if requested == "auto":
+        # The measures are KL divergences between nearly equal distributions: keep fp32 where bf16
+        # would be emulated or unsupported (CPU, MPS, old GPUs).
+        return torch.bfloat16 if on_gpu and native_bf16(device) else torch.float32
+    if requested == "bfloat16" and on_gpu and not native_bf16(device):
+        warnings.warn(f"dtype=bfloat16: {device} has no native bfloat16 (compute capability < 8.0); using "
+                      "float16 instead (dtype=float32 for the most exact measures)", stacklevel=2)
+        return torch.float16
+    return getattr(torch, requested)
+
+
+def check_attention_dtype(attn_implementation: str, dtype) -> None:
+    """flash_attention_2 has 16-bit kernels only: refuse float32 before any weights load."""
+    import torch
+
+    if attn_implementation == "flash_attention_2" and dtype == torch.float32:
+        raise ModelArgsError(
+            "model arg attn_implementation=flash_attention_2 needs dtype=bfloat16 or float16 (it has no float32 "
+            "kernel); use attn_implementation=sdpa with float32"
+        )
 
 
 def _require_gguf(arg: str) -> None:
@@ -82,17 +105,17 @@ def _cannot_load(pretrained: str, reason) -> str:
     )
 
 
-def _quantization_config(args: ModelArgs, device: str):
+def _quantization_config(args: ModelArgs, device: str, dtype):
     if not args.load_in_4bit:
         return None
     if not device.startswith("cuda"):
         raise ModelArgsError(f"model arg load_in_4bit=true needs a CUDA GPU (device is {device})")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise ModelArgsError("model arg load_in_4bit=true needs bitsandbytes: pip install 'kvinject[quant]'")
-    import torch
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16)
+    # The 4-bit weights are dequantised to the compute dtype: the run's dtype, as for unquantised weights.
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=dtype)
 
 
 def load_model_and_tokenizer(args: ModelArgs):
@@ -101,6 +124,7 @@ def load_model_and_tokenizer(args: ModelArgs):
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    check_attention_dtype(args.attn_implementation, dtype)
     location, gguf_file = weights_location(args)
     common = {"revision": args.revision, "trust_remote_code": args.trust_remote_code}
     if gguf_file:
@@ -109,7 +133,7 @@ def load_model_and_tokenizer(args: ModelArgs):
         tokenizer = AutoTokenizer.from_pretrained(location, **common)
     except OSError as error:  # the Hub is unreachable, or the id or folder does not exist
         raise OSError(_cannot_load(args.pretrained, error)) from error
-    quantization = _quantization_config(args, device)
+    quantization = _quantization_config(args, device, dtype)
     model_kwargs = dict(common, dtype=dtype)
     if quantization is not None:
         model_kwargs.update(quantization_config=quantization, device_map={"": device})

@@ -24,6 +24,7 @@ DEFAULT_USER_TURN_TEMPLATE = "The problem has changed. The new problem is: {alte
 INJECTION_TURNS = ("inline", "user")
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+SCORE_DTYPES = ("float32", "model")
 ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
 
 
@@ -38,7 +39,10 @@ class ModelArgs:
     pretrained: str = DEFAULT_PRETRAINED  # Hub id, local folder, or an offline alias (smollm2-135m, gemma3-270m)
     revision: str | None = None  # Hub revision (branch, tag or commit)
     gguf_file: str | None = None  # GGUF file inside `pretrained` (needs the `gguf` package)
-    dtype: str = "auto"  # auto: bfloat16 on a GPU that supports it, float32 otherwise
+    dtype: str = "auto"  # auto: bfloat16 on a GPU that supports it natively, float32 otherwise
+    # float32: a 16-bit model scores the post-injection tokens in float32 (exact measures; twice the
+    # weights' memory while scoring); model: in its own dtype (metrics/README.md, Precision)
+    score_dtype: str = "float32"
     device: str = "auto"  # auto: cuda, then mps, then cpu; an unavailable device falls back with a warning
     load_in_4bit: bool = False  # bitsandbytes 4-bit weights, CUDA only
     trust_remote_code: bool = False  # run code shipped with a Hub model; off unless you trust it
@@ -134,6 +138,7 @@ _PARSERS = {
     "revision": lambda v: _as_optional_str("revision", v),
     "gguf_file": lambda v: _as_optional_str("gguf_file", v),
     "dtype": lambda v: _as_choice("dtype", v, DTYPES),
+    "score_dtype": lambda v: _as_choice("score_dtype", v, SCORE_DTYPES),
     "device": _as_device,
     "load_in_4bit": lambda v: _as_bool("load_in_4bit", v),
     "trust_remote_code": lambda v: _as_bool("trust_remote_code", v),
@@ -181,6 +186,9 @@ def parse_model_args(raw: Mapping[str, Any]) -> ModelArgs:
     if values.get("injection_turn") == "user" and "injection_template" not in values:
         values["injection_template"] = DEFAULT_USER_TURN_TEMPLATE
     args = ModelArgs(**values)
+    if args.attn_implementation == "flash_attention_2" and args.dtype == "float32":
+        raise ModelArgsError("model arg attn_implementation=flash_attention_2 needs dtype=bfloat16 or float16 (it has "
+                             "no float32 kernel); use attn_implementation=sdpa with float32")
     if args.load_in_4bit and args.gguf_file:
         raise ModelArgsError("model args load_in_4bit and gguf_file cannot be combined: a GGUF file is already quantised")
     if args.injection.strategy == "replace" and args.injection_turn != "inline":

@@ -4,8 +4,12 @@ A stored trace may only be reused when every input that can change it is the sam
 tokenizer files, how they are loaded (dtype, device kind, attention kernel, quantisation), the
 injection settings and template, the doc's prompts and generation settings, and the code that
 computes it (package version plus a digest of the adapter's sources, so an edited engine never
-serves traces of its previous version). Batch size and output folders (UNFINGERPRINTED_ARGS) are left
-out: they do not change a trace.
+serves traces of its previous version). Output folders (UNFINGERPRINTED_ARGS) are left out: they do not change a trace.
+Batch size is left out in float32, where it changes values by float rounding only (~1e-6, far
+below the adapted rule's minimum gap), but kept in 16-bit: there a batch of another shape rounds
+differently and can turn a near-tie into other greedy ids (bf16: batch 1 vs 3 on a tiny Mistral).
+A 16-bit trace also depends on the other docs of its batch (their lengths set the padding), so a
+resumed 16-bit run equals the uninterrupted one up to that rounding (metrics/README.md, Precision).
 """
 from __future__ import annotations
 
@@ -95,12 +99,23 @@ def run_fingerprint(args, location: str, model, device: str) -> dict:
         "gguf_file": args.gguf_file,
         "weights": weights_identity(location, args.revision, model),
         "dtype": str(model.dtype),
+        **_low_precision_inputs(args, model.dtype),
         "device_kind": device.split(":")[0],
         "attention": getattr(model.config, "_attn_implementation", None),
         "load_in_4bit": args.load_in_4bit,
         "injection": args.injection.as_dict(),
         "injection_template": args.injection_template,
     }
+
+
+def _low_precision_inputs(args, dtype) -> dict:
+    """What changes a trace in 16-bit only (module docstring); nothing in float32."""
+    import torch
+
+    if dtype == torch.float32:
+        return {}
+    # batch_size=auto starts from the largest batch that fits, so the bound stands for it.
+    return {"score_dtype": args.score_dtype, "batch_size": [args.batch_size, args.max_batch_size]}
 
 
 def doc_key(fingerprint_digest: str, problem) -> str:

@@ -9,4 +9,5 @@ rule, and ``kvinject report`` (kvinject/commands/report.py) for the command.
     curves.task_curves(runs, task, ...) -> {CurveKey: {series: Band}}
     plotting.draw_curves(curves, title, stem) -> [png, svg]
     per_problem.problem_reports(run, task, ...) -> [dict]  the original study's per-problem format
+    html_page.render_page(page_data(...)) -> str        index.html: one offline page (html_page.html)
 """

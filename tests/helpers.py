@@ -22,6 +22,16 @@ import numpy as np
 from kvinject.trace_schema import SEGMENTS, build_trace as schema_trace, condition, empty_series, injection_condition
 
 TOLERANCE = 1e-4  # fp32 logits and keys against full recomputation
+# 16-bit logits against full recomputation in the same dtype, relative to max(1, max |logit|): a few
+# units in the last place of the largest logit (tests/test_engine_precision.py); float32: TOLERANCE
+# absolute. Two greedy candidates closer than this are a tie the precision cannot order.
+LOGIT_TOLERANCE = {"float32": None, "bfloat16": 2e-2, "float16": 4e-3}
+
+
+def logit_tolerance(dtype, scale: float) -> float:
+    """The LOGIT_TOLERANCE of ``dtype`` (a torch dtype) for logits of magnitude up to ``scale``."""
+    relative = LOGIT_TOLERANCE[str(dtype).removeprefix("torch.")]
+    return TOLERANCE if relative is None else relative * max(1.0, scale)
 
 # ----------------------------------------------------------------------------------- tiny models
 

@@ -119,3 +119,59 @@ def write_samples(folder: Path, task: str, samples: list[dict], date: str = DATE
         for sample in samples:
             handle.write(json.dumps(sample) + "\n")
     return path
+
+
+SEMANTIC_MATCHER = "kvinject.adaptation_tasks.adaptation_semantic.answers.match_semantic_answer"
+# (doc id, original question/answer, alternative question/answer); the last is an identical control.
+HTML_DOCS = (("capital-fr-de", "What is the capital of France?", "Paris", "What is the capital of Germany?", "Berlin"),
+             ("capital-it-es", "What is the capital of Italy?", "Rome", "What is the capital of Spain?", "Madrid"),
+             ("capital-pt-pt", "What is the capital of Portugal?", "Lisbon", "What is the capital of Portugal?", "Lisbon"))
+
+
+def varied_trace(doc_id: str, seed: int, control: bool = False, points=(1, 2), length: int = 9) -> dict:
+    """A trace whose per-token divergences vary from token to token (a_t spans the colour scale):
+    the injection run drifts towards the new context, the noise run stays near the old one."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    runs = {}
+    for point in points:
+        ramp = np.linspace(0.05, 1.5, length)
+        runs[point] = (run_series(ramp * rng.uniform(0.5, 1.5, length), 1.6 - ramp,
+                                  logp_old=-rng.uniform(0.1, 4, length), logp_new=-rng.uniform(0.1, 4, length),
+                                  injected_mass=rng.uniform(0.1, 0.6, length)),
+                       run_series(rng.uniform(0.01, 0.3, length), rng.uniform(0.5, 1.5, length)))
+    return make_trace(runs, doc_id=doc_id, control=control)
+
+
+def semantic_doc(doc_id: str, old_q: str, old_a: str, new_q: str, new_a: str) -> dict:
+    return {"id": doc_id, "variation_type": "identical" if old_q == new_q else "country_capital",
+            "original_question": old_q, "alternative_question": new_q, "original_answer": old_a,
+            "alternative_answer": new_a, "original_aliases": [old_a], "alternative_aliases": [new_a]}
+
+
+def write_html_runs(out: Path, traced_model: str = "model-a") -> dict:
+    """Two runs of adaptation_semantic for the HTML report: `traced_model` with traces and
+    samples (condition texts that state answers), and model-b with samples only (no traces).
+    Returns {"traces": [...], "docs": [...]} of the traced run."""
+    docs = [semantic_doc(*entry) for entry in HTML_DOCS]
+    traces = []
+    for seed, doc in enumerate(docs):
+        trace = varied_trace(doc["id"], seed, control=doc["original_question"] == doc["alternative_question"])
+        for name, entry in trace["conditions"].items():   # what each run "said"
+            said = doc["alternative_answer"] if name.startswith("injection") or name == "oracle" else doc["original_answer"]
+            entry["text"] = f"It is a city. The answer is {said}."
+        traces.append(trace)
+    task = "adaptation_semantic"
+    results = {"injection_accuracy@1,none": 0.5, "injection_accuracy@1_stderr,none": 0.25}
+    for model, with_traces in ((traced_model, True), ("model-b", False)):
+        folder = write_run(out / model.replace("/", "_"), model, results, traces if with_traces else (), task=task)
+        results_path = folder / f"results_{DATE}.json"
+        data = json.loads(results_path.read_text())
+        data["configs"][task]["metadata"]["answer_matcher"] = SEMANTIC_MATCHER
+        results_path.write_text(json.dumps(data))
+        said = [f"The answer is {doc['original_answer']}." for doc in docs]
+        write_samples(folder, task, [{"doc_id": index, "doc": doc, "resps": [[text]], "filtered_resps": [text],
+                                      "injection_accuracy@1": float(index == 0)}
+                                     for index, (doc, text) in enumerate(zip(docs, said))])
+    return {"traces": traces, "docs": docs}

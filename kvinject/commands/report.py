@@ -4,6 +4,7 @@ Reads lm-eval output folders (results_<date>.json and the traces beside them) an
     OUT/leaderboard.md, leaderboard.tex, leaderboard.csv
     OUT/curves/<task>.png and .svg         (needs traces)
     OUT/problems/<model>/<task>/<index>.json   one per problem, the original study's format (needs traces)
+    OUT/index.html                         one self-contained page: leaderboard, curves, problem browser
 Nothing here loads a model; see reports/README.md for every rule.
 """
 from __future__ import annotations
@@ -65,22 +66,28 @@ def run(args: argparse.Namespace) -> int:
     traced = [run for run in runs if run.trace_paths]
     for run in runs:
         if not run.trace_paths:
-            print(f"kvinject report: {run.results_path}: no traces beside it; leaderboard only", file=sys.stderr)
+            print(f"kvinject report: {run.results_path}: no traces beside it; leaderboard only "
+                  "(index.html shows its logged samples, if any, without token colouring)", file=sys.stderr)
     tasks = sorted({task for run in traced for task in run.tasks})
     failures = 0
+    page = {"curves": {}, "problems": []}
     for task in tasks:
         try:
-            written += _curves_and_problems(task, traced, labels, thresholds, args, out)
+            written += _curves_and_problems(task, traced, labels, thresholds, args, out, page)
         except (ValueError, TypeError, KeyError) as error:   # one bad trace costs its task, not the report
             print(f"kvinject report: {task}: {error}", file=sys.stderr)
             failures += 1
+    failures += _untraced_problems(runs, labels, page)
+    written.append(_html_page(board, runs, labels, page, out))
     print(board.markdown())
     print(f"wrote {len(written)} files under {out}")
     return 1 if failures else 0
 
 
-def _curves_and_problems(task, runs, labels, thresholds, args, out: Path) -> list[Path]:
+def _curves_and_problems(task, runs, labels, thresholds, args, out: Path, page: dict) -> list[Path]:
+    """Curves and per-problem JSON of one task; its curves and problems are added to `page`."""
     from kvinject.metrics import AdaptationSettings
+    from kvinject.reports import html_page
     from kvinject.reports.curves import task_curves
     from kvinject.reports.per_problem import problem_reports
     from kvinject.reports.plotting import draw_curves
@@ -97,6 +104,7 @@ def _curves_and_problems(task, runs, labels, thresholds, args, out: Path) -> lis
         models = ", ".join(labels[run] for run in task_runs)
         written += draw_curves(curves, f"Adaptation after a KV-cache injection: {task} ({models})",
                                out / "curves" / task, settings.adapted_threshold, args.confidence_level)
+        page["curves"][task] = html_page.curves_data(curves, settings, args.confidence_level)
     else:
         print(f"kvinject report: {task}: no curves: no changed-problem run was injected at any point "
               "(each baseline stopped before its injection point; the traces' not_injected_reason "
@@ -104,8 +112,51 @@ def _curves_and_problems(task, runs, labels, thresholds, args, out: Path) -> lis
     for run in task_runs:
         folder = out / "problems" / _safe(labels[run]) / task
         folder.mkdir(parents=True, exist_ok=True)
-        for report in problem_reports(run, task, thresholds):
+        reports = problem_reports(run, task, thresholds)
+        for report in reports:
             path = folder / f"{report['problem_index']:05d}_{_safe(report['doc_id'])}.json"
             path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
             written.append(path)
+        tokenizer, note = _tokenizer(run, page)
+        page["problems"] += html_page.run_problems(run, task, labels[run], settings, reports, tokenizer, note)
     return written
+
+
+def _tokenizer(run, page: dict):
+    """The run's tokenizer for the page's token texts (loaded once per run), or None and why not."""
+    from kvinject.reports.html_page import load_tokenizer
+
+    cache = page.setdefault("tokenizers", {})
+    if run not in cache:
+        cache[run] = load_tokenizer(run)
+        if cache[run][0] is None:
+            print(f"kvinject report: {run.results_path}: {cache[run][1]}; index.html shows token numbers "
+                  "instead of token texts", file=sys.stderr)
+    return cache[run]
+
+
+def _untraced_problems(runs, labels, page: dict) -> int:
+    """Adds the problems of the runs without traces (their logged samples: outputs and answers
+    only) to `page`; returns the number of tasks that failed."""
+    from kvinject.reports.html_page import sample_problems
+
+    failures = 0
+    for run in runs:
+        for task in run.tasks if not run.trace_paths else ():
+            try:
+                page["problems"] += sample_problems(run, task, labels[run])
+            except (ValueError, TypeError, KeyError) as error:   # costs the run's samples, not the page
+                print(f"kvinject report: {run.results_path}: {task}: {error}", file=sys.stderr)
+                failures += 1
+    return failures
+
+
+def _html_page(board, runs, labels, page: dict, out: Path) -> Path:
+    """OUT/index.html: the leaderboard, the curves and every problem of `page`."""
+    from kvinject.reports import html_page
+
+    data = html_page.page_data(f"kvinject report: {', '.join(sorted({labels[run] for run in runs}))}",
+                               html_page.leaderboard_data(board), page["curves"], page["problems"], board.notes)
+    path = out / "index.html"
+    path.write_text(html_page.render_page(data), encoding="utf-8")
+    return path

@@ -97,7 +97,8 @@ class InjectionEngine:
     (injection points, strategy, noise, tracking) are fixed per engine, the batch size may shrink.
     """
 
-    def __init__(self, model, tokenizer: EngineTokenizer, settings: InjectionSettings, batch_size: int = 1):
+    def __init__(self, model, tokenizer: EngineTokenizer, settings: InjectionSettings, batch_size: int = 1,
+                 score_in_float32: bool = True):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")
         # replace moves the generated tokens' keys; refused here, before any compute, where that is not exact.
@@ -106,6 +107,7 @@ class InjectionEngine:
         self.tokenizer = tokenizer
         self.settings = settings
         self.batch_size = batch_size
+        self.score_in_float32 = score_in_float32  # scoring.float32_weights: 16-bit models score in float32
         self.eos_ids = eos_ids(tokenizer, model)
         vocab = min(len(tokenizer), model.get_input_embeddings().num_embeddings)
         self.random_ids = non_special_ids(vocab, tokenizer.all_special_ids)
@@ -190,7 +192,8 @@ class InjectionEngine:
         run_contexts = [self._run_context(b) for b in branches]
         runs = greedy_decode(self.model, [self._branch_row(b, c) for b, c in zip(branches, run_contexts)])
         triples = [self._scoring_triple(b, c, run.new_ids) for b, c, run in zip(branches, run_contexts, runs)]
-        series = score_triples(self.model, triples, self.settings.track_attention, self.settings.track_hidden)
+        series = score_triples(self.model, triples, self.settings.track_attention, self.settings.track_hidden,
+                               self.score_in_float32)
         by_key = {(id(b.doc), b.point, b.noise): (b, run, s) for b, run, s in zip(branches, runs, series)}
         return [self._trace(doc, baseline, oracle, by_key) for doc, baseline, oracle in zip(docs, baselines, oracles)]
 
@@ -257,14 +260,21 @@ class InjectionEngine:
         new_ids = doc.alternative_ids + branch.pre_ids
         return ScoringTriple(
             run=context(run_cache, run_ids),
-            # The context's last token is not cached: its query predicts post_ids[0].
-            old=context(branch.fork.head(len(old_ids) - 1), old_ids),
+            # Old and new reuse their prompt's cache only and feed the rest alike (last prompt token,
+            # pre_ids, queries): in 16-bit, pre_ids cached while decoding and pre_ids scored anew differ
+            # by rounding, and identical contexts must give identical distributions.
+            old=context(branch.fork.head(len(doc.original_ids) - 1), old_ids),
             new=context(branch.alternative.head(len(doc.alternative_ids) - 1), new_ids),
             targets=tuple(post_ids),
             run_labels=tuple(run_labels + [GENERATED_AFTER] * len(queries)),
         )
 
     # ------------------------------------------------------------------------------ traces
+
+    def _precision(self) -> dict:
+        """The trace's precision settings (trace_schema.PRECISION_KEYS): the metrics' resolution depends on them."""
+        dtype = str(self.model.dtype).removeprefix("torch.")
+        return {"dtype": dtype, "score_dtype": "float32" if self.score_in_float32 else dtype}
 
     def _condition(self, doc: _Doc, prompt: str, ids: list[int], stop_reason: str) -> dict:
         text = truncate_at_stop(decode_generated(self.tokenizer, ids), doc.stop.stop_sequences)
@@ -303,7 +313,7 @@ class InjectionEngine:
                 )
         problem = doc.problem
         trace_settings = {**settings.as_dict(), "max_new_tokens": problem.max_new_tokens,
-                          "stop_sequences": list(problem.stop_sequences)}
+                          "stop_sequences": list(problem.stop_sequences), **self._precision()}
         prompts = {
             "original": {"text": problem.original_prompt, "ids": list(doc.original_ids)},
             "alternative": {"text": problem.alternative_prompt, "ids": list(doc.alternative_ids)},

@@ -44,6 +44,12 @@ class RowCache:
         """The tokens from index ``start`` on."""
         return RowCache(tuple((k[:, start:], v[:, start:]) for k, v in self.layers))
 
+    def to(self, dtype: torch.dtype) -> "RowCache":
+        """This row in ``dtype`` (itself when it already is)."""
+        if self.layers[0][0].dtype == dtype:
+            return self
+        return RowCache(tuple((k.to(dtype), v.to(dtype)) for k, v in self.layers))
+
     def then(self, other: "RowCache") -> "RowCache":
         """This row followed by ``other`` (same model)."""
         return RowCache(
@@ -127,14 +133,19 @@ class PaddedBatch:
         """Additive [rows, 1, queries, slots] masks of the last ``width`` slots' queries, one per
         attention type (a dict keyed by type when the model mixes types): a query at position p sees a
         real slot at position q iff p - q >= 0 (and < window on sliding layers), as transformers' masks
-        do for one unpadded sequence. A pad query may see no slot at all: the finite additive mask
-        keeps its softmax finite (uniform), and its output is never read."""
+        do for one unpadded sequence. Every query also sees its own slot: a real query's own slot is
+        already visible, and a pad query, which would otherwise see no slot at all, attends to itself
+        only. A fully masked row is what some SDPA kernels turn into NaN on GPUs, and a NaN in a pad
+        slot's keys or values would reach real rows through the next layers' products (0 x NaN)."""
         positions = self._slot_positions()
+        slots = positions.shape[1]
         distance = positions[:, -width:, None] - positions[:, None, :]
         visible = self.mask.bool()[:, None, :] & (distance >= 0)
+        device = positions.device
+        own = torch.arange(slots, device=device)[None, :] == torch.arange(slots - width, slots, device=device)[:, None]
         masks = {}
         for layer_type, window in self.windows.items():
-            allowed = visible if window is None else visible & (distance < window)
+            allowed = (visible if window is None else visible & (distance < window)) | own
             additive = torch.zeros(allowed.shape, dtype=self.dtype, device=allowed.device)
             masks[layer_type] = additive.masked_fill_(~allowed, torch.finfo(self.dtype).min)[:, None]
         return masks if len(masks) > 1 else next(iter(masks.values()))
@@ -152,17 +163,22 @@ class PaddedBatch:
 
 
 def _padded_layers(caches: list[RowCache | None], width: int):
-    """Per layer (keys, values) of shape [rows, kv_heads, width, head_dim], zeros in the left padding."""
+    """Per layer (keys, values) of shape [rows, kv_heads, width, head_dim], zeros in the left padding,
+    one layer at a time (None: no cached token). DynamicCache copies each layer it is given (its
+    update concatenates onto an empty tensor), so a generator keeps one padded layer alive beside
+    the cache instead of a second copy of the whole batch's cache."""
     template = next((c for c in caches if c is not None and c.length > 0), None)
     if template is None:
         return None
-    layers = []
-    for index, (k_ref, v_ref) in enumerate(template.layers):
-        keys = k_ref.new_zeros((len(caches), k_ref.shape[0], width, k_ref.shape[2]))
-        values = v_ref.new_zeros((len(caches), v_ref.shape[0], width, v_ref.shape[2]))
-        for row, cache in enumerate(caches):
-            if cache is not None and cache.length > 0:
-                keys[row, :, width - cache.length :] = cache.layers[index][0]
-                values[row, :, width - cache.length :] = cache.layers[index][1]
-        layers.append((keys, values))
-    return layers
+    return (_padded_layer(caches, width, index) for index in range(len(template.layers)))
+
+
+def _padded_layer(caches: list[RowCache | None], width: int, index: int):
+    k_ref, v_ref = next(c for c in caches if c is not None and c.length > 0).layers[index]
+    keys = k_ref.new_zeros((len(caches), k_ref.shape[0], width, k_ref.shape[2]))
+    values = v_ref.new_zeros((len(caches), v_ref.shape[0], width, v_ref.shape[2]))
+    for row, cache in enumerate(caches):
+        if cache is not None and cache.length > 0:
+            keys[row, :, width - cache.length :] = cache.layers[index][0]
+            values[row, :, width - cache.length :] = cache.layers[index][1]
+    return keys, values

@@ -39,6 +39,40 @@ class ScoringTriple:
     run_labels: tuple[int, ...]  # SEGMENTS index of every run-context token (cached ones first)
 
 
+SCORE_DTYPE = torch.float32  # see float32_weights
+
+
+@contextlib.contextmanager
+def float32_weights(model):
+    """Score in float32 whatever the model's dtype: the parameters are cast up for the scoring pass
+    and back after it (bf16/fp16 -> fp32 -> bf16/fp16 is exact, so decoding is unchanged).
+
+    Why: the measures are differences of KL divergences between nearly equal distributions. In
+    16-bit the same context scored in two batch rows gives logits that differ by rounding (SmolLM2
+    in bfloat16: |KL(run||old) - KL(run||new)| up to 0.29 nats for identical contexts), which the
+    adapted rule would read as adaptation; in float32 the same check gives ~1e-5 (metrics/README.md,
+    "Precision"). Cost while scoring: the weights take twice their 16-bit memory (a 7B model 28 GB
+    instead of 14 GB) plus the scoring caches in float32, and float32 matrix products run at a
+    fraction of 16-bit throughput on GPUs. Quantised (4-bit) weights are left as they are."""
+    params = [p for p in model.parameters() if p.dtype in (torch.bfloat16, torch.float16)]
+    if not params or not all(p.is_floating_point() for p in model.parameters()):  # 4-bit weights are uint8
+        yield
+        return
+    originals = [p.dtype for p in params]
+    attention = model.config._attn_implementation
+    try:  # a cast that runs out of memory half-way is undone too
+        for p in params:
+            p.data = p.data.to(SCORE_DTYPE)
+        if attention == "flash_attention_2":  # no float32 kernel
+            model.set_attn_implementation("sdpa")
+        yield
+    finally:
+        for p, dtype in zip(params, originals):
+            p.data = p.data.to(dtype)
+        if attention == "flash_attention_2":
+            model.set_attn_implementation(attention)
+
+
 @contextlib.contextmanager
 def eager_attention(model, needed: bool):
     """Attention weights exist only in eager attention; switch to it for one pass and back."""
@@ -117,9 +151,11 @@ def teacher_forced_chunks(model, contexts: list[ScoringContext], n_queries: list
 
 
 @torch.inference_mode()
-def score_triples(model, triples: list[ScoringTriple], track_attention: bool, track_hidden: bool) -> list[dict]:
+def score_triples(model, triples: list[ScoringTriple], track_attention: bool, track_hidden: bool,
+                  float32: bool = True) -> list[dict]:
     """The ``series`` dict of the trace schema for every triple, in order (run, old and new contexts
-    of all triples in one batch; attention is reported for the run contexts only)."""
+    of all triples in one batch; attention is reported for the run contexts only); ``float32``:
+    a 16-bit model scores in float32 (float32_weights)."""
     if not triples:
         return []
     count = len(triples)
@@ -127,13 +163,15 @@ def score_triples(model, triples: list[ScoringTriple], track_attention: bool, tr
     labels = [t.run_labels for t in triples] + [()] * (2 * count)
     width = max(len(t.targets) for t in triples)
     series = [empty_series(track_attention, track_hidden) for _ in triples]
-    chunks = teacher_forced_chunks(
-        model, contexts, [len(t.targets) for t in triples] * 3, labels,
-        output_attentions=track_attention, output_hidden_states=track_hidden,
-    )
-    for start, stop, out, slots in chunks:
-        _reduce_chunk(out, triples, slots, series, start, stop, width, track_attention, track_hidden)
-        del out
+    with float32_weights(model) if float32 else contextlib.nullcontext():
+        contexts = [c if c.cache is None else dataclasses.replace(c, cache=c.cache.to(model.dtype)) for c in contexts]
+        chunks = teacher_forced_chunks(
+            model, contexts, [len(t.targets) for t in triples] * 3, labels,
+            output_attentions=track_attention, output_hidden_states=track_hidden,
+        )
+        for start, stop, out, slots in chunks:
+            _reduce_chunk(out, triples, slots, series, start, stop, width, track_attention, track_hidden)
+            del out
     return series
 
 
@@ -142,12 +180,13 @@ def _reduce_chunk(out, triples, slots, series, start, stop, width, track_attenti
     logp = log_probs(out.logits)
     run, old, new = logp[:count], logp[count : 2 * count], logp[2 * count :]
     columns = stop - start
-    targets = torch.zeros(count, columns, dtype=torch.long, device=logp.device)
-    for row, triple in enumerate(triples):
+    # Built on the host and copied once per chunk (not one element at a time); 0 left of a row's queries.
+    rows = []
+    for triple in triples:
         first = width - len(triple.targets)  # column of this triple's first query
-        for column in range(max(start, first), stop):
-            targets[row, column - start] = triple.targets[column - first]
-    targets = targets.unsqueeze(-1)
+        scored_from = min(max(start, first), stop)
+        rows.append([0] * (scored_from - start) + list(triple.targets[scored_from - first : stop - first]))
+    targets = torch.tensor(rows, dtype=torch.long).to(logp.device).unsqueeze(-1)
     numbers = {
         "logp_run": run.gather(-1, targets).squeeze(-1),
         "logp_old": old.gather(-1, targets).squeeze(-1),
@@ -158,25 +197,26 @@ def _reduce_chunk(out, triples, slots, series, start, stop, width, track_attenti
         "entropy_run": entropy(run),
     }
     del logp, run, old, new
+    numbers = {key: values.tolist() for key, values in numbers.items()}  # one device-to-host copy per series
     if track_attention:
         one_hot = slots.one_hot(count)  # [count, slots, segments]
         # Head-averaged weights of each run query over all slots, summed within segments.
-        mass = torch.stack([torch.bmm(a[:count].float().mean(1), one_hot) for a in out.attentions], dim=2)
+        mass = torch.stack([torch.bmm(a[:count].float().mean(1), one_hot) for a in out.attentions], dim=2).tolist()
     if track_hidden:
         hidden = out.hidden_states[1:]
-        cos_new = torch.stack([cosine_similarity(h[:count], h[2 * count :]) for h in hidden], dim=-1)
-        cos_old = torch.stack([cosine_similarity(h[:count], h[count : 2 * count]) for h in hidden], dim=-1)
+        cos_new = torch.stack([cosine_similarity(h[:count], h[2 * count :]) for h in hidden], dim=-1).tolist()
+        cos_old = torch.stack([cosine_similarity(h[:count], h[count : 2 * count]) for h in hidden], dim=-1).tolist()
     for row, triple in enumerate(triples):
         first_column = max(start, width - len(triple.targets)) - start
         if first_column >= columns:
             continue
         row_series = series[row]
         for key, values in numbers.items():
-            row_series[key].extend(values[row, first_column:].tolist())
+            row_series[key].extend(values[row][first_column:])
         if track_attention:
-            per_token = mass[row, first_column:].tolist()  # [tokens][layers][segments]
+            per_token = mass[row][first_column:]  # [tokens][layers][segments]
             for index, segment in enumerate(SEGMENTS):
                 row_series["attention"][segment].extend([[layer[index] for layer in token] for token in per_token])
         if track_hidden:
-            row_series["hidden_cos_new"].extend(cos_new[row, first_column:].tolist())
-            row_series["hidden_cos_old"].extend(cos_old[row, first_column:].tolist())
+            row_series["hidden_cos_new"].extend(cos_new[row][first_column:])
+            row_series["hidden_cos_old"].extend(cos_old[row][first_column:])

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # measure, comparisons, naive_reference as in the suite
+sys.path.insert(1, str(Path(__file__).parent.parent))  # tests/helpers.py (precision tolerances)
 
 from comparisons import batch_scaling, doc_analysis_vs_generate, inject_vs_reprefill, math_problems, naive_vs_engine  # noqa: E402
 from measure import Row, format_table, peak_memory_mib  # noqa: E402
@@ -73,6 +74,28 @@ def build_model(tiny: bool, device: str):
     return model, ByteTokenizer(config.vocab_size)
 
 
+def scoring_dtype_memory(model, tokenizer, problem, device: str, label: str) -> list[Row]:
+    """Peak memory of one doc (weights included) scored in float32 vs in the model's dtype, beside the
+    KV-cache estimate batch_size=auto sizes batches with (model_adapters/memory.py)."""
+    from kvinject.model_adapters.engine import InjectionEngine, InjectionSettings
+    from kvinject.model_adapters.engine.tokens import encode_prompt, encode_segment
+    from kvinject.model_adapters.memory import DocShape, doc_kv_bytes, kv_bytes_per_position
+
+    settings = InjectionSettings(track_attention=False, track_hidden=False)
+    peaks = {float32: peak_memory_mib(lambda f=float32: InjectionEngine(model, tokenizer, settings, score_in_float32=f)
+                                      .run([problem]), device) for float32 in (True, False)}
+    shape = DocShape(len(encode_prompt(tokenizer, problem.alternative_prompt)),
+                     len(encode_segment(tokenizer, problem.injection_text)), problem.max_new_tokens,
+                     len(settings.injection_points))
+    position = kv_bytes_per_position(model.config, model.dtype.itemsize)
+    estimate = {f: doc_kv_bytes(shape, position, kv_bytes_per_position(model.config, 4) if f else position) / 2**20
+                for f in (True, False)}
+    return [Row(f"peak_memory{label} scoring dtype", "peak MiB, float32 scoring", "peak MiB, model-dtype scoring",
+                peaks[True] / max(peaks[False], 1e-9), "",
+                f"measured {peaks[True]:.0f} vs {peaks[False]:.0f} MiB; KV estimate per doc "
+                f"{estimate[True]:.0f} vs {estimate[False]:.0f} MiB (memory.doc_kv_bytes)")]
+
+
 def main(argv=None) -> list[Row]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="a tiny config on the CPU (what the test runs)")
@@ -97,6 +120,8 @@ def main(argv=None) -> list[Row]:
     scaling, rates = batch_scaling(model, tokenizer, math_problems(8, budget), max(1, repeats - 1), label=label)
     rows += scaling
     per_doc_mib = peak_memory_mib(lambda: doc_analysis_vs_generate(model, tokenizer, problem, True, 1)[1], device)
+    scoring_rows = scoring_dtype_memory(model, tokenizer, problem, device, label)
+    rows += scoring_rows
 
     best = max(rates, key=rates.get)
     docs_per_hour = rates[best] * 3600

@@ -307,3 +307,15 @@ def test_controls_of_a_realistic_run_never_adapt_and_the_difference_is_significa
                 if doc["adaptation_point_vs_controls_pvalue@5"]["control"]]
     assert len(controls) == 6 and all(c["run"]["status"] != "event" for c in controls)
     assert results["adaptation_point_vs_controls_pvalue@5"] < 0.01
+
+
+def test_kl_noise_floor_is_the_largest_control_gap_and_warns_when_it_reaches_the_minimum_gap(caplog):
+    floor = metric_aggregation("kl_noise_floor@5", AdaptationSettings())
+    assert math.isnan(floor([]))
+    with caplog.at_level("WARNING", logger="kvinject.metrics.aggregations"):
+        assert floor([0.0, 1e-6, 3e-6]) == 3e-6
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="kvinject.metrics.aggregations"):
+        assert floor([0.0, 0.18]) == 0.18  # the bf16 rounding the adapted rule used to count as adaptation
+    assert "kl_noise_floor 0.18 nats >= adapted_min_kl_gap 0.01" in caplog.text
+    assert not metric_higher_is_better("kl_noise_floor@5")

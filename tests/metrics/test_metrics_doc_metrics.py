@@ -126,9 +126,10 @@ def test_identical_problem_control_gives_only_detection_values_and_its_adaptatio
     assert values["adaptation_point_vs_controls_pvalue@5"] == {
         "run": {"time": 3, "status": "event"}, "control": True}
     assert values["control_false_positive_rate@5"] == dict(_metrics()["detection_rate@5"], control=True)
+    assert values["kl_noise_floor@5"] == 2.0  # max |KL_old - KL_new| over both runs: |1 - 3| of the injection run
     assert {key.split("@")[0] for key in values} == {
         f"{metric}{stat}" for metric, stat in (
-            ("n_controls", ""), ("detection_rate", ""), ("detection_rate", "_ci_low"), ("detection_rate", "_ci_high"),
+            ("n_controls", ""), ("kl_noise_floor", ""), ("detection_rate", ""), ("detection_rate", "_ci_low"), ("detection_rate", "_ci_high"),
             ("detection_latency", "_median"), ("detection_latency", "_median_reached"),
             ("detection_latency", "_censored"), ("detection_horizon", ""), ("n_undecided", ""),
             ("detection_latency", "_never"), ("detection_false_alarm_bound", ""),
@@ -237,3 +238,18 @@ def test_malformed_traces_are_reported_with_the_doc_id(build_answers, build_trac
     nan_trace["conditions"]["injection@5"]["series"]["kl_run_old"][0] = float("nan")  # the builder refuses NaN
     with pytest.raises(ValueError, match="gsm-18.*NaN"):
         doc_metrics(nan_trace, build_answers([5]), SETTINGS)
+
+
+@pytest.mark.parametrize("dtype, score_dtype, adapted", [
+    (None, None, True), ("float32", "float32", True), ("float16", "float32", True),
+    ("bfloat16", "float32", False), ("bfloat16", "bfloat16", False), ("float16", "float16", True),
+])
+def test_the_adapted_rule_needs_a_gap_the_traces_precision_resolves(dtype, score_dtype, adapted):
+    """A 0.2-nat gap is far above float32 and float16 rounding but within bfloat16's (0.25 nats)."""
+    close = run_series([1.2, 1.2, 1.2, 1.2], [1.0, 1.0, 1.0, 1.0])
+    trace = build_trace({5: (close, NOISE)})
+    if dtype is not None:
+        trace["settings"].update(dtype=dtype, score_dtype=score_dtype)
+    values = doc_metrics(trace, build_answers([5]), SETTINGS)
+    event = values["adaptation_point_share@5"]["run"]
+    assert (event["status"] == "event") is adapted, event

@@ -44,7 +44,7 @@ def test_injection_point_zero_is_valid_and_means_before_the_first_generated_toke
 
 def test_load_in_4bit_without_cuda_is_refused():
     with pytest.raises(ModelArgsError, match=r"load_in_4bit=true needs a CUDA GPU \(device is cpu\)"):
-        loading._quantization_config(parse_model_args({"load_in_4bit": "true"}), "cpu")
+        loading._quantization_config(parse_model_args({"load_in_4bit": "true"}), "cpu", None)
 
 
 def test_missing_model_folder_is_named():

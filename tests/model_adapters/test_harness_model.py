@@ -159,3 +159,35 @@ def test_gathered_traces_join_this_process_traces(lm, monkeypatch, adaptation_re
     traces = {0: {"doc_id": "here"}}
     lm._gather_traces([adaptation_request("here"), adaptation_request("elsewhere")], [0, 1], [0], traces)
     assert traces == {0: {"doc_id": "here"}, 1: {"doc_id": "elsewhere"}}
+
+
+def test_out_of_memory_frees_the_failed_batch_before_retrying(lm, monkeypatch):
+    """The batch's tensors are referenced by the traceback while the except runs: memory is freed
+    after leaving it, when nothing of the failed batch is alive any more."""
+    import dataclasses
+    import weakref
+
+    from kvinject.model_adapters import harness_model
+
+    class BatchMemory:  # stands for the failed batch's caches
+        pass
+
+    real_run, batches, alive_at_free = lm.engine.run, [], []
+
+    def run(problems):
+        memory = BatchMemory()
+        batches.append(weakref.ref(memory))
+        if len(batches) == 1:
+            raise RuntimeError("CUDA error: out of memory")
+        return real_run(problems)
+
+    monkeypatch.setattr(lm.engine, "run", run)
+    monkeypatch.setattr(lm, "args", dataclasses.replace(lm.args, batch_size="auto"))
+    monkeypatch.setattr(harness_model, "free_memory", lambda: alive_at_free.append(batches[0]() is not None))
+    lm.batch_size = lm.engine.batch_size = 2
+    try:
+        outputs = lm.generate_until([request("oom-a"), request("oom-b")])
+    finally:
+        lm.batch_size = lm.engine.batch_size = 1
+    assert alive_at_free == [False]
+    assert [o.trace["doc_id"] for o in outputs] == ["oom-a", "oom-b"] and len(batches) == 3  # 2 docs, then 1 + 1

@@ -21,13 +21,40 @@ def test_unavailable_device_falls_back_with_a_warning(monkeypatch):
 def test_auto_picks_the_gpu_where_there_is_one():
     assert resolve_device("auto") == "cuda"
     assert resolve_device("cuda:0") == "cuda:0"
-    expected = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    expected = torch.bfloat16 if loading.native_bf16("cuda") else torch.float32
     assert resolve_dtype("auto", "cuda") is expected
 
 
 def test_auto_dtype_is_float32_on_cpu():
     assert resolve_dtype("auto", "cpu") is torch.float32
     assert resolve_dtype("bfloat16", "cpu") is torch.bfloat16
+
+
+def test_bfloat16_on_a_gpu_without_native_bfloat16_falls_back_to_float16_with_a_warning(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (7, 5))  # e.g. a T4
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    with pytest.warns(UserWarning, match="dtype=bfloat16: cuda:0 has no native bfloat16"):
+        assert resolve_dtype("bfloat16", "cuda:0") is torch.float16
+    assert resolve_dtype("auto", "cuda:0") is torch.float32
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (9, 0))  # H100: native
+    assert resolve_dtype("bfloat16", "cuda:0") is torch.bfloat16
+    assert resolve_dtype("auto", "cuda") is torch.bfloat16
+
+
+def test_flash_attention_with_float32_is_refused_before_loading(monkeypatch):
+    monkeypatch.setattr(loading, "weights_location", lambda args: pytest.fail("tried to load weights"))
+    with pytest.raises(ModelArgsError, match="flash_attention_2 needs dtype=bfloat16 or float16"):
+        parse_model_args({"attn_implementation": "flash_attention_2", "dtype": "float32"})  # explicit: at parse time
+    auto = parse_model_args({"attn_implementation": "flash_attention_2", "device": "cpu"})  # auto is float32 here
+    with pytest.raises(ModelArgsError, match="flash_attention_2 needs dtype=bfloat16 or float16"):
+        load_model_and_tokenizer(auto)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_4bit_compute_dtype_follows_dtype(dtype, monkeypatch):
+    monkeypatch.setattr(loading.importlib.util, "find_spec", lambda name: object())  # as if bitsandbytes were installed
+    config = loading._quantization_config(parse_model_args({"load_in_4bit": "true"}), "cuda:0", dtype)
+    assert config.bnb_4bit_compute_dtype == dtype
 
 
 def test_load_in_4bit_needs_cuda(local_model_dir):

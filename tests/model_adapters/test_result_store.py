@@ -25,15 +25,24 @@ def base(local_model_dir, tmp_path_factory):
 @pytest.mark.parametrize("changed", [
     {"injection_points": "1:4"}, {"strategy": "replace"}, {"noise": "shuffle"}, {"seed": 7},
     {"track_hidden": "false"}, {"dtype": "bfloat16"}, {"attn_implementation": "eager"},
-    {"injection_template": "\nNew problem: {alternative}\n"},
+    {"injection_template": "\nNew problem: {alternative}\n"}, {"dtype": "bfloat16", "score_dtype": "model"},
 ])
 def test_a_setting_that_changes_traces_changes_the_key(changed, base, local_model_dir, tmp_path):
     assert fingerprint(local_model_dir, tmp_path, **{"injection_points": "1:3", **changed}) != base
 
 
-@pytest.mark.parametrize("same", [{"batch_size": 4}, {"max_batch_size": 2}])
-def test_batch_size_and_output_folders_do_not(same, base, local_model_dir, tmp_path):
+@pytest.mark.parametrize("same", [{"batch_size": 4}, {"max_batch_size": 2}, {"score_dtype": "model"}])
+def test_batch_size_and_output_folders_do_not_in_float32(same, base, local_model_dir, tmp_path):
     assert fingerprint(local_model_dir, tmp_path / "elsewhere", injection_points="1:3", **same) == base
+
+
+def test_batch_size_changes_the_key_in_16_bit(local_model_dir, tmp_path):
+    """In 16-bit a batch of another shape rounds differently and can change greedy ids at a near-tie."""
+    keys = {size: fingerprint(local_model_dir, tmp_path, injection_points="1:3", dtype="bfloat16", batch_size=size)
+            for size in (1, 3)}
+    assert keys[1] != keys[3]
+    assert fingerprint(local_model_dir, tmp_path / "elsewhere", injection_points="1:3", dtype="bfloat16",
+                       batch_size=3) == keys[3]
 
 
 @pytest.mark.parametrize("field, value", [

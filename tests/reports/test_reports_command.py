@@ -41,8 +41,8 @@ def test_bad_input_is_named(tmp_path, capsys, simple_trace, write_run):
 
 
 def test_report_imports_no_torch():
-    code = ("import sys; from kvinject.commands import report; from kvinject.reports import curves, leaderboard, "
-            "per_problem, plotting, runs\nprint(sorted(m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules))")
+    code = ("import sys; from kvinject.commands import report; from kvinject.reports import curves, html_page, "
+            "leaderboard, per_problem, plotting, runs\nprint(sorted(m for m in ('torch', 'transformers', 'lm_eval') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -15,6 +15,7 @@ import pytest
 from matplotlib.image import imread
 
 from kvinject import cli
+from kvinject.strict_json import decoded_value
 from kvinject.reports.leaderboard import HEADLINE_MEASURES, parse_measure_name
 
 pytestmark = pytest.mark.slow
@@ -66,6 +67,9 @@ def test_leaderboard_values_are_those_of_the_results_json(report):
         for column in columns:
             if row[column] == "":
                 assert column not in values
+                continue
+            if values[column] is None:  # strict JSON: null reads as its word in the leaderboard
+                assert row[column] == f"{decoded_value(column, None, values)}", (row["model"], row["task"], column)
                 continue
             assert _same(float(row[column]), values[column]), (row["model"], row["task"], column)
             metric, point, _ = parse_measure_name(column)
@@ -126,4 +130,33 @@ def test_per_problem_values_equal_lm_evals_per_doc_metrics(report):
                 attention = item["attention_analysis"][name]
                 assert attention["attention_shift_magnitude"] == sample[f"attention_shift@{point}"]
                 compared += 1
+    assert compared > 0, "no changed-problem doc was injected: nothing compared"
+
+
+def test_html_page_answers_and_marks_are_lm_evals(report):
+    """index.html lists every problem of both runs; for the run that logged samples, the page's
+    "correct" (the task's matcher on the injection run) and adaptation points equal what lm-eval
+    recorded for the same doc, and the token texts spell the injection run's output."""
+    from kvinject.reports.html_page import read_page_data
+
+    out, folder = report
+    data = read_page_data((folder / "index.html").read_text(encoding="utf-8"))
+    assert len(data["problems"]) == 2 * len(TASKS) * 2   # two models, --limit 2
+    compared = 0
+    for task in TASKS:
+        samples = {}
+        for path in (out / "smollm2-135m").glob(f"samples_{task}_*.jsonl"):
+            samples.update({json.loads(line)["doc"]["id"]: json.loads(line) for line in path.read_text().splitlines()})
+        for problem in (p for p in data["problems"] if p["model"] == "smollm2-135m" and p["task"] == task):
+            sample = samples[problem["doc_id"]]
+            for item in problem["conditions"]:
+                if not item["name"].startswith("injection@") or "series" not in item:
+                    continue
+                point = item["point"]
+                if f"injection_accuracy@{point}" in sample:
+                    assert problem["correct"][str(point)] == (sample[f"injection_accuracy@{point}"] == 1.0)
+                    event = sample[f"adaptation_point_share@{point}"]["run"]
+                    assert item["adapt"] == (event["time"] if event["status"] == "event" else None)
+                    compared += 1
+                assert ("".join(item["pre"]) + "".join(item["post"])).startswith(item["text"])
     assert compared > 0, "no changed-problem doc was injected: nothing compared"

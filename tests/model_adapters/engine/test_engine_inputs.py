@@ -129,7 +129,8 @@ def test_trace_layout(model, tiny_tokenizer):
     assert trace["schema_version"] == SCHEMA_VERSION == 1
     assert trace["settings"] == {"injection_points": [1, 3], "strategy": "append", "noise": "random",
                                  "track_attention": False, "track_hidden": False, "seed": 1234,
-                                 "max_new_tokens": 8, "stop_sequences": []}
+                                 "max_new_tokens": 8, "stop_sequences": [], "dtype": "float32",
+                                 "score_dtype": "float32"}
     assert trace["prompts"]["original"]["ids"] == tiny_tokenizer.encode(PROBLEM.original_prompt)
     entry = trace["conditions"]["injection@3"]
     assert entry["injected_text"] == PROBLEM.injection_text and entry["prompt"] == "original"

@@ -88,3 +88,24 @@ def test_sliding_window_models_need_eager_or_sdpa(windowed):
     windowed.config._attn_implementation = "flash_attention_2"
     with pytest.raises(ValueError, match="needs attn_implementation eager or sdpa"):
         PaddedBatch(windowed, [None])
+
+
+def test_every_query_row_of_the_prepared_masks_sees_at_least_its_own_slot(windowed):
+    """A pad query that sees no key would be a fully masked softmax row (NaN in some GPU kernels):
+    it attends to itself only; real queries see exactly what they saw before (their own slot is real)."""
+    model = windowed
+    ids = [[5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [20, 21]]  # the second row is mostly padding
+    batch = PaddedBatch(model, [None, None])
+    masks = batch.feed_tokens(ids)["attention_mask"]
+    masks = masks if isinstance(masks, dict) else {"only": masks}
+    real = batch.mask.bool()
+    for mask in masks.values():
+        allowed = mask[:, 0] == 0  # [rows, queries, slots]
+        assert allowed.any(-1).all()
+        pads = ~real[1]
+        assert torch.equal(allowed[1][pads], torch.eye(real.shape[1], dtype=torch.bool)[pads])  # itself only
+        for row in range(2):  # real queries never see a pad slot
+            assert not allowed[row][real[row]][:, ~real[row]].any()
+    with torch.no_grad():
+        out = model(**PaddedBatch(model, [None, None]).feed_tokens(ids))
+    assert torch.isfinite(out.logits).all()

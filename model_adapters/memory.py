@@ -1,0 +1,82 @@
+"""Memory: how many docs fit in one batch (``batch_size=auto``), and what counts as out of memory.
+
+A doc's peak is the scoring batch (engine/scoring.py): for each of its 2 x points branches
+(injection and noise at each N) three contexts (run, old, new) are cached side by side, each about
+prompt + injected segment + token budget positions long once padded, in the scoring dtype (float32
+for a 16-bit model by default, twice its bytes); the branches' own caches (forks of the baseline,
+the alternative prompt, the decoded runs) are held in the model's dtype at the same time.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+# CUDA allocation failures that PyTorch raises as a plain RuntimeError (cuBLAS/cuDNN workspaces,
+# allocations inside kernels) rather than torch.OutOfMemoryError.
+_ALLOCATION_ERRORS = ("CUDA out of memory", "CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
+                      "CUDNN_STATUS_ALLOC_FAILED")
+FREE_MEMORY_SHARE = 0.5  # of the free memory, for the batch's caches (activations and logits need the rest)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    import torch
+
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and any(marker in str(error) for marker in _ALLOCATION_ERRORS))
+
+
+def free_memory() -> None:
+    """Return a failed batch's memory (call outside the except that caught the error)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@dataclasses.dataclass(frozen=True)
+class DocShape:
+    """Token counts of one doc as the engine runs it."""
+
+    prompt: int  # the longer of the original and alternative prompt
+    segment: int  # the injected segment (append) or 0 (replace swaps the prompt)
+    budget: int  # max_new_tokens
+    points: int  # injection points
+
+
+def kv_bytes_per_position(config, itemsize: int) -> int:
+    """Keys and values of one position over all layers."""
+    text = config.get_text_config()
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    return 2 * text.num_hidden_layers * kv_heads * head_dim * itemsize
+
+
+def doc_kv_bytes(shape: DocShape, position_bytes: int, score_position_bytes: int) -> int:
+    """The peak KV-cache bytes of one doc (module docstring)."""
+    branches = 2 * shape.points
+    width = shape.prompt + shape.segment + shape.budget
+    held = (2 + branches) * width * position_bytes  # baseline, oracle and every branch's cache
+    scoring = 3 * branches * width * score_position_bytes
+    return held + scoring
+
+
+def fitting_batch_size(free_bytes: int, shapes: list[DocShape], position_bytes: int, score_position_bytes: int,
+                       maximum: int) -> int:
+    """The most docs per batch whose caches fit in FREE_MEMORY_SHARE of ``free_bytes``, sized for the
+    largest doc; at least 1 (a doc that does not fit runs alone and may still run out of memory)."""
+    if not shapes:
+        return max(1, maximum)
+    largest = max(doc_kv_bytes(shape, position_bytes, score_position_bytes) for shape in shapes)
+    return max(1, min(maximum, int(FREE_MEMORY_SHARE * free_bytes // largest)))
+
+
+def device_free_bytes(device: str) -> int | None:
+    """Free memory of a CUDA ``device`` in bytes; None elsewhere (CPU batches are not sized from memory)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    free, _ = torch.cuda.mem_get_info(torch.device(device))
+    return free
