@@ -243,12 +243,21 @@ def unit_test_files() -> list[Path]:
     return sorted(p for p in TESTS.rglob("test_*.py") if p.relative_to(TESTS).parts[0] not in SEPARATE_SUITES)
 
 
+# A file named test_<prefix>_*.py tests that code folder and lives in its test folder.
+NAME_PREFIXES = {"engine": "model_adapters/engine", "metrics": "metrics", "reports": "reports",
+                 "tasks": "adaptation_tasks", "commands": "commands", "training": "training", "prm": "prm"}
+
+
 def misplaced_tests(files, root: Path = ROOT) -> list[str]:
-    """Test files whose folder under tests/ names no code folder (at the root or under kvinject/)."""
+    """Test files whose folder under tests/ names no code folder (at the root or under kvinject/), or
+    whose name prefix names another folder than theirs."""
     misplaced = []
     for path in files:
         folder = path.parent.relative_to(root / "tests")
+        prefix = path.stem.removeprefix("test_").split("_")[0]
         if folder.parts and not ((root / folder).is_dir() or (root / "kvinject" / folder).is_dir()):
+            misplaced.append(str(path.relative_to(root)))
+        elif NAME_PREFIXES.get(prefix, folder.as_posix()) != folder.as_posix():
             misplaced.append(str(path.relative_to(root)))
     return misplaced
 
@@ -270,8 +279,10 @@ def test_a_misplaced_test_file_would_be_found(tmp_path):
     (tmp_path / "metrics").mkdir()
     (tmp_path / "kvinject" / "commands").mkdir(parents=True)
     files = [tmp_path / "tests" / rel for rel in
-             ("test_a.py", "metrics/test_b.py", "commands/test_c.py", "engine/test_d.py", "metrics/x/test_e.py")]
-    assert misplaced_tests(files, tmp_path) == ["tests/engine/test_d.py", "tests/metrics/x/test_e.py"]
+             ("test_a.py", "metrics/test_b.py", "commands/test_c.py", "engine/test_d.py", "metrics/x/test_e.py",
+              "metrics/test_metrics_f.py", "test_engine_g.py", "metrics/test_reports_h.py")]
+    assert misplaced_tests(files, tmp_path) == ["tests/engine/test_d.py", "tests/metrics/x/test_e.py",
+                                                "tests/test_engine_g.py", "tests/metrics/test_reports_h.py"]
 
 
 def helper_calls_in_tests(source: str) -> list[str]:

@@ -244,7 +244,8 @@ def test_malformed_traces_are_reported_with_the_doc_id(build_answers, build_trac
     (None, None, True), ("float32", "float32", True), ("float16", "float32", True),
     ("bfloat16", "float32", False), ("bfloat16", "bfloat16", False), ("float16", "float16", True),
 ])
-def test_the_adapted_rule_needs_a_gap_the_traces_precision_resolves(dtype, score_dtype, adapted):
+def test_the_adapted_rule_needs_a_gap_the_traces_precision_resolves(dtype, score_dtype, adapted, build_answers,
+                                                                    build_trace, run_series):
     """A 0.2-nat gap is far above float32 and float16 rounding but within bfloat16's (0.25 nats)."""
     close = run_series([1.2, 1.2, 1.2, 1.2], [1.0, 1.0, 1.0, 1.0])
     trace = build_trace({5: (close, NOISE)})

@@ -161,7 +161,7 @@ def test_gathered_traces_join_this_process_traces(lm, monkeypatch, adaptation_re
     assert traces == {0: {"doc_id": "here"}, 1: {"doc_id": "elsewhere"}}
 
 
-def test_out_of_memory_frees_the_failed_batch_before_retrying(lm, monkeypatch):
+def test_out_of_memory_frees_the_failed_batch_before_retrying(lm, monkeypatch, adaptation_request):
     """The batch's tensors are referenced by the traceback while the except runs: memory is freed
     after leaving it, when nothing of the failed batch is alive any more."""
     import dataclasses
@@ -186,7 +186,7 @@ def test_out_of_memory_frees_the_failed_batch_before_retrying(lm, monkeypatch):
     monkeypatch.setattr(harness_model, "free_memory", lambda: alive_at_free.append(batches[0]() is not None))
     lm.batch_size = lm.engine.batch_size = 2
     try:
-        outputs = lm.generate_until([request("oom-a"), request("oom-b")])
+        outputs = lm.generate_until([adaptation_request("oom-a"), adaptation_request("oom-b")])
     finally:
         lm.batch_size = lm.engine.batch_size = 1
     assert alive_at_free == [False]

@@ -38,3 +38,15 @@ def windowed_model():
 def assert_same_trace():
     """helpers.assert_same_trace: two traces equal to a tolerance, path named."""
     return helpers.assert_same_trace
+
+
+@pytest.fixture(scope="session")
+def no_stop():
+    """helpers.no_stop: a stop rule that never stops (branches run to their budget)."""
+    return helpers.no_stop
+
+
+@pytest.fixture(scope="session")
+def logit_tolerance():
+    """helpers.logit_tolerance: the logit tolerance of a dtype at a logit scale."""
+    return helpers.logit_tolerance

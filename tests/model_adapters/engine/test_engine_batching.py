@@ -46,13 +46,13 @@ def test_branches_do_not_change_the_shared_prefix(tiny_model_builder, tiny_token
     assert all(torch.equal(k, k0) and torch.equal(v, v0) for (k, v), (k0, v0) in zip(fork.layers, before))
 
 
-def test_scoring_in_one_column_chunks_gives_the_traces_of_one_chunk(tiny_tokenizer, monkeypatch):
+def test_scoring_in_one_column_chunks_gives_the_traces_of_one_chunk(tiny_tokenizer, monkeypatch, tiny_model_builder,
+                                                                    assert_same_trace):
     """Ragged rows whose queries start in different chunks: each chunk's targets and series land on
     the right tokens (targets are built per chunk on the host)."""
-    from helpers import build_tiny_model
     from kvinject.model_adapters.engine import scoring
 
-    model = build_tiny_model("llama")
+    model = tiny_model_builder("llama")
     problems = [Problem("a", "Q: 2+2?", "Q: 7+5, then 3?", "New: 7+5, then 3", 9),
                 Problem("b", "Question: Tom has 3 apples. A:", "Question: Tom has 9 pears. A:", "9 pears", 5)]
     settings = InjectionSettings(injection_points=(0, 3))
@@ -62,7 +62,7 @@ def test_scoring_in_one_column_chunks_gives_the_traces_of_one_chunk(tiny_tokeniz
     assert_same_trace(chunked, whole)
 
 
-def test_a_padded_batch_holds_one_padded_layer_beside_its_cache(monkeypatch):
+def test_a_padded_batch_holds_one_padded_layer_beside_its_cache(monkeypatch, tiny_model_builder):
     """DynamicCache copies what it is given: the padded layers are made one at a time, so assembling
     a batch never holds a second copy of the whole cache."""
     import gc
@@ -70,11 +70,10 @@ def test_a_padded_batch_holds_one_padded_layer_beside_its_cache(monkeypatch):
 
     from transformers.cache_utils import DynamicLayer
 
-    from helpers import build_tiny_model
     from kvinject.model_adapters.engine.decoding import extend_caches
     from kvinject.model_adapters.engine.row_cache import PaddedBatch
 
-    model = build_tiny_model("llama")
+    model = tiny_model_builder("llama")
     caches = extend_caches(model, [None, None], [[5, 6, 7, 8], [9, 10]])
     given, alive_at_update = [], []
     real_update = DynamicLayer.update

@@ -11,7 +11,6 @@ import subprocess
 
 import numpy as np
 import pytest
-from helpers import TinyCharTokenizer
 from report_runs import HTML_DOCS, write_html_runs
 
 from kvinject import cli
@@ -126,8 +125,8 @@ def test_a_run_without_traces_shows_its_samples(page):
     assert [problem["correct"]["1"] for problem in sorted(untraced, key=lambda p: p["index"])] == [True, False, False]
 
 
-def test_token_pieces_spell_the_decoded_text():
-    tokenizer = TinyCharTokenizer()
+def test_token_pieces_spell_the_decoded_text(tiny_tokenizer_class):
+    tokenizer = tiny_tokenizer_class()
     ids = tokenizer.encode("The answer is Paris.", add_special_tokens=False)
     pieces = token_pieces(tokenizer, ids[6:], ids[:6])
     assert len(pieces) == len(ids) - 6 and "".join(pieces) == tokenizer.decode(ids[6:])
@@ -253,5 +252,5 @@ def test_ci_installs_the_browser():
     """CI installs the browser the rendering test needs, so it is not skipped there."""
     from pathlib import Path
 
-    script = (Path(__file__).resolve().parents[1] / ".ci" / "run").read_text()
+    script = (Path(__file__).resolve().parents[2] / ".ci" / "run").read_text()
     assert "apt-get install -y chromium" in script

@@ -13,7 +13,6 @@ from kvinject.model_adapters.memory import (
     is_out_of_memory,
     kv_bytes_per_position,
 )
-from helpers import request
 
 GIB = 2**30
 QWEN_7B = transformers.Qwen2Config(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28,
@@ -43,11 +42,11 @@ def test_the_batch_is_sized_from_the_largest_doc_on_a_simulated_budget():
     assert fitting_batch_size(GIB // 4, [short], bf16, fp32, maximum=64) == 1  # not even one fits: run alone
 
 
-def test_generate_until_sizes_batch_size_auto_from_its_docs(local_model_dir, tmp_path, monkeypatch):
+def test_generate_until_sizes_batch_size_auto_from_its_docs(local_model_dir, tmp_path, monkeypatch, adaptation_request):
     lm = harness_model.KVInjectLM(pretrained=str(local_model_dir), injection_points="1:2", batch_size="auto",
                                   result_store="none", trace_dir=str(tmp_path))
     assert lm.batch_size == 8  # on the CPU: no memory to size from
-    requests = [request(f"doc{i}") for i in range(5)]
+    requests = [adaptation_request(f"doc{i}") for i in range(5)]
     problems = [harness_model.problem_from_request(lm.args, r.task_name, r.doc, *r.args, lm.turn_frame) for r in requests]
     position = kv_bytes_per_position(lm.model.config, 4)
     largest = max(doc_kv_bytes(lm._doc_shape(p), position, position) for p in problems)

@@ -13,7 +13,7 @@ Exactness tolerances per precision (what each can resolve; metrics/README.md "Pr
 import pytest
 import torch
 
-from helpers import TOLERANCE, TinyCharTokenizer, build_tiny_model, full_log_probs, logit_tolerance, no_stop
+from helpers import TOLERANCE
 from kvinject.model_adapters.engine import InjectionEngine, InjectionSettings, Problem
 from kvinject.model_adapters.engine.decoding import DecodeRow, greedy_decode
 from kvinject.model_adapters.engine.divergence import kl_divergence
@@ -40,9 +40,10 @@ def dtype(request):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_forked_append_matches_one_forward_pass_in_each_precision(family, dtype):
-    tokenizer = TinyCharTokenizer(eos_token_id=None)
-    model = build_tiny_model(family).to(dtype)
+def test_forked_append_matches_one_forward_pass_in_each_precision(family, dtype, logit_tolerance, no_stop,
+                                                                  tiny_model_builder, tiny_tokenizer_class):
+    tokenizer = tiny_tokenizer_class(eos_token_id=None)
+    model = tiny_model_builder(family).to(dtype)
     prompts = [tokenizer.encode(p.original_prompt) for p in PROBLEMS]
     feeds = [tokenizer.encode(" New: 9", add_special_tokens=False) + [40, 41], [50, 51, 52]]
     rows = [DecodeRow(None, tuple(p), 6, no_stop(tokenizer), capture_after=frozenset({3})) for p in prompts]
@@ -58,10 +59,11 @@ def test_forked_append_matches_one_forward_pass_in_each_precision(family, dtype)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_trace_series_match_a_float32_forward_pass_in_each_precision(family, dtype):
-    tokenizer = TinyCharTokenizer(eos_token_id=None)
-    reference_model = build_tiny_model(family)
-    model = build_tiny_model(family).to(dtype)
+def test_trace_series_match_a_float32_forward_pass_in_each_precision(family, dtype, full_log_probs, tiny_model_builder,
+                                                                     tiny_tokenizer_class):
+    tokenizer = tiny_tokenizer_class(eos_token_id=None)
+    reference_model = tiny_model_builder(family)
+    model = tiny_model_builder(family).to(dtype)
     logp_tolerance, kl_tolerance = SERIES_TOLERANCE[dtype]
     checked = 0
     for trace in InjectionEngine(model, tokenizer, SETTINGS, batch_size=2).run(PROBLEMS):
@@ -87,9 +89,11 @@ def test_trace_series_match_a_float32_forward_pass_in_each_precision(family, dty
 
 
 @pytest.mark.parametrize("float32_scoring", [True, False], ids=["float32-scoring", "model-dtype-scoring"])
-def test_identical_controls_score_old_and_new_bit_identically_in_each_precision(dtype, float32_scoring):
-    tokenizer = TinyCharTokenizer(eos_token_id=None)
-    model = build_tiny_model("llama").to(dtype)
+def test_identical_controls_score_old_and_new_bit_identically_in_each_precision(dtype, float32_scoring,
+                                                                                tiny_model_builder,
+                                                                                tiny_tokenizer_class):
+    tokenizer = tiny_tokenizer_class(eos_token_id=None)
+    model = tiny_model_builder("llama").to(dtype)
     same = [Problem("same", "Q: 6 eggs, 2 eaten?", "Q: 6 eggs, 2 eaten?", "Again: 6 eggs", 6),
             Problem("other", "Question: Tom has 3 apples. A:", "Question: Tom has 9 pears. A:", "Now 9 pears!", 6)]
     engine = InjectionEngine(model, tokenizer, SETTINGS, batch_size=2, score_in_float32=float32_scoring)
@@ -101,11 +105,11 @@ def test_identical_controls_score_old_and_new_bit_identically_in_each_precision(
     assert next(model.parameters()).dtype == dtype  # scoring in float32 leaves the weights as they were
 
 
-def test_greedy_ties_go_to_the_lowest_id_in_each_precision(dtype):
+def test_greedy_ties_go_to_the_lowest_id_in_each_precision(dtype, no_stop, tiny_model_builder, tiny_tokenizer_class):
     """Exact ties are common in 16-bit logits: decoding breaks them one documented way (torch.argmax
     returns the first maximal index), whatever the batch."""
-    tokenizer = TinyCharTokenizer(eos_token_id=None)
-    model = build_tiny_model("llama")
+    tokenizer = tiny_tokenizer_class(eos_token_id=None)
+    model = tiny_model_builder("llama")
     with torch.no_grad():
         head = model.lm_head.weight
         row = head[5].clone()
@@ -120,10 +124,10 @@ def test_greedy_ties_go_to_the_lowest_id_in_each_precision(dtype):
     assert {i for ids in alone for i in ids} <= {0, 5}  # the lowest id among the maxima: never 7
 
 
-def test_a_float32_scoring_pass_that_fails_leaves_the_weights_as_they_were(monkeypatch):
+def test_a_float32_scoring_pass_that_fails_leaves_the_weights_as_they_were(monkeypatch, tiny_model_builder):
     from kvinject.model_adapters.engine import scoring
 
-    model = build_tiny_model("llama").to(torch.bfloat16)
+    model = tiny_model_builder("llama").to(torch.bfloat16)
     before = {name: p.clone() for name, p in model.named_parameters()}
     with pytest.raises(RuntimeError, match="simulated"):
         with scoring.float32_weights(model):
