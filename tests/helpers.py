@@ -1,4 +1,6 @@
 """Helpers shared by the tests (pytest puts tests/ on sys.path; test modules never import each other).
+Test functions reach them as fixtures (tests/conftest.py and the folders' conftest.py files); test
+modules import from here only constants and what they use at module level (docs/architecture.md, 10).
 
 - tiny models: ``TinyCharTokenizer``, ``build_tiny_model`` (2-layer random fp32 models of many
   families), ``build_tiny_model_folder`` (a tiny Llama saved as a real Hugging Face folder);
