@@ -1,0 +1,159 @@
+"""Measure what the adaptation_update card reports: baseline and oracle accuracy and the injected share.
+
+    python -m kvinject.adaptation_tasks.adaptation_update.measure_card --model smollm2-135m --chat \\
+        --output card_smollm2.json [--per_type 10] [--points 5 10 15] [--batch_size 8]
+
+Prompts come from lm-eval's own rendering of the task (``build_all_requests``, with the model's chat
+template under ``--chat`` as ``--apply_chat_template`` does), the engine's inputs from the model adapter's
+``problem_from_request``, and the baseline and oracle from the engine's greedy decoder with the task's
+stop sequences and token budget, so they are the baseline and oracle an ``lm_eval --model kvinject`` run
+computes (up to float rounding between batch sizes). A changed doc is injected at N when its baseline
+generated more than N tokens (the engine injects iff the baseline did not stop at or before the N-th).
+Answers are scored by the task's own matcher: the baseline against the original answer, the oracle
+against the alternative answer. Only the two uninjected conditions are decoded: this is the cheap check
+of the task's design, not a kvinject run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+TASK = "adaptation_update"
+DEFAULT_POINTS = (5, 10, 15)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m", help="pretrained= of --model kvinject (alias, folder or Hub id)")
+    parser.add_argument("--chat", action="store_true", help="render prompts with the model's chat template (--apply_chat_template)")
+    parser.add_argument("--per_type", type=int, default=None, help="only the first K docs of each variation type (a pilot)")
+    parser.add_argument("--points", type=int, nargs="+", default=list(DEFAULT_POINTS), help="injection points to count")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--output", type=Path, required=True, help="JSON file: the summary and every doc's outputs")
+    return parser.parse_args(argv)
+
+
+def load_task():
+    """The task as lm-eval loads it (only kvinject's task folder is indexed: lm-eval's own thousands of
+    YAML files are not needed)."""
+    from lm_eval.tasks import TaskManager
+
+    from kvinject.adaptation_tasks import TASKS_DIR
+
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=False).load([TASK])["tasks"][TASK]
+
+
+def chat_renderer(tokenizer):
+    """What KVInjectLM.apply_chat_template does for lm-eval's --apply_chat_template."""
+    def render(chat_history, add_generation_prompt=True):
+        return tokenizer.apply_chat_template(chat_history, tokenize=False, add_generation_prompt=add_generation_prompt,
+                                             continue_final_message=not add_generation_prompt)
+    return render
+
+
+def pick(docs: list[dict], per_type: int | None) -> list[int]:
+    if per_type is None:
+        return list(range(len(docs)))
+    seen = defaultdict(int)
+    chosen = []
+    for index, doc in enumerate(docs):
+        if seen[doc["variation_type"]] < per_type:
+            seen[doc["variation_type"]] += 1
+            chosen.append(index)
+    return chosen
+
+
+def requests(task, indices: list[int], chat: bool, tokenizer) -> list:
+    task.build_all_requests(samples=indices, apply_chat_template=chat,
+                            chat_template=chat_renderer(tokenizer) if chat else None)
+    return sorted(task.instances, key=lambda instance: instance.doc_id)
+
+
+def decode(model, tokenizer, prompts: list[str], problems, batch_size: int) -> list:
+    """Greedy decoding of every prompt; the prompts' longest common token prefix (instruction and worked
+    examples) is prefilled once and shared, as the engine shares a doc's baseline/oracle prefix."""
+    from kvinject.model_adapters.engine.decoding import DecodeRow, extend_caches, greedy_decode
+    from kvinject.model_adapters.engine.tokens import StopRule, encode_prompt, eos_ids
+
+    ends = eos_ids(tokenizer, model)
+    ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
+    # every row keeps at least its last prompt token to feed
+    shared = min(len(os.path.commonprefix(ids)), min(len(row) for row in ids) - 1)
+    prefix = extend_caches(model, [None], [ids[0][:shared]])[0] if shared else None
+    rows = [DecodeRow(prefix, tuple(row[shared:]), problem.max_new_tokens, StopRule(tokenizer, ends, problem.stop_sequences))
+            for row, problem in zip(ids, problems)]
+    results = []
+    for start in range(0, len(rows), batch_size):
+        results.extend(greedy_decode(model, rows[start:start + batch_size]))
+    return results
+
+
+def output_record(tokenizer, result, stops) -> dict:
+    from kvinject.model_adapters.engine.tokens import decode_generated, truncate_at_stop
+
+    return {"text": truncate_at_stop(decode_generated(tokenizer, result.new_ids), stops),
+            "n_tokens": len(result.new_ids), "stop_reason": result.stop_reason}
+
+
+def summarise(records: list[dict], points) -> dict:
+    """Accuracies over all docs, injected shares over changed docs, and both per variation type."""
+    def rates(group: list[dict]) -> dict:
+        changed = [r for r in group if r["variation_type"] != "identical"]
+        return {
+            "n_docs": len(group),
+            "baseline_accuracy": sum(r["baseline"]["correct"] for r in group) / len(group),
+            "oracle_accuracy": sum(r["oracle"]["correct"] for r in group) / len(group),
+            "n_changed": len(changed),
+            **{f"injected_share@{n}": (sum(r["baseline"]["n_tokens"] > n for r in changed) / len(changed)
+                                       if changed else None) for n in points},
+            "median_baseline_tokens": sorted(r["baseline"]["n_tokens"] for r in group)[len(group) // 2],
+        }
+
+    by_type = defaultdict(list)
+    for record in records:
+        by_type[record["variation_type"]].append(record)
+    return {"all": rates(records), **{name: rates(group) for name, group in sorted(by_type.items())}}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from kvinject.model_adapters.harness_model import problem_from_request
+    from kvinject.model_adapters.loading import load_model_and_tokenizer
+    from kvinject.model_adapters.model_args import parse_model_args
+
+    model_args = parse_model_args({"pretrained": args.model, "device": args.device, "injection_points": args.points})
+    model, tokenizer, _ = load_model_and_tokenizer(model_args)
+    task = load_task()
+    indices = pick(list(task.test_docs()), args.per_type)
+    instances = requests(task, indices, args.chat, tokenizer)
+    problems = [problem_from_request(model_args, TASK, i.doc, i.args[0], i.args[1]) for i in instances]
+    started = time.perf_counter()
+    baselines = decode(model, tokenizer, [p.original_prompt for p in problems], problems, args.batch_size)
+    oracles = decode(model, tokenizer, [p.alternative_prompt for p in problems], problems, args.batch_size)
+    records = []
+    for instance, problem, baseline, oracle in zip(instances, problems, baselines, oracles):
+        doc = instance.doc
+        base, orac = output_record(tokenizer, baseline, problem.stop_sequences), output_record(tokenizer, oracle, problem.stop_sequences)
+        base["correct"] = bool(task.answer_matcher(base["text"], doc)["old"])
+        orac["correct"] = bool(task.answer_matcher(orac["text"], doc)["new"])
+        records.append({"id": doc["id"], "variation_type": doc["variation_type"], "question_kind": doc["question_kind"],
+                        "domain": doc["domain"], "baseline": base, "oracle": orac})
+    summary = {
+        "model": args.model, "chat_template": args.chat, "points": args.points, "docs": len(records),
+        "seconds": round(time.perf_counter() - started, 1),
+        "command": "python -m kvinject.adaptation_tasks.adaptation_update.measure_card " + " ".join(sys.argv[1:] if argv is None else argv),
+        "summary": summarise(records, args.points),
+    }
+    args.output.write_text(json.dumps({**summary, "records": records}, indent=1))
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
