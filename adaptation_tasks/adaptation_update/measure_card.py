@@ -1,7 +1,8 @@
 """Measure what the adaptation_update card reports: baseline and oracle accuracy and the injected share.
 
     python -m kvinject.adaptation_tasks.adaptation_update.measure_card --model smollm2-135m --chat \\
-        --output card_smollm2.json [--per_type 10] [--points 5 10 15] [--batch_size 8]
+        --output card_smollm2.json [--per_type 10] [--points 5 10 15] [--batch_size 8] [--shard 0/3]
+    python -m kvinject.adaptation_tasks.adaptation_update.measure_card --merge shard0.json shard1.json ... --output card.json
 
 Prompts come from lm-eval's own rendering of the task (``build_all_requests``, with the model's chat
 template under ``--chat`` as ``--apply_chat_template`` does), the engine's inputs from the model adapter's
@@ -35,8 +36,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--points", type=int, nargs="+", default=list(DEFAULT_POINTS), help="injection points to count")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--shard", default="0/1", help="I/N: only every N-th chosen doc from the I-th (parallel runs)")
+    parser.add_argument("--merge", type=Path, nargs="+", help="combine the records of these shard outputs instead of running")
     parser.add_argument("--output", type=Path, required=True, help="JSON file: the summary and every doc's outputs")
     return parser.parse_args(argv)
+
+
+def shard(indices: list[int], spec: str) -> list[int]:
+    index, _, count = spec.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise ValueError(f"--shard {spec!r}: expected I/N with 0 <= I < N, e.g. 0/3")
+    return indices[int(index)::int(count)]
+
+
+def merge(paths: list[Path]) -> dict:
+    """One card from shard outputs of the same settings: the records pooled, the summary recomputed."""
+    parts = [json.loads(path.read_text()) for path in paths]
+    settings = {key: parts[0][key] for key in ("model", "chat_template", "points")}
+    for path, part in zip(paths, parts):
+        if {key: part[key] for key in settings} != settings:
+            raise ValueError(f"--merge: {path} was measured with other settings than {paths[0]}")
+    records = sorted((record for part in parts for record in part["records"]), key=lambda r: r["id"])
+    if len({record["id"] for record in records}) != len(records):
+        raise ValueError("--merge: the shards share docs")
+    return {**settings, "docs": len(records), "seconds": sum(part["seconds"] for part in parts),
+            "command": [part["command"] for part in parts], "summary": summarise(records, settings["points"]),
+            "records": records}
 
 
 def load_task():
@@ -123,6 +148,11 @@ def summarise(records: list[dict], points) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.merge:
+        card = merge(args.merge)
+        args.output.write_text(json.dumps(card, indent=1))
+        print(json.dumps({key: value for key, value in card.items() if key != "records"}, indent=1))
+        return 0
     from kvinject.model_adapters.harness_model import problem_from_request
     from kvinject.model_adapters.loading import load_model_and_tokenizer
     from kvinject.model_adapters.model_args import parse_model_args
@@ -130,7 +160,7 @@ def main(argv=None) -> int:
     model_args = parse_model_args({"pretrained": args.model, "device": args.device, "injection_points": args.points})
     model, tokenizer, _ = load_model_and_tokenizer(model_args)
     task = load_task()
-    indices = pick(list(task.test_docs()), args.per_type)
+    indices = shard(pick(list(task.test_docs()), args.per_type), args.shard)
     instances = requests(task, indices, args.chat, tokenizer)
     problems = [problem_from_request(model_args, TASK, i.doc, i.args[0], i.args[1]) for i in instances]
     started = time.perf_counter()
