@@ -242,10 +242,11 @@ def test_two_docs_run_end_to_end_on_smollm2_with_the_chat_template(tmp_path):
     records = read_traces(next(out.rglob("traces_*.jsonl.gz")))
     assert [record["trace"]["doc_id"] for record in records] == [DOCS[0]["id"], DOCS[1]["id"]]
 
-    from kvinject.model_adapters.loading import load_model_and_tokenizer
-    from kvinject.model_adapters.model_args import parse_model_args
+    from transformers import AutoTokenizer
 
-    _, tokenizer, _ = load_model_and_tokenizer(parse_model_args({"pretrained": "smollm2-135m", "device": "cpu"}))
+    from kvinject.model_adapters.offline_models import OFFLINE_MODELS, safetensors_copy_of_gguf
+
+    tokenizer = AutoTokenizer.from_pretrained(safetensors_copy_of_gguf(OFFLINE_MODELS["smollm2-135m"].gguf_path()))
     rendered = measure_card.requests(measure_card.load_task(), [0, 1], True, tokenizer)
     for record, instance, doc in zip(records, rendered, DOCS):
         trace = record["trace"]
@@ -254,3 +255,33 @@ def test_two_docs_run_end_to_end_on_smollm2_with_the_chat_template(tmp_path):
         injected = trace["conditions"]["injection@5"]
         if injected["injected"]:
             assert injected["injected_text"] == doc["injection_text"]
+
+
+def test_the_card_script_counts_a_doc_injected_at_n_only_after_more_than_n_tokens(tmp_path):
+    from kvinject.adaptation_tasks.adaptation_update import measure_card
+
+    def record(doc_id, variation_type, tokens, base_ok, oracle_ok):
+        return {"id": doc_id, "variation_type": variation_type, "baseline": {"n_tokens": tokens, "correct": base_ok},
+                "oracle": {"n_tokens": 9, "correct": oracle_ok}}
+
+    records = [record("a", "changed_value", 5, True, False), record("b", "two_step", 6, False, True),
+               record("c", "identical", 2, True, True), record("d", "changed_entity", 16, True, True)]
+    summary = measure_card.summarise(records, [5, 15])
+    assert summary["all"]["baseline_accuracy"] == 0.75 and summary["all"]["oracle_accuracy"] == 0.75
+    # the engine injects at N iff the baseline did not stop at or before its N-th token; controls do not count
+    assert summary["all"]["injected_share@5"] == 2 / 3 and summary["all"]["injected_share@15"] == 1 / 3
+    assert summary["identical"]["injected_share@5"] is None
+    low, high = summary["all"]["baseline_accuracy_ci95"]
+    assert low < 0.75 < high
+    assert measure_card.shard(list(range(7)), "1/3") == [1, 4]
+    assert sorted(sum((measure_card.shard(list(range(7)), f"{i}/3") for i in range(3)), [])) == list(range(7))
+    with pytest.raises(ValueError, match="--shard"):
+        measure_card.shard([1], "3/3")
+    parts = []
+    for index, chunk in enumerate((records[:2], records[2:], records[1:2])):
+        parts.append(tmp_path / f"part{index}.json")
+        parts[-1].write_text(json.dumps({"model": "m", "chat_template": True, "points": [5, 15], "seconds": 1.0,
+                                         "command": "x", "records": chunk}))
+    assert measure_card.merge(parts[:2])["summary"] == summary
+    with pytest.raises(ValueError, match="share docs"):
+        measure_card.merge(parts)

@@ -11,7 +11,7 @@ stop sequences and token budget, so they are the baseline and oracle an ``lm_eva
 computes (up to float rounding between batch sizes). A changed doc is injected at N when its baseline
 generated more than N tokens (the engine injects iff the baseline did not stop at or before the N-th).
 Answers are scored by the task's own matcher: the baseline against the original answer, the oracle
-against the alternative answer. Only the two uninjected conditions are decoded: this is the cheap check
+against the alternative answer; accuracies come with 95% Wilson intervals over docs. Only the two uninjected conditions are decoded: this is the cheap check
 of the task's design, not a kvinject run.
 """
 from __future__ import annotations
@@ -126,14 +126,26 @@ def output_record(tokenizer, result, stops) -> dict:
             "n_tokens": len(result.new_ids), "stop_reason": result.stop_reason}
 
 
+def wilson_interval(successes: int, trials: int) -> list[float]:
+    """95% Wilson score interval of a binomial proportion (docs as independent trials)."""
+    from scipy.stats import binomtest
+
+    interval = binomtest(successes, trials).proportion_ci(0.95, method="wilson")
+    return [round(interval.low, 4), round(interval.high, 4)]
+
+
 def summarise(records: list[dict], points) -> dict:
     """Accuracies over all docs, injected shares over changed docs, and both per variation type."""
     def rates(group: list[dict]) -> dict:
         changed = [r for r in group if r["variation_type"] != "identical"]
+        accuracies = {}
+        for condition in ("baseline", "oracle"):
+            correct = sum(r[condition]["correct"] for r in group)
+            accuracies[f"{condition}_accuracy"] = correct / len(group)
+            accuracies[f"{condition}_accuracy_ci95"] = wilson_interval(correct, len(group))
         return {
             "n_docs": len(group),
-            "baseline_accuracy": sum(r["baseline"]["correct"] for r in group) / len(group),
-            "oracle_accuracy": sum(r["oracle"]["correct"] for r in group) / len(group),
+            **accuracies,
             "n_changed": len(changed),
             **{f"injected_share@{n}": (sum(r["baseline"]["n_tokens"] > n for r in changed) / len(changed)
                                        if changed else None) for n in points},
