@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from kvinject.adaptation_tasks.adaptation_pairs.answers import match_pair_answer
+from kvinject.adaptation_tasks.adaptation_update.answers import match_update_answer
 from kvinject.adaptation_tasks.adaptation_update.data import (
     N_IDENTICAL, QUOTAS, SEED, UPDATE_SCHEMA, build_update_docs, doc_to_text, load_update_dataset,
 )
@@ -111,9 +111,8 @@ def test_counts_per_type_and_24_percent_controls():
 
 def test_every_gold_is_recomputed_from_the_problem_text():
     for doc in DOCS:
-        assert solve(doc["original_question"]) == doc["original_answer"] == doc["original_aliases"][0], doc["id"]
-        assert solve(doc["alternative_question"]) == doc["alternative_answer"] == doc["alternative_aliases"][0], doc["id"]
-        assert doc["answer_kind"] == ("number" if doc["original_answer"].isdigit() else "text"), doc["id"]
+        assert solve(doc["original_question"]) == doc["original_answer"], doc["id"]
+        assert solve(doc["alternative_question"]) == doc["alternative_answer"], doc["id"]
 
 
 def test_the_alternative_is_the_original_with_the_update_applied_and_changes_the_answer():
@@ -189,8 +188,7 @@ def test_lm_eval_loads_the_task_in_the_adaptation_group():
     ("I do not know.", False, False),
 ])
 def test_city_answers_are_read_from_the_last_answer_sentence(text, new, old):
-    doc = {"answer_kind": "text", "original_aliases": ["Rome"], "alternative_aliases": ["Paris"]}
-    result = match_pair_answer(text, doc)
+    result = match_update_answer(text, {"original_answer": "Rome", "alternative_answer": "Paris"})
     assert (result["new"], result["old"]) == (new, old)
 
 
@@ -201,9 +199,26 @@ def test_city_answers_are_read_from_the_last_answer_sentence(text, new, old):
     ("So the answer is 12.", False, False),
 ])
 def test_number_answers_are_read_from_the_last_answer_sentence(text, new, old):
-    doc = {"answer_kind": "number", "original_aliases": ["7"], "alternative_aliases": ["9"]}
-    result = match_pair_answer(text, doc)
+    result = match_update_answer(text, {"original_answer": "7", "alternative_answer": "9"})
     assert (result["new"], result["old"]) == (new, old)
+
+
+@pytest.mark.parametrize("text, new, old", [
+    ("The facts say that the blue box holds 4 pens. So the answer is 4.", False, True),
+    ("The facts say that Tina lives in Moscow. So the answer is Moscow.", True, False),
+    ("So the answer is 4 dollars.", False, True),
+])
+def test_a_question_moved_to_another_kind_reads_each_gold_by_its_own_kind(text, new, old):
+    """changed_entity can move the question from a count to a city: one number gold, one name gold."""
+    result = match_update_answer(text, {"original_answer": "4", "alternative_answer": "Moscow"})
+    assert (result["new"], result["old"]) == (new, old)
+
+
+def test_every_doc_can_be_scored():
+    for doc in DOCS:
+        stated = f"So the answer is {doc['alternative_answer']}."
+        assert match_update_answer(stated, doc)["new"], doc["id"]
+        assert match_update_answer(stated, doc)["old"] == (doc["variation_type"] == "identical"), doc["id"]
 
 
 def test_the_model_adapter_injects_the_docs_own_update():

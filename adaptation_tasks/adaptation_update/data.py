@@ -105,11 +105,6 @@ def answer(context: Context, kind: str, asked: tuple[str, ...]) -> str:
     return asked[0] if values[0] > values[1] else asked[1]
 
 
-def answer_kind(context: Context, kind: str, asked: tuple[str, ...]) -> str:
-    """"number" when the gold is a whole number, else "text" (as adaptation_pairs: numeric or alias matching)."""
-    return "text" if context.domain_of(asked[0]) == "city" or kind == "compare" else "number"
-
-
 def _entities(rng: random.Random, domain: str, n: int) -> list[str]:
     return rng.sample({"city": NAMES, "count": COLOURS, "price": ITEMS}[domain], n)
 
@@ -149,13 +144,10 @@ def _doc(doc_id: str, variation_type: str, control_of: str, context: Context, ki
         "control_of": control_of,
         "domain": context.domain_of(asked[0]),
         "question_kind": kind,
-        "answer_kind": answer_kind(context, kind, asked),
         "original_question": problem_text(context, kind, asked),
         "alternative_question": problem_text(alt_context, kind, alt_asked),
         "original_answer": answer(context, kind, asked),
         "alternative_answer": answer(alt_context, kind, alt_asked),
-        "original_aliases": [answer(context, kind, asked)],
-        "alternative_aliases": [answer(alt_context, kind, alt_asked)],
         "update": update,
         # the injected segment (the model adapter uses it instead of its injection_template)
         "injection_text": f"\n{update}\nAnswer:",
@@ -231,8 +223,7 @@ def build_update_docs(seed: int = SEED) -> list[dict]:
 
 UPDATE_SCHEMA = DocSchema(
     variation_types=frozenset({"identical", *QUOTAS}),
-    extra_text_fields=("control_of", "domain", "question_kind", "answer_kind", "update", "injection_text"),
-    list_fields=("original_aliases", "alternative_aliases"),
+    extra_text_fields=("control_of", "domain", "question_kind", "update", "injection_text"),
 )
 
 

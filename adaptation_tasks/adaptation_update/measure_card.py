@@ -49,8 +49,9 @@ def shard(indices: list[int], spec: str) -> list[int]:
     return indices[int(index)::int(count)]
 
 
-def merge(paths: list[Path]) -> dict:
-    """One card from shard outputs of the same settings: the records pooled, the summary recomputed."""
+def merge(paths: list[Path], task=None) -> dict:
+    """One card from shard outputs of the same settings: the records pooled, scored again with the task's
+    current matcher when `task` is given, and the summary recomputed."""
     parts = [json.loads(path.read_text()) for path in paths]
     settings = {key: parts[0][key] for key in ("model", "chat_template", "points")}
     for path, part in zip(paths, parts):
@@ -59,6 +60,8 @@ def merge(paths: list[Path]) -> dict:
     records = sorted((record for part in parts for record in part["records"]), key=lambda r: r["id"])
     if len({record["id"] for record in records}) != len(records):
         raise ValueError("--merge: the shards share docs")
+    if task is not None:
+        score(records, task)
     return {**settings, "docs": len(records), "seconds": sum(part["seconds"] for part in parts),
             "command": [part["command"] for part in parts], "summary": summarise(records, settings["points"]),
             "records": records}
@@ -126,6 +129,16 @@ def output_record(tokenizer, result, stops) -> dict:
             "n_tokens": len(result.new_ids), "stop_reason": result.stop_reason}
 
 
+def score(records: list[dict], task) -> None:
+    """Mark each output correct or not with the task's matcher: the baseline against the original answer,
+    the oracle against the alternative answer."""
+    docs = {doc["id"]: doc for doc in task.test_docs()}
+    for record in records:
+        doc = docs[record["id"]]
+        record["baseline"]["correct"] = bool(task.answer_matcher(record["baseline"]["text"], doc)["old"])
+        record["oracle"]["correct"] = bool(task.answer_matcher(record["oracle"]["text"], doc)["new"])
+
+
 def wilson_interval(successes: int, trials: int) -> list[float]:
     """95% Wilson score interval of a binomial proportion (docs as independent trials)."""
     from scipy.stats import binomtest
@@ -161,7 +174,7 @@ def summarise(records: list[dict], points) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.merge:
-        card = merge(args.merge)
+        card = merge(args.merge, load_task())
         args.output.write_text(json.dumps(card, indent=1))
         print(json.dumps({key: value for key, value in card.items() if key != "records"}, indent=1))
         return 0
@@ -178,14 +191,15 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     baselines = decode(model, tokenizer, [p.original_prompt for p in problems], problems, args.batch_size)
     oracles = decode(model, tokenizer, [p.alternative_prompt for p in problems], problems, args.batch_size)
-    records = []
-    for instance, problem, baseline, oracle in zip(instances, problems, baselines, oracles):
-        doc = instance.doc
-        base, orac = output_record(tokenizer, baseline, problem.stop_sequences), output_record(tokenizer, oracle, problem.stop_sequences)
-        base["correct"] = bool(task.answer_matcher(base["text"], doc)["old"])
-        orac["correct"] = bool(task.answer_matcher(orac["text"], doc)["new"])
-        records.append({"id": doc["id"], "variation_type": doc["variation_type"], "question_kind": doc["question_kind"],
-                        "domain": doc["domain"], "baseline": base, "oracle": orac})
+    records = [
+        {"id": instance.doc["id"], "variation_type": instance.doc["variation_type"],
+         "question_kind": instance.doc["question_kind"], "domain": instance.doc["domain"],
+         "baseline": output_record(tokenizer, baseline, problem.stop_sequences),
+         "oracle": output_record(tokenizer, oracle, problem.stop_sequences)}
+        for instance, problem, baseline, oracle in zip(instances, problems, baselines, oracles)
+    ]
+    args.output.write_text(json.dumps({"model": args.model, "records": records}))  # kept if scoring fails
+    score(records, task)
     summary = {
         "model": args.model, "chat_template": args.chat, "points": args.points, "docs": len(records),
         "seconds": round(time.perf_counter() - started, 1),
