@@ -169,6 +169,7 @@ def test_lm_eval_loads_the_task_in_the_adaptation_group():
     task = load_task()
     assert type(task).__name__ == "AdaptationTask" and list(task.test_docs()) == DOCS
     assert task.doc_to_text(DOCS[3]) == doc_to_text(DOCS[3])
+    assert task.answer_matcher is match_update_answer
     assert task.config.generation_kwargs["do_sample"] is False and "Question:" in task.config.generation_kwargs["until"]
     import yaml
     from lm_eval.tasks import TaskManager
