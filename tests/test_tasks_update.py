@@ -301,3 +301,14 @@ def test_the_card_script_counts_a_doc_injected_at_n_only_after_more_than_n_token
     assert measure_card.merge(parts[:2])["summary"] == summary
     with pytest.raises(ValueError, match="share docs"):
         measure_card.merge(parts)
+
+
+def test_the_worked_examples_use_no_entity_or_city_of_the_pools_and_solve_as_they_say():
+    from kvinject.adaptation_tasks.adaptation_update import data
+
+    for example in data.WORKED_EXAMPLES:
+        problem, worked = example.split("\nAnswer: ")
+        facts, _, _ = read_problem(problem)
+        assert not set(facts) & set(data.NAMES + data.COLOURS + data.ITEMS)
+        assert not set(facts.values()) & set(data.CITIES)
+        assert worked.endswith(f"So the answer is {solve(problem)}.") or worked.endswith(f"the {solve(problem)}.")
