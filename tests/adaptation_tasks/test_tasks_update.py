@@ -11,7 +11,13 @@ import pytest
 
 from kvinject.adaptation_tasks.adaptation_update.answers import match_update_answer
 from kvinject.adaptation_tasks.adaptation_update.data import (
-    N_IDENTICAL, QUOTAS, SEED, UPDATE_SCHEMA, build_update_docs, doc_to_text, load_update_dataset,
+    N_IDENTICAL,
+    QUOTAS,
+    SEED,
+    UPDATE_SCHEMA,
+    build_update_docs,
+    doc_to_text,
+    load_update_dataset,
 )
 from kvinject.adaptation_tasks.docs import validate_doc
 
