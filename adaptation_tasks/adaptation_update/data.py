@@ -75,6 +75,7 @@ def fact(context: Context, entity: str, value: str, now: bool = False) -> str:
 
 
 def question(context: Context, kind: str, asked: tuple[str, ...]) -> str:
+    """The question text for a lookup, sum or comparison over the `asked` entities of `context`."""
     domain = context.domain_of(asked[0])
     if kind == "lookup":
         (entity,) = asked

@@ -29,6 +29,7 @@ DEFAULT_POINTS = (5, 10, 15)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
+    """The command line of this script (see --help)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m", help="pretrained= of --model kvinject (alias, folder or Hub id)")
     parser.add_argument("--chat", action="store_true", help="render prompts with the model's chat template (--apply_chat_template)")
@@ -43,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def shard(indices: list[int], spec: str) -> list[int]:
+    """Every N-th index from the I-th for `--shard I/N`; ValueError names the flag when malformed."""
     index, _, count = spec.partition("/")
     if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
         raise ValueError(f"--shard {spec!r}: expected I/N with 0 <= I < N, e.g. 0/3")
@@ -86,6 +88,7 @@ def chat_renderer(tokenizer):
 
 
 def pick(docs: list[dict], per_type: int | None) -> list[int]:
+    """Indices of the docs to measure: all, or the first `per_type` docs of each variation type."""
     if per_type is None:
         return list(range(len(docs)))
     seen = defaultdict(int)
@@ -98,6 +101,7 @@ def pick(docs: list[dict], per_type: int | None) -> list[int]:
 
 
 def requests(task, indices: list[int], chat: bool, tokenizer) -> list:
+    """lm-eval's own request instances for the docs at `indices`, rendered as `--apply_chat_template` would."""
     task.build_all_requests(samples=indices, apply_chat_template=chat,
                             chat_template=chat_renderer(tokenizer) if chat else None)
     return sorted(task.instances, key=lambda instance: instance.doc_id)
@@ -123,6 +127,7 @@ def decode(model, tokenizer, prompts: list[str], problems, batch_size: int) -> l
 
 
 def output_record(tokenizer, result, stops) -> dict:
+    """One decoded output as the card records it: text cut at the first stop, token count, stop reason."""
     from kvinject.model_adapters.engine.tokens import decode_generated, truncate_at_stop
 
     return {"text": truncate_at_stop(decode_generated(tokenizer, result.new_ids), stops),
@@ -172,6 +177,7 @@ def summarise(records: list[dict], points) -> dict:
 
 
 def main(argv=None) -> int:
+    """Measure (or `--merge` shard outputs), write the card JSON to --output and print its summary; exit code 0."""
     args = parse_args(argv)
     if args.merge:
         card = merge(args.merge, load_task())
