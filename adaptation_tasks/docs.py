@@ -51,12 +51,15 @@ class DocSchema:
 
 
 def validated_test_split(docs: list[dict], schema: DocSchema) -> datasets.DatasetDict:
+    """The docs as a ``test`` split, after checking each against ``schema`` (MalformedDocError on the first bad one)."""
     for position, doc in enumerate(docs):
         validate_doc(doc, schema, position)
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(docs)})
 
 
 def validate_doc(doc: dict, schema: DocSchema, position: int) -> None:
+    """Raise MalformedDocError naming the doc and the field of the first breach of the contract or ``schema``;
+    a doc without an id is named by its ``position``."""
     doc_id = doc.get("id")
     if not isinstance(doc_id, str) or not doc_id.strip():
         raise MalformedDocError(f"doc at position {position}", "id", "is missing or empty")

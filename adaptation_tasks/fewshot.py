@@ -34,8 +34,10 @@ def _samples(examples):
 
 
 def math_examples() -> list[dict]:
+    """The worked math examples as few-shot samples (``original_question``, ``worked_answer`` with ``\\boxed{}``)."""
     return _samples(MATH_EXAMPLES)
 
 
 def semantic_examples() -> list[dict]:
+    """The worked semantic examples as few-shot samples (``original_question``, ``worked_answer``)."""
     return _samples(SEMANTIC_EXAMPLES)

@@ -7,6 +7,7 @@ from kvinject import _autoload
 
 
 def main():
+    """Run lm-eval's CLI on sys.argv with the kvinject plugin installed."""
     _autoload.install(force=True)
     from lm_eval.__main__ import cli_evaluate
 

@@ -36,9 +36,9 @@ MODEL_TARGET = "kvinject.model_adapters.harness_model:KVInjectLM"
 
 # Each hook gets the lm-eval module just executed; what it patches it reaches through lm_eval_internals.
 def _on_registry(module):
-    from kvinject.lm_eval_internals import model_registry
-
     import lm_eval.models  # noqa: F401  (built-ins first, see the module docstring)
+
+    from kvinject.lm_eval_internals import model_registry
 
     registry = model_registry()
     if MODEL_NAME not in registry:

@@ -43,6 +43,7 @@ class CommandParser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``kvinject <command> ...`` (``argv``: default sys.argv[1:]); the exit status, 2 for a usage error."""
     from kvinject.commands import UsageError
 
     argv = list(sys.argv[1:] if argv is None else argv)

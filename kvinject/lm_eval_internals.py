@@ -23,6 +23,7 @@ class LmEvalIncompatible(RuntimeError):
 
 
 def incompatible(symbol: str, detail: str = "is missing") -> LmEvalIncompatible:
+    """The LmEvalIncompatible error for ``symbol`` (``detail``: what is wrong with it), naming the installed lm-eval."""
     return LmEvalIncompatible(
         f"kvinject cannot run with lm-eval {version('lm_eval')}: {symbol} {detail}. kvinject supports "
         f"{SUPPORTED} (its uses of lm-eval internals are listed in kvinject/lm_eval_internals.py)"

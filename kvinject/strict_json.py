@@ -18,6 +18,7 @@ import math
 
 from kvinject.metrics.values import NOT_ESTIMABLE, NOT_REACHED
 
+
 def strict_json(value):
     """``value`` with every non-finite float (at any depth of dicts, lists, tuples) as None."""
     if isinstance(value, float):

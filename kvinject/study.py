@@ -191,6 +191,7 @@ def parse_study(data, base: Path = Path(".")) -> Study:
 
 
 def load_study(path) -> Study:
+    """The study in the YAML file ``path``, parsed and checked; ValueError naming the path otherwise."""
     import yaml
 
     path = Path(path)

@@ -24,6 +24,7 @@ COUNT_NOTICE = ("[{task}] kvinject measures cover different documents by design 
 
 
 def is_adaptation_task(task) -> bool:
+    """Whether ``task`` is one of kvinject's adaptation tasks (an AdaptationTask)."""
     from kvinject.adaptation_tasks.task import AdaptationTask
 
     return isinstance(task, AdaptationTask)

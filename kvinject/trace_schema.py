@@ -27,6 +27,7 @@ PRECISIONS = ("float32", "bfloat16", "float16")
 
 
 def condition(prompt: str, ids: list[int], text: str, stop_reason: str) -> dict:
+    """One condition's trace entry: its prompt, generated ids and text, and why it stopped (STOP_REASONS)."""
     return {"prompt": prompt, "ids": list(ids), "text": text, "stop_reason": stop_reason}
 
 
@@ -52,6 +53,8 @@ def injection_condition(
 
 
 def empty_series(track_attention: bool, track_hidden: bool) -> dict:
+    """The empty per-token series of an injection condition: the scalar ones, plus attention per segment and the
+    hidden-state cosines when tracked."""
     series = {key: [] for key in SCALAR_SERIES}
     if track_attention:
         series["attention"] = {segment: [] for segment in SEGMENTS}
@@ -62,6 +65,7 @@ def empty_series(track_attention: bool, track_hidden: bool) -> dict:
 
 
 def build_trace(doc_id: str, settings: dict, prompts: dict, conditions: dict) -> dict:
+    """The trace of one doc (schema version 1) from its settings, prompts and conditions."""
     return {"schema_version": SCHEMA_VERSION, "doc_id": doc_id, "settings": settings, "prompts": prompts,
             "conditions": conditions}
 

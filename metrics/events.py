@@ -18,6 +18,7 @@ STATUSES = (EVENT, CENSORED, NEVER)
 
 
 def event(time: int, status: str) -> dict:
+    """The JSON value ``{"time": int, "status": status}``; ValueError for a status not in STATUSES."""
     if status not in STATUSES:
         raise ValueError(f"event status {status!r}, expected one of {STATUSES}")
     return {"time": int(time), "status": status}

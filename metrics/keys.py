@@ -199,6 +199,7 @@ class ParsedKey:
 
 def format_key(metric: str, injection_point: int | None = None, stat: str = "",
                layer: int | None = None) -> str:
+    """The result key ``[pvalue_]metric[_stat][_layer<L>][@<N>]`` (parse_key reads it back)."""
     if stat == PVALUE:
         name = f"pvalue_{metric}"
     else:
@@ -268,6 +269,7 @@ def metric_higher_is_better(key: str) -> bool:
 
 
 def is_headline(key: str) -> bool:
+    """Whether ``key`` is a HEADLINE measure (any injection point, no layer); ValueError for an unknown key."""
     parsed = parse_key(key)
     return parsed.layer is None and format_key(parsed.metric, None, parsed.stat) in HEADLINE
 

@@ -27,7 +27,7 @@ from .settings import AdaptationSettings
 
 # No interval is given below this many pairs, or below this many pairs whose values differ: a
 # bootstrap interval cannot reach its coverage from a handful of documents, nor from a handful of
-# discordant ones among concordant accuracies (simulated in tests/test_metrics_paired.py, measured
+# discordant ones among concordant accuracies (simulated in tests/metrics/test_metrics_paired.py, measured
 # coverage in metrics/README.md).
 MIN_INTERVAL_DOCS = 10
 MIN_INTERVAL_DISCORDANT = 5
@@ -96,6 +96,7 @@ def headline_key(name: str, point: int | None = None) -> str:
 
 
 def is_per_point(name: str) -> bool:
+    """Whether the headline name or key has one value per injection point (``@N``)."""
     return _parse_name(name).spec.per_injection_point
 
 

@@ -11,8 +11,8 @@ import time
 
 from lm_eval.api.model import LM
 
-from kvinject.model_adapters.distributed import ProcessGroup
 from kvinject.model_adapters.chat_turns import user_turn_frame
+from kvinject.model_adapters.distributed import ProcessGroup
 from kvinject.model_adapters.engine import InjectionEngine, Problem
 from kvinject.model_adapters.engine.tokens import encode_prompt, encode_segment, eos_ids
 from kvinject.model_adapters.loading import load_model_and_tokenizer, weights_location
@@ -88,6 +88,16 @@ def _generation_settings(task: str, doc_id, gen_kwargs: dict, points: tuple[int,
     return max_gen_toks, tuple(until)
 
 
+def injected_text(args: ModelArgs, task: str, doc_id, doc: dict, turn_frame: tuple[str, str]) -> str:
+    """The doc's own ``injection_text`` when it has one (a task whose update is not the whole alternative
+    problem, e.g. adaptation_update), else the model's injection_template around the alternative problem.
+    A user turn carries the doc's text without its surrounding whitespace, as the user-turn template does."""
+    if "injection_text" not in doc:
+        return args.injection_template.format(alternative=_doc_field(task, doc_id, doc, "alternative_question"))
+    text = _doc_field(task, doc_id, doc, "injection_text")
+    return text.strip() if turn_frame != ("", "") else text
+
+
 def problem_from_request(
     args: ModelArgs, task: str, doc: dict, context: str, gen_kwargs: dict, turn_frame: tuple[str, str] = ("", "")
 ) -> Problem:
@@ -108,7 +118,7 @@ def problem_from_request(
         doc_id=str(doc_id),
         original_prompt=context,
         alternative_prompt=context[:at] + alternative + context[at + len(original) :],
-        injection_text=turn_frame[0] + args.injection_template.format(alternative=alternative) + turn_frame[1],
+        injection_text=turn_frame[0] + injected_text(args, task, doc_id, doc, turn_frame) + turn_frame[1],
         max_new_tokens=max_new_tokens,
         stop_sequences=stop_sequences,
     )

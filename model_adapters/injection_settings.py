@@ -11,7 +11,6 @@ import re
 
 from kvinject.trace_schema import NOISE_KINDS, STRATEGIES
 
-
 # Written lists of injection points: 5:10:15 in --model_args (lm-eval's k=v,k=v form splits on commas),
 # 5,10,15 in the kvinject commands' flags; ;, | and spaces also separate.
 _POINT_SEPARATORS = re.compile(r"[,:;|\s]+")

@@ -50,6 +50,8 @@ def native_bf16(device: str) -> bool:
 
 
 def resolve_dtype(requested: str, device: str):
+    """The torch dtype for ``dtype=requested`` on ``device``: ``auto`` is bfloat16 on a GPU with native bfloat16,
+    else float32; bfloat16 without native support falls back to float16 with a warning."""
     import torch
 
     on_gpu = device.startswith("cuda")

@@ -18,6 +18,7 @@ FREE_MEMORY_SHARE = 0.5  # of the free memory, for the batch's caches (activatio
 
 
 def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is torch.OutOfMemoryError or a CUDA allocation failure raised as RuntimeError."""
     import torch
 
     return isinstance(error, torch.OutOfMemoryError) or (

@@ -50,7 +50,9 @@ class ModelArgs:
     batch_size: int | str = 1  # docs per batch, or "auto" (sized from free memory)
     max_batch_size: int = 64  # upper bound for batch_size=auto
     injection: InjectionSettings = InjectionSettings()  # injection_points, strategy, noise, track_*, seed
-    injection_template: str = DEFAULT_INJECTION_TEMPLATE  # injected text; {alternative} is the new problem
+    # injected text; {alternative} is the new problem. A doc's own `injection_text` field takes its place
+    # (tasks whose update is not the whole new problem, e.g. adaptation_update)
+    injection_template: str = DEFAULT_INJECTION_TEMPLATE
     # inline: the injected text continues the model's own (assistant) text; user: it is wrapped as a new
     # user turn in the model's chat template (chat models, with lm-eval's --apply_chat_template)
     injection_turn: str = "inline"

@@ -126,4 +126,5 @@ def doc_key(fingerprint_digest: str, problem) -> str:
 
 
 def digest(fingerprint: dict) -> str:
+    """The sha256 hex digest of the fingerprint's key-sorted JSON."""
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode("utf-8")).hexdigest()

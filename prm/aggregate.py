@@ -16,6 +16,7 @@ from kvinject.metrics.resampling import bootstrap_mean_interval
 
 
 def step_summary(scores: Sequence[float]) -> dict | None:
+    """Mean and min of one condition's step scores and their count (``n_steps``); None when it has no steps."""
     if len(scores) == 0:
         return None
     return {"mean": float(np.mean(scores)), "min": float(np.min(scores)), "n_steps": len(scores)}

@@ -13,6 +13,7 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
 def split_steps(text: str) -> list[str]:
+    """The text's reasoning steps (module docstring): lines split at sentence ends, stripped, empty pieces dropped."""
     steps = []
     for line in text.splitlines():
         steps.extend(piece.strip() for piece in _SENTENCE_END.split(line) if piece.strip())

@@ -16,7 +16,7 @@ Estimand at each t: the mean of the series over problems whose run is still goin
 end at a stop sequence, so later t average fewer problems; `Band.n_docs` says how many).
 Interval: pointwise percentile bootstrap over problems (problems resampled with replacement,
 the whole run of a problem kept together), at `confidence_level`; no interval where fewer than
-two problems reach t. tests/test_reports_curves.py checks its coverage by simulation.
+two problems reach t. tests/reports/test_reports_curves.py checks its coverage by simulation.
 """
 from __future__ import annotations
 
@@ -72,6 +72,7 @@ def run_series(entry: dict, settings: AdaptationSettings) -> dict[str, np.ndarra
 
 
 def is_control(trace: dict) -> bool:
+    """Whether the trace is an identical control (the original and alternative prompts have the same ids)."""
     prompts = trace["prompts"]
     return prompts["original"]["ids"] == prompts["alternative"]["ids"]
 

@@ -315,6 +315,7 @@ def _metric_flag(metrics: dict, key: str) -> bool | None:
 # ---- the page --------------------------------------------------------------------------------
 
 def page_data(title: str, leaderboard: dict, curves: dict, problems: list[dict], notes: list[str]) -> dict:
+    """The JSON the page embeds: title, leaderboard, curves, problems, notes, the panels and the colour scale."""
     return {"title": title, "leaderboard": leaderboard, "curves": curves, "panels": PANELS,
             "scale": [list(stop) for stop in A_T_SCALE], "problems": problems, "notes": notes}
 
@@ -327,6 +328,7 @@ def embed_json(data: dict) -> str:
 
 
 def render_page(data: dict) -> str:
+    """The HTML page with ``data`` embedded in its template; ValueError unless it has exactly one DATA_MARK."""
     template = resources.files(__package__).joinpath(TEMPLATE).read_text(encoding="utf-8")
     if template.count(DATA_MARK) != 1:
         raise ValueError(f"{TEMPLATE}: expected exactly one {DATA_MARK}")

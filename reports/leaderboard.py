@@ -18,9 +18,8 @@ import json
 import math
 
 from kvinject.metrics.keys import LEADERBOARD, format_key, parse_key, split_interval
-from kvinject.model_adapters.run_fingerprint import MODEL_ARGS, UNFINGERPRINTED_ARGS
-
 from kvinject.metrics.values import readable
+from kvinject.model_adapters.run_fingerprint import MODEL_ARGS, UNFINGERPRINTED_ARGS
 from kvinject.strict_json import decoded_value
 
 from .runs import Run

@@ -1,6 +1,7 @@
-"""Fixtures; the helpers they use live in tests/helpers.py."""
+"""Fixtures every test folder may use; their implementations live in tests/helpers.py. A folder's own
+conftest.py holds the fixtures only that folder uses (docs/architecture.md, "Test layout")."""
+import helpers
 import pytest
-
 from helpers import TINY_FAMILIES, TinyCharTokenizer, build_tiny_model, build_tiny_model_folder
 
 
@@ -51,3 +52,17 @@ def smollm2():
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf, dtype="float32").eval()
     return model, tokenizer
+
+
+# ----------------------------------------------------------------------------- traces and runs
+
+@pytest.fixture(scope="session")
+def run_series():
+    """helpers.run_series: one run's per-token series from a few arrays (metric and report tests)."""
+    return helpers.run_series
+
+
+@pytest.fixture(scope="session")
+def stored_docs():
+    """helpers.stored_docs: how many docs a result store holds (harness and study tests)."""
+    return helpers.stored_docs

@@ -1,4 +1,6 @@
 """Helpers shared by the tests (pytest puts tests/ on sys.path; test modules never import each other).
+Test functions reach them as fixtures (tests/conftest.py and the folders' conftest.py files); test
+modules import from here only constants and what they use at module level (docs/architecture.md, 10).
 
 - tiny models: ``TinyCharTokenizer``, ``build_tiny_model`` (2-layer random fp32 models of many
   families), ``build_tiny_model_folder`` (a tiny Llama saved as a real Hugging Face folder);
@@ -17,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kvinject.trace_schema import SEGMENTS, build_trace as schema_trace, condition, empty_series, injection_condition
+from kvinject.trace_schema import SEGMENTS, condition, empty_series, injection_condition
+from kvinject.trace_schema import build_trace as schema_trace
 
 TOLERANCE = 1e-4  # fp32 logits and keys against full recomputation
 # 16-bit logits against full recomputation in the same dtype, relative to max(1, max |logit|): a few

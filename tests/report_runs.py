@@ -1,7 +1,8 @@
 """Helpers of the report tests: small lm-eval-shaped run folders and the study's per-problem keys.
+Test functions reach them as fixtures (tests/reports/conftest.py).
 
 Traces are built with kvinject.trace_schema's builders (and checked with its validate_trace); the
-per-token series come from the metric tests' builder (test_metrics_trace_builder.run_series).
+per-token series come from the metric tests' builder (helpers.run_series).
 """
 from __future__ import annotations
 

@@ -227,3 +227,89 @@ def test_a_second_name_list_would_be_found():
     names = {"a", "b", "c", "d"}
     assert name_lists("X = ('c', 'a', 'b')\ndef f():\n    return {'d', 'a', 'x', 'b'}\n", names) == [1, 3]
     assert name_lists("X = ('a', 'b', 'x')\n", names) == []
+
+
+# ----------------------------------------------------------------------------------- test layout
+# The tests are laid out like the code: tests/<folder>/test_*.py tests the code folder of the same
+# name (adaptation_tasks/, model_adapters/engine/, metrics/, reports/, training/, prm/, configs/, or
+# kvinject/commands/ as tests/commands/); the kvinject/ core modules are tested at tests/ itself.
+# Basenames stay unique: pytest's default import mode imports each test file by its basename.
+TESTS = ROOT / "tests"
+SEPARATE_SUITES = ("benchmarks",)  # tests/benchmarks: the pytest-benchmark suite (README "Benchmarks")
+HELPER_MODULES = ("helpers", "report_runs")  # tests/helpers.py, tests/report_runs.py
+
+
+def unit_test_files() -> list[Path]:
+    return sorted(p for p in TESTS.rglob("test_*.py") if p.relative_to(TESTS).parts[0] not in SEPARATE_SUITES)
+
+
+# A file named test_<prefix>_*.py tests that code folder and lives in its test folder.
+NAME_PREFIXES = {"engine": "model_adapters/engine", "metrics": "metrics", "reports": "reports",
+                 "tasks": "adaptation_tasks", "commands": "commands", "training": "training", "prm": "prm"}
+
+
+def misplaced_tests(files, root: Path = ROOT) -> list[str]:
+    """Test files whose folder under tests/ names no code folder (at the root or under kvinject/), or
+    whose name prefix names another folder than theirs."""
+    misplaced = []
+    for path in files:
+        folder = path.parent.relative_to(root / "tests")
+        prefix = path.stem.removeprefix("test_").split("_")[0]
+        if folder.parts and not ((root / folder).is_dir() or (root / "kvinject" / folder).is_dir()):
+            misplaced.append(str(path.relative_to(root)))
+        elif NAME_PREFIXES.get(prefix, folder.as_posix()) != folder.as_posix():
+            misplaced.append(str(path.relative_to(root)))
+    return misplaced
+
+
+def test_every_test_file_lives_in_the_folder_of_the_code_it_tests():
+    files = unit_test_files()
+    assert {p.parent.relative_to(TESTS).as_posix() for p in files} >= {
+        ".", "adaptation_tasks", "commands", "metrics", "model_adapters", "model_adapters/engine", "reports",
+        "training", "prm"}
+    assert misplaced_tests(files) == []
+
+
+def test_test_file_basenames_are_unique():
+    names = [p.name for p in TESTS.rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []
+
+
+def test_a_misplaced_test_file_would_be_found(tmp_path):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "kvinject" / "commands").mkdir(parents=True)
+    files = [tmp_path / "tests" / rel for rel in
+             ("test_a.py", "metrics/test_b.py", "commands/test_c.py", "engine/test_d.py", "metrics/x/test_e.py",
+              "metrics/test_metrics_f.py", "test_engine_g.py", "metrics/test_reports_h.py")]
+    assert misplaced_tests(files, tmp_path) == ["tests/engine/test_d.py", "tests/metrics/x/test_e.py",
+                                                "tests/test_engine_g.py", "tests/metrics/test_reports_h.py"]
+
+
+def helper_calls_in_tests(source: str) -> list[str]:
+    """``test:name`` for each helper function a test body uses through a helper-module import
+    rather than a fixture; constants (UPPER_CASE) and decorators (parametrize lists) are fine."""
+    tree = ast.parse(source)
+    imported = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                and node.module in HELPER_MODULES for alias in node.names}
+    found = []
+    for test in (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test")):
+        body = {n.id for statement in test.body for n in ast.walk(statement) if isinstance(n, ast.Name)}
+        used = {name for name in body & imported if not name.isupper()}
+        found += [f"{test.name}:{name}" for name in sorted(used - {arg.arg for arg in test.args.args})]
+    return found
+
+
+def test_test_modules_import_no_helper_function_a_fixture_serves():
+    """Shared helpers reach test functions as conftest.py fixtures; a test module imports from the
+    helper modules only constants and what it uses at module level (parametrize lists, its own helpers)."""
+    offenders = [f"{path.relative_to(ROOT)}::{use}" for path in unit_test_files()
+                 for use in helper_calls_in_tests(path.read_text())]
+    assert offenders == []
+
+
+def test_a_helper_used_past_its_fixture_would_be_found():
+    source = ("from helpers import TOLERANCE, run_series, build_trace\n"
+              "@pytest.mark.parametrize('x', run_series([1]))\n"
+              "def test_a(x, build_trace):\n    build_trace(run_series([x]), TOLERANCE)\n"
+              "def helper():\n    return build_trace({})\n")
+    assert helper_calls_in_tests(source) == ["test_a:run_series"]

@@ -40,6 +40,8 @@ class TrainingExample:
 
 
 def supervised_example(doc_id: str, context: Sequence[int], target: Sequence[int]) -> TrainingExample:
+    """A TrainingExample with the loss on ``target`` only (``context`` labelled IGNORE_INDEX); ValueError for an
+    empty target."""
     if not target:
         raise ValueError(f"doc {doc_id}: empty target; nothing to learn")
     return TrainingExample(str(doc_id), list(context) + list(target), [IGNORE_INDEX] * len(context) + list(target))

@@ -60,6 +60,7 @@ def _trainable(model, config: TrainConfig):
 
 
 def last_checkpoint(output: Path) -> str | None:
+    """The newest Trainer checkpoint under ``output``/checkpoints to resume from, or None."""
     from transformers.trainer_utils import get_last_checkpoint
 
     folder = output / CHECKPOINTS_FOLDER

@@ -52,12 +52,14 @@ def task_problems(task, docs: list[dict], model_args, max_new_tokens: int):
 
 
 def write_examples(examples: list[TrainingExample], path: Path) -> None:
+    """Write the examples to ``path`` as JSON lines (doc_id, input_ids, labels)."""
     with path.open("w", encoding="utf-8") as handle:
         for e in examples:
             handle.write(json.dumps({"doc_id": e.doc_id, "input_ids": e.input_ids, "labels": e.labels}) + "\n")
 
 
 def read_examples(path: Path) -> list[TrainingExample]:
+    """The examples of a JSON lines file written by write_examples."""
     with path.open(encoding="utf-8") as handle:
         return [TrainingExample(**json.loads(line)) for line in handle if line.strip()]
 
@@ -65,9 +67,10 @@ def read_examples(path: Path) -> list[TrainingExample]:
 def run_training(config: TrainConfig, output: Path, callbacks=(), split_only: bool = False) -> dict | None:
     """Run (or resume) a training run in ``output``; returns the training log. ``split_only``: write the
     config and the split (so the base model can be measured on the held-out docs first) and stop."""
+    from lm_eval.utils import simple_parse_args_string
+
     from kvinject.model_adapters.loading import load_model_and_tokenizer
     from kvinject.model_adapters.model_args import parse_model_args
-    from lm_eval.utils import simple_parse_args_string
 
     config.check_resumable(output)
     config.save(output)

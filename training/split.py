@@ -68,5 +68,6 @@ def save_split(split: DocSplit, folder: Path, eval_samples_limit: int | None = N
 
 
 def load_split(folder: Path) -> DocSplit:
+    """The DocSplit that save_split wrote to ``folder``/split.json."""
     raw = json.loads((folder / SPLIT_FILE).read_text())
     return DocSplit(raw["task"], tuple(raw["train_ids"]), tuple(raw["eval_ids"]), tuple(raw["eval_indices"]))

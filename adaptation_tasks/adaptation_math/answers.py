@@ -111,6 +111,7 @@ def extract_math_answer(text: str) -> str | None:
 
 
 def same_number(value: Fraction, gold: Fraction) -> bool:
+    """Whether ``value`` equals ``gold`` within RELATIVE_TOLERANCE (1e-6) of ``max(1, |gold|)``."""
     return abs(value - gold) <= RELATIVE_TOLERANCE * max(1, abs(gold))
 
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import datasets
 
-from kvinject.adaptation_tasks.docs import DocSchema, is_number, validated_test_split
 from kvinject.adaptation_tasks.adaptation_math.mawps_builder import VARIATION_TYPES, build_augmented_set
 from kvinject.adaptation_tasks.adaptation_math.mawps_sources import DEFAULT_SOURCE, SOURCE_ENV_VAR, read_mawps_source
+from kvinject.adaptation_tasks.docs import DocSchema, is_number, validated_test_split
 from kvinject.paths import user_cache_dir
 
 # Everything that decides the built set: the readers, the text rendering, the arithmetic and the builder.
@@ -56,6 +56,8 @@ def builder_fingerprint() -> str:
 
 
 def augmented_math_set(source: str) -> list[dict]:
+    """The docs built from the MAWPS ``source`` (MawpsSourceError if unreadable), cached per source checksum and
+    builder fingerprint; a damaged cache file is rebuilt, a new one is written atomically."""
     mawps = read_mawps_source(source)
     cache_file = user_cache_dir() / f"adaptation_math-{builder_fingerprint()[:12]}-{mawps.checksum[:16]}.json"
     if cache_file.is_file():

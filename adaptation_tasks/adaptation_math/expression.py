@@ -59,6 +59,7 @@ def format_number(value: Fraction) -> str:
 
 
 def evaluate(expr: Expr, values: Mapping[int, Fraction]) -> Fraction:
+    """The exact value of ``expr`` with ``values`` in its slots; ExpressionError on a division by zero."""
     if isinstance(expr, Slot):
         return values[expr.index]
     if isinstance(expr, Const):
@@ -77,6 +78,7 @@ def operation_values(expr: Expr, values: Mapping[int, Fraction]) -> list[Fractio
 
 
 def used_slots(expr: Expr) -> tuple[int, ...]:
+    """The sorted indices of the slots the expression reads, each once."""
     if isinstance(expr, Slot):
         return (expr.index,)
     if isinstance(expr, Const):
@@ -94,6 +96,7 @@ def constants(expr: Expr) -> tuple[Fraction, ...]:
 
 
 def operators(expr: Expr) -> set[str]:
+    """The operators (``+ - * /``) the expression uses; empty for a bare number."""
     if not isinstance(expr, BinOp):
         return set()
     return {expr.op} | operators(expr.left) | operators(expr.right)

@@ -33,7 +33,11 @@ from kvinject.adaptation_tasks.adaptation_math.expression import (
 )
 from kvinject.adaptation_tasks.adaptation_math.mawps_sources import SourceProblem, numbers_in_text
 from kvinject.adaptation_tasks.adaptation_math.mawps_text import render_problem, split_question
-from kvinject.adaptation_tasks.adaptation_math.story_checks import source_problem_fault, story_fault, used_more_than_once
+from kvinject.adaptation_tasks.adaptation_math.story_checks import (
+    source_problem_fault,
+    story_fault,
+    used_more_than_once,
+)
 
 SEED = 20240611
 CHANGED_TYPES = ("single_number", "multiple_numbers", "added_step")
@@ -69,10 +73,13 @@ class _Variant:
 
 
 def operation_class(equation: Expr) -> str:
+    """``additive`` when the equation uses only + and -, else ``multiplicative`` (OPERATION_CLASSES)."""
     return "additive" if operators(equation) <= {"+", "-"} else "multiplicative"
 
 
 def build_augmented_set(problems: list[SourceProblem], spec: SetSpec = SetSpec()) -> list[dict]:
+    """The shuffled docs of the set: ``spec``'s quota of each variation type, no source problem used twice, every
+    type with added_step's mix of operation classes; InsufficientSourceError when a quota cannot be met."""
     pool = sorted(usable_problems(problems), key=lambda problem: problem.source_id)
     random.Random(SEED).shuffle(pool)
     quotas = spec.quotas()
@@ -166,6 +173,8 @@ def _whole_positive_run(equation: Expr, values: dict[int, Fraction]) -> bool:
 
 
 def make_variant(problem: SourceProblem, variation: str, rng: random.Random) -> _Variant | None:
+    """The problem as ``variation`` changes it (question, equation, values, changed numbers, added sentence), or
+    None when no such variant was found or its text does not read back the evaluated numbers."""
     original_text = render_problem(problem.segments, problem.numbers)
     if variation == "identical":
         return _Variant(original_text, problem.equation, problem.numbers, [], "")

@@ -18,7 +18,14 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable
 
-from kvinject.adaptation_tasks.adaptation_math.expression import Const, Expr, ExpressionError, Slot, parse_infix, parse_prefix
+from kvinject.adaptation_tasks.adaptation_math.expression import (
+    Const,
+    Expr,
+    ExpressionError,
+    Slot,
+    parse_infix,
+    parse_prefix,
+)
 
 SOURCE_ENV_VAR = "KVINJECT_MAWPS_SOURCE"
 DEFAULT_SOURCE = "MU-NLPC/Calc-mawps"
@@ -52,6 +59,8 @@ class MawpsSource:
 
 
 def read_mawps_source(source: str) -> MawpsSource:
+    """The problems of ``source`` in whichever accepted format it is (module docstring); MawpsSourceError when it
+    is missing, unreadable or in no accepted format."""
     path = Path(source).expanduser()
     try:
         if path.is_dir() and sorted(path.glob("**/*.csv")):

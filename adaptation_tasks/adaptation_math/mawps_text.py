@@ -25,6 +25,7 @@ _DETOKENISE = (
 
 
 def render_problem(segments: tuple[str | int, ...], values: Mapping[int, Fraction]) -> str:
+    """The problem text with ``values`` in its slots, tokenisation artefacts removed, first letter capitalised."""
     text = "".join(part if isinstance(part, str) else format_number(values[part]) for part in segments)
     for pattern, replacement in _DETOKENISE:
         text = pattern.sub(replacement, text)

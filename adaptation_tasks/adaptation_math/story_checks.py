@@ -18,7 +18,13 @@ from fractions import Fraction
 from typing import Mapping
 
 from kvinject.adaptation_tasks.adaptation_math.expression import (
-    BinOp, Expr, ExpressionError, Slot, constants, evaluate, used_slots,
+    BinOp,
+    Expr,
+    ExpressionError,
+    Slot,
+    constants,
+    evaluate,
+    used_slots,
 )
 from kvinject.adaptation_tasks.adaptation_math.mawps_sources import SourceProblem
 

@@ -40,6 +40,8 @@ def load_pairs_dataset(dataset_path: str | None = None, config_source: str | Non
 
 
 def resolve_pairs_path(dataset_path: str, config_source: str | None = None) -> Path:
+    """The resolved pairs file: ``dataset_path`` as given, else beside the task YAML ``config_source``;
+    PairsFileError naming every place looked at."""
     candidates = [Path(dataset_path).expanduser()]
     if not candidates[0].is_absolute() and config_source and config_source != "inline":
         candidates.append(Path(config_source).parent / dataset_path)
@@ -65,6 +67,8 @@ def read_pairs(path: str | Path) -> list[dict]:
 
 
 def pair_to_doc(pair, line: int, path: Path, position: int) -> dict:
+    """The adaptation doc of one pair (default id ``pair-<position>``); PairsFileError naming the file, the line
+    and the field of a malformed pair."""
     where = f"{path}, line {line}"
     if not isinstance(pair, dict):
         raise PairsFileError(f"{where}: expected an object with fields {', '.join(REQUIRED)}, got {type(pair).__name__}")

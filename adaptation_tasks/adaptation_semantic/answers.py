@@ -44,6 +44,8 @@ COMMON_WORD_ANSWERS = frozenset({
 
 
 def normalise(text: str) -> str:
+    """``text`` lower-cased without accents (also ł, ø, ß ...), every run of characters other than a-z and 0-9
+    as one space, stripped."""
     without_accents = "".join(
         char for char in unicodedata.normalize("NFKD", text.translate(_UNDECOMPOSED_LETTERS))
         if not unicodedata.combining(char)

@@ -115,6 +115,7 @@ class Fact:
 
 
 def build_pairs() -> list[dict]:
+    """Every question type's quota of pairs (QUOTAS, identical controls included), in one seeded mixed order."""
     facts = collect_facts()
     pairs: list[dict] = []
     for question_type, (count, controls) in QUOTAS.items():
@@ -125,6 +126,7 @@ def build_pairs() -> list[dict]:
 
 
 def render_json(pairs: list[dict]) -> str:
+    """The output file's text: the builder version, the source packages' versions and the pairs, as indented JSON."""
     document = {
         "builder_version": BUILDER_VERSION,
         "sources": {package: version(package) for package in SOURCE_PACKAGES},
@@ -143,6 +145,7 @@ def compatible(first: Fact, second: Fact) -> bool:
 
 
 def collect_facts() -> dict[str, list[Fact]]:
+    """Question type -> candidate facts: country capitals and currencies, element facts and US state capitals."""
     countries = _country_facts()
     elements = _element_facts()
     return {**countries, **elements, "us_state_capital": _state_facts()}
@@ -284,6 +287,7 @@ def _place(name: str) -> str:
 
 
 def main() -> None:
+    """Build the pairs and write them to OUTPUT_PATH (data/semantic_pairs.json)."""
     OUTPUT_PATH.parent.mkdir(parents=True, exist_ok=True)
     OUTPUT_PATH.write_text(render_json(build_pairs()), encoding="utf-8")
     print(f"wrote {OUTPUT_PATH}")

@@ -21,6 +21,7 @@ from kvinject.commands.common import extra_model_args, injection_points
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``kvinject analyze`` (the original study's spellings as aliases)."""
     parser.add_argument("--model", required=True, help="pretrained model: Hub id, local folder or offline alias (smollm2-135m)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", help="your pairs file, JSON or JSON lines (format: adaptation_tasks/README.md)")
@@ -62,6 +63,8 @@ def evaluation_request(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run lm-eval on the pairs file or task, save its results and traces, then the report; the exit status
+    (2 for a bad flag value, the report's otherwise)."""
     try:
         request = evaluation_request(args)
     except (ValueError, OSError) as error:

@@ -12,6 +12,7 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``kvinject compare``: two runs, or one run with --points, and the resampling settings."""
     parser.add_argument("runs", nargs="+", metavar="RUN",
                         help="two lm-eval output folders (A, then B), or one with --points; each must hold one run")
     parser.add_argument("--points", nargs=2, type=int, metavar=("N_A", "N_B"), default=None,
@@ -48,6 +49,7 @@ def comparison_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Print the comparison as Markdown and write it under --output_path if given; 2 for a user error, else 0."""
     from kvinject.reports.comparison import write_comparison
 
     try:

@@ -21,6 +21,7 @@ DEPRECATION = ("the PRM scorer is deprecated: it is kept only to compare with th
 
 
 def add_arguments(parser) -> None:
+    """The flags of ``kvinject prm``: the results folder, the judge and its prompt, and the bootstrap settings."""
     parser.add_argument("results_dir", type=Path, help="an lm-eval --output_path folder of a --model kvinject run")
     parser.add_argument("--judge", required=True,
                         help="judge model: anything pretrained= accepts (e.g. smollm2-135m), or full model args "
@@ -58,6 +59,8 @@ def _trace_files(args) -> list[Path]:
 
 
 def run(args) -> int:
+    """(Deprecated) Score each trace file's reasoning steps with the judge and write prm_<judge>_<traces>.json
+    beside it; 0 (a bad flag raises UsageError)."""
     from tqdm import tqdm
 
     from kvinject.model_adapters.loading import load_model_and_tokenizer

@@ -19,6 +19,7 @@ from kvinject.commands.common import injection_points
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``kvinject report``: the run folders, the output folder and the table, label and curve settings."""
     parser.add_argument("folders", nargs="+", metavar="DIR",
                         help="lm-eval --output_path folders (or model folders inside them); searched recursively")
     parser.add_argument("--output_path", required=True, help="folder for the report (created)")
@@ -44,6 +45,8 @@ def _points(text: str | None):
 
 
 def run(args: argparse.Namespace) -> int:
+    """Write the leaderboard (md, tex, csv), each task's curves and per-problem JSON, and index.html under
+    --output_path; 2 for a bad argument, 1 if a task failed, else 0."""
     from kvinject.reports.leaderboard import build_leaderboard, model_labels
     from kvinject.reports.per_problem import LabelThresholds
     from kvinject.reports.runs import find_runs

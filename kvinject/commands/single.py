@@ -25,6 +25,7 @@ FREE_TEXT_TASK = "adaptation_pairs"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``kvinject single``: the problem as text or as a task's doc, and the run settings."""
     parser.add_argument("--model", required=True, help="pretrained model: Hub id, local folder or offline alias (smollm2-135m)")
     parser.add_argument("--original", help="the original problem")
     parser.add_argument("--alternative", help="the changed problem injected mid-generation")
@@ -41,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run one problem under every condition, print its summary and write its trace and curve image; 2 for a bad
+    argument, else 0."""
     try:
         model_args = {"pretrained": args.model, "injection_points": injection_points(args.injection_points),
                       "device": args.device, "trace_dir": str(Path(args.output_path).resolve()),

@@ -26,6 +26,7 @@ class StudyError(Exception):
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``kvinject study``: the study file, --dry_run and the comparisons' resampling settings."""
     parser.add_argument("study", metavar="FILE.yaml", help="the study file (format: kvinject/study.py, README)")
     parser.add_argument("--dry_run", action="store_true",
                         help="print each run's lm-eval command and an estimated time; run nothing")
@@ -36,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run the study's runs (or print them with --dry_run), then its report and comparisons; 2 for a bad study
+    file, 1 if a run failed, else the report's or the comparisons' status."""
     from kvinject.study import load_study
 
     try:
@@ -83,6 +86,7 @@ def _set_aside(study, study_run) -> None:
 
 
 def machine() -> str:
+    """The host name, architecture, CPU count and platform, as recorded in each run's marker."""
     return f"{platform.node()}: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
 
 
@@ -129,6 +133,7 @@ def _report_argv(study) -> list[str]:
 
 
 def write_report(study) -> int:
+    """``kvinject report`` over the study's run folders into <output_path>/report; its exit status."""
     from kvinject import cli
 
     return cli.main(_report_argv(study))

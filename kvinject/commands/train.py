@@ -21,6 +21,7 @@ _HELP = {
 
 
 def add_arguments(parser) -> None:
+    """The flags of ``kvinject train``: --output_path, --split_only and one per TrainConfig field."""
     parser.add_argument("--output_path", required=True, type=Path,
                         help="run folder (config, split, checkpoints, model/); an existing run there resumes")
     parser.add_argument("--split_only", action="store_true",
@@ -38,9 +39,10 @@ def add_arguments(parser) -> None:
 def _config(args) -> TrainConfig:
     """The run's settings, checked before anything is written (UsageError names a bad value or a missing
     model folder)."""
+    from lm_eval.utils import simple_parse_args_string
+
     from kvinject.commands.common import model_folder_exists
     from kvinject.model_adapters.model_args import parse_model_args
-    from lm_eval.utils import simple_parse_args_string
 
     try:
         config = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
@@ -52,6 +54,8 @@ def _config(args) -> TrainConfig:
 
 
 def run(args) -> int:
+    """Write the split and, unless --split_only, fine-tune and save the model, then print the lm_eval command for
+    the held-out docs; 0."""
     from kvinject.training.fine_tune import MODEL_FOLDER, training_losses
     from kvinject.training.pipeline import run_training
 

@@ -29,7 +29,6 @@ import dataclasses
 from typing import Sequence
 
 from kvinject.model_adapters.engine.decoding import DecodeResult, DecodeRow, DecodingLoop, extend_caches
-from kvinject.model_adapters.injection_settings import InjectionSettings
 from kvinject.model_adapters.engine.noise import control_seed, control_segment, non_special_ids
 from kvinject.model_adapters.engine.rope import RotaryKeys
 from kvinject.model_adapters.engine.row_cache import RowCache
@@ -43,6 +42,7 @@ from kvinject.model_adapters.engine.tokens import (
     eos_ids,
     truncate_at_stop,
 )
+from kvinject.model_adapters.injection_settings import InjectionSettings
 from kvinject.trace_schema import (
     SEGMENTS,
     build_trace,

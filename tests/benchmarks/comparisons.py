@@ -11,16 +11,15 @@ import dataclasses
 import tempfile
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
-
-from kvinject.model_adapters.engine import InjectionEngine, InjectionSettings, Problem
-from kvinject.model_adapters.engine.decoding import extend_caches
-from kvinject.model_adapters.engine.tokens import encode_prompt
-from kvinject.model_adapters import trace_log
-
 from helpers import logit_tolerance
 from measure import Row, interleaved_seconds, median, paired_ratio, peak_memory_mib
 from naive_reference import naive_analysis
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from kvinject.model_adapters import trace_log
+from kvinject.model_adapters.engine import InjectionEngine, InjectionSettings, Problem
+from kvinject.model_adapters.engine.decoding import extend_caches
+from kvinject.model_adapters.engine.tokens import encode_prompt
 
 BATCH_SIZES = (1, 2, 4, 8)
 

@@ -20,8 +20,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))  # measure, comparisons, naive_reference as in the suite
 sys.path.insert(1, str(Path(__file__).parent.parent))  # tests/helpers.py (precision tolerances)
 
-from comparisons import (analysis_vs_batched_reprompt, batch_scaling, doc_analysis_vs_generate,  # noqa: E402
-                         inject_vs_reprefill, math_problems, naive_vs_engine)
+from comparisons import (  # noqa: E402
+    analysis_vs_batched_reprompt,
+    batch_scaling,
+    doc_analysis_vs_generate,
+    inject_vs_reprefill,
+    math_problems,
+    naive_vs_engine,
+)
 from measure import Row, format_table, peak_memory_mib  # noqa: E402
 
 STUDY_DOCS = 1000

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from kvinject.model_adapters.engine.divergence import cosine_similarity, entropy, kl_divergence, log_probs
-from kvinject.model_adapters.engine.noise import control_segment, control_seed, non_special_ids
+from kvinject.model_adapters.engine.noise import control_seed, control_segment, non_special_ids
 from kvinject.model_adapters.engine.scoring import eager_attention
 from kvinject.model_adapters.engine.tokens import encode_prompt, encode_segment
 from kvinject.model_adapters.injection_settings import InjectionSettings

@@ -3,7 +3,7 @@
 Timed with ``--benchmark-enable`` (setup.cfg disables timing, so the unit run executes it once)."""
 import pytest
 
-from kvinject.model_adapters.engine import InjectionSettings, InjectionEngine, Problem
+from kvinject.model_adapters.engine import InjectionEngine, InjectionSettings, Problem
 
 PROBLEMS = [
     Problem(f"doc-{i}", f"Question {i}: Ann has {i + 3} coins and loses 2. How many?",

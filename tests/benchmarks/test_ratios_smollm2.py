@@ -4,9 +4,14 @@ With timing disabled (the unit run) every comparison runs once at a smoke budget
 both contenders compute the same thing; `--benchmark-enable` runs the stated sizes, interleaved.
 """
 import pytest
-
-from comparisons import (analysis_vs_batched_reprompt, batch_scaling, doc_analysis_vs_generate, inject_vs_reprefill,
-                         math_problems, naive_vs_engine)
+from comparisons import (
+    analysis_vs_batched_reprompt,
+    batch_scaling,
+    doc_analysis_vs_generate,
+    inject_vs_reprefill,
+    math_problems,
+    naive_vs_engine,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -5,9 +5,15 @@ the targets of issue 11 are stated for SmolLM2 (test_ratios_smollm2.py), the tin
 """
 import pytest
 import torch
+from comparisons import (
+    analysis_vs_batched_reprompt,
+    batch_scaling,
+    doc_analysis_vs_generate,
+    inject_vs_reprefill,
+    math_problems,
+    naive_vs_engine,
+)
 
-from comparisons import (analysis_vs_batched_reprompt, batch_scaling, doc_analysis_vs_generate, inject_vs_reprefill,
-                         math_problems, naive_vs_engine)
 from kvinject.trace_schema import SCALAR_SERIES
 
 

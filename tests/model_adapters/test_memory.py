@@ -1,0 +1,74 @@
+"""batch_size=auto from the docs' real needs on a simulated memory budget; out-of-memory errors."""
+import dataclasses
+
+import pytest
+import transformers
+
+from kvinject.model_adapters import harness_model
+from kvinject.model_adapters.memory import (
+    FREE_MEMORY_SHARE,
+    DocShape,
+    doc_kv_bytes,
+    fitting_batch_size,
+    is_out_of_memory,
+    kv_bytes_per_position,
+)
+
+GIB = 2**30
+QWEN_7B = transformers.Qwen2Config(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28,
+                                   num_key_value_heads=4)
+
+
+def test_a_7b_doc_needs_about_a_gibibyte_of_cache_with_float32_scoring():
+    bf16, fp32 = kv_bytes_per_position(QWEN_7B, 2), kv_bytes_per_position(QWEN_7B, 4)
+    assert bf16 == 2 * 28 * 4 * 128 * 2 == 57344  # keys and values, 28 layers, 4 KV heads of 128
+    zero_shot = DocShape(prompt=120, segment=60, budget=256, points=3)
+    width = 120 + 60 + 256
+    assert doc_kv_bytes(zero_shot, bf16, fp32) == (2 + 6) * width * bf16 + 3 * 6 * width * fp32
+    assert 0.9 * GIB < doc_kv_bytes(zero_shot, bf16, fp32) < 1.1 * GIB
+    assert 0.55 * GIB < doc_kv_bytes(zero_shot, bf16, bf16) < 0.65 * GIB  # scoring in bf16 (issue 22: ~0.5-0.6 GiB)
+
+
+def test_the_batch_is_sized_from_the_largest_doc_on_a_simulated_budget():
+    bf16, fp32 = kv_bytes_per_position(QWEN_7B, 2), kv_bytes_per_position(QWEN_7B, 4)
+    short = DocShape(prompt=120, segment=60, budget=256, points=3)
+    long = dataclasses.replace(short, prompt=1000)  # a few-shot prompt
+    budget = 40 * GIB  # free memory of an 80 GB card with the weights loaded
+    assert fitting_batch_size(budget, [short], bf16, fp32, maximum=64) == int(
+        FREE_MEMORY_SHARE * budget // doc_kv_bytes(short, bf16, fp32))  # 19 docs
+    assert fitting_batch_size(budget, [short, long], bf16, fp32, maximum=64) == int(
+        FREE_MEMORY_SHARE * budget // doc_kv_bytes(long, bf16, fp32))  # 6 docs: the long one decides
+    assert fitting_batch_size(budget, [short], bf16, fp32, maximum=4) == 4
+    assert fitting_batch_size(GIB // 4, [short], bf16, fp32, maximum=64) == 1  # not even one fits: run alone
+
+
+def test_generate_until_sizes_batch_size_auto_from_its_docs(local_model_dir, tmp_path, monkeypatch, adaptation_request):
+    lm = harness_model.KVInjectLM(pretrained=str(local_model_dir), injection_points="1:2", batch_size="auto",
+                                  result_store="none", trace_dir=str(tmp_path))
+    assert lm.batch_size == 8  # on the CPU: no memory to size from
+    requests = [adaptation_request(f"doc{i}") for i in range(5)]
+    problems = [harness_model.problem_from_request(lm.args, r.task_name, r.doc, *r.args, lm.turn_frame) for r in requests]
+    position = kv_bytes_per_position(lm.model.config, 4)
+    largest = max(doc_kv_bytes(lm._doc_shape(p), position, position) for p in problems)
+    monkeypatch.setattr(harness_model, "device_free_bytes", lambda device: int(2.5 * largest / FREE_MEMORY_SHARE))
+    batches = []
+    real_run = lm.engine.run
+    monkeypatch.setattr(lm.engine, "run", lambda problems: batches.append(len(problems)) or real_run(problems))
+    outputs = lm.generate_until(requests)
+    assert batches == [2, 2, 1] and lm.batch_size == 2
+    assert [o.trace["doc_id"] for o in outputs] == [f"doc{i}" for i in range(5)]
+
+
+@pytest.mark.parametrize("error, expected", [
+    ("OutOfMemoryError", True),
+    (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"), True),
+    (RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"), True),
+    (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), True),
+    (RuntimeError("out of memory"), False),  # not an allocation failure PyTorch reports: a plain failure
+    (ValueError("CUDA out of memory"), False),
+])
+def test_cuda_allocation_errors_count_as_out_of_memory(error, expected):
+    import torch
+
+    error = torch.OutOfMemoryError("simulated") if error == "OutOfMemoryError" else error
+    assert is_out_of_memory(error) is expected
