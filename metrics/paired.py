@@ -101,10 +101,10 @@ def is_per_point(name: str) -> bool:
 
 
 def is_run_level(name: str) -> bool:
-    """Counts and the calibration flag describe a run, not a document: no per-doc difference.
-    name: a headline name or a key."""
+    """Counts, maxima (kl_noise_floor) and the calibration flag describe a run, not a document: no
+    per-doc difference. name: a headline name or a key."""
     parsed = _parse_name(name)
-    return parsed.spec.kind == K.COUNT or parsed.metric == "detection_calibrated"
+    return parsed.spec.kind in (K.COUNT, K.MAXIMUM) or parsed.metric == "detection_calibrated"
 
 
 def per_doc_values(key: str, logged: dict, settings: AdaptationSettings) -> dict:

@@ -54,6 +54,7 @@ class DocError(ValueError):
 
 
 def no_eos_message(pretrained: str) -> str:
+    """The warning for a model whose tokenizer and generation config name no EOS token."""
     return (
         f"the tokenizer of pretrained={pretrained} has no EOS token and the model's generation_config names "
         "none: generations stop only at the task's stop sequences (until) or after max_gen_toks tokens"

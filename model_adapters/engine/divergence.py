@@ -11,6 +11,7 @@ import torch
 
 
 def log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Log-probabilities over the last dimension, computed in float32."""
     return torch.log_softmax(logits.float(), dim=-1)
 
 

@@ -14,6 +14,7 @@ from kvinject.trace_schema import NOISE_KINDS
 
 
 def control_seed(seed: int, doc_id: str, point: int) -> int:
+    """A 63-bit seed for one doc's control segment at one point: the same on every run and process."""
     digest = hashlib.sha256(f"{seed}\x1f{doc_id}\x1f{point}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
@@ -31,6 +32,7 @@ def control_segment(kind: str, injected_ids: list[int], allowed_ids: torch.Tenso
 
 
 def non_special_ids(vocab_size: int, special_ids) -> torch.Tensor:
+    """The token ids below ``vocab_size`` that are not special, the pool random controls draw from."""
     allowed = torch.ones(vocab_size, dtype=torch.bool)
     allowed[[i for i in special_ids if 0 <= i < vocab_size]] = False
     return allowed.nonzero().squeeze(-1)

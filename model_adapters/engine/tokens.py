@@ -36,6 +36,7 @@ def encode_segment(tokenizer: EngineTokenizer, text: str) -> list[int]:
 
 
 def decode_generated(tokenizer: EngineTokenizer, ids: Sequence[int]) -> str:
+    """The generated ids as text, special tokens skipped (as HFLM decodes a generation)."""
     return tokenizer.decode(list(ids), skip_special_tokens=True)
 
 

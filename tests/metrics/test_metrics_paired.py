@@ -116,7 +116,7 @@ def test_bad_pairs_are_refused():
 def test_headline_names_are_the_catalogue_headline_set():
     names = headline_names()
     assert set(names) == set(K.HEADLINE) and len(names) == len(K.HEADLINE)
-    assert {name for name in names if is_run_level(name)} == {"n_docs", "detection_calibrated"}
+    assert {name for name in names if is_run_level(name)} == {"n_docs", "detection_calibrated", "kl_noise_floor"}
 
 
 def test_per_doc_values_of_each_kind():
