@@ -4,6 +4,7 @@ Every run here is a real lm-eval evaluation of a tiny random Llama saved as a lo
 process tests start tests/evaluation_run.py (lm-eval's simple_evaluate) in a subprocess.
 """
 import json
+import os
 import random
 import signal
 import subprocess
@@ -18,6 +19,9 @@ TASK = "adaptation_semantic"
 LIMIT = 7  # odd: the two processes of the data-parallel test get unequal shares
 GEN_KWARGS = "max_gen_toks=40"
 TIMESTAMPS = ("date", "start_time", "end_time", "total_evaluation_time_seconds")
+# One thread per process everywhere: torchrun gives each of its processes one, and float reductions
+# split over another number of threads differ in the last bits, so exact comparisons need the same count.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def model_args(model_dir, trace_dir, **extra):
@@ -29,7 +33,7 @@ def driver_command(out, args, launcher=()):
 
 
 def evaluate(out, args, launcher=(sys.executable,)):
-    result = subprocess.run(driver_command(out, args, launcher), capture_output=True, text=True, timeout=900)
+    result = subprocess.run(driver_command(out, args, launcher), capture_output=True, text=True, timeout=900, env=ENV)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(Path(out).read_text())
 
@@ -68,11 +72,12 @@ def test_a_run_killed_several_times_resumes_to_the_uninterrupted_results(referen
         if before == LIMIT:
             break
         log = (tmp_path / f"attempt{attempt}.log").open("w")
-        process = subprocess.Popen(driver_command(tmp_path / "killed.json", args, (sys.executable,)), stdout=log, stderr=log)
+        process = subprocess.Popen(driver_command(tmp_path / "killed.json", args, (sys.executable,)), stdout=log,
+                                   stderr=log, env=ENV)
         deadline = time.monotonic() + 300
         while stored_docs(store) == before and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)  # wait until this attempt has finished a doc, then kill at a random moment
-        time.sleep(rng.uniform(0.0, 1.2))
+            time.sleep(0.01)  # wait until this attempt has finished a doc, then kill at a random moment
+        time.sleep(rng.uniform(0.0, 0.2))  # within the next few docs: the tiny model runs ~10 docs per second
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             assert process.wait() == -signal.SIGKILL
