@@ -324,7 +324,22 @@ def detection_summary(metric: str, stat: str, values, settings: AdaptationSettin
     is_control = metric == "control_false_positive_rate"
     if stat == "":
         return float(_rate(outcome.alarm, outcome.control == is_control))
-    return _interval_end(_rate_intervals(values, settings)[is_control], stat)
+    return _interval_end(_rate_interval(outcome, values, settings, is_control), stat)
+
+
+def _rate_interval(outcome: DetectionOutcome, payloads, settings: AdaptationSettings,
+                   is_control: bool) -> tuple[float, float]:
+    """The bootstrap interval of an alarm rate widened to contain the Clopper-Pearson interval of the
+    observed alarm count: when every run (or none) alarms, each resample repeats it and the
+    percentile bootstrap collapses to one point ([0, 0] from 0 alarms in 199 runs), a certainty
+    no finite sample gives; Clopper-Pearson at the fitted threshold gives [0, 0.018] there."""
+    members = (outcome.control == is_control) & ~np.isnan(outcome.alarm)
+    boot_low, boot_high = _rate_intervals(payloads, settings)[is_control]
+    if not members.any():
+        return boot_low, boot_high
+    exact_low, exact_high = censored_binomial_interval(int(outcome.alarm[members].sum()), 0, int(members.sum()),
+                                                       settings.confidence_level)
+    return float(np.fmin(boot_low, exact_low)), float(np.fmax(boot_high, exact_high))
 
 
 def _controls_pvalue(outcome: DetectionOutcome, settings: AdaptationSettings) -> float:

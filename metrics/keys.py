@@ -164,7 +164,7 @@ METRICS: dict[str, MetricSpec] = {
 # HEADLINE: the default lm-eval table (report: headline), the main measures per injection point.
 HEADLINE = (
     "baseline_accuracy", "oracle_accuracy", "n_docs", "injection_accuracy", "adaptation_gap",
-    "adaptation_point_share", "detection_rate", "detection_calibrated", "kl_run_new",
+    "adaptation_point_share", "adaptation_point_vs_noise", "detection_rate", "detection_calibrated", "kl_run_new",
     "embedding_contrast", "kl_noise_floor",
 )
 # LEADERBOARD: the headline measures that tell models apart, the columns of `kvinject report`'s

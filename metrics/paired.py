@@ -111,7 +111,8 @@ def per_doc_values(key: str, logged: dict, settings: AdaptationSettings) -> dict
     """{doc: float} compared for a headline key, from {doc: logged per-doc value} of one run.
 
     MEAN keys: the value itself. Time-to-event shares: 1.0 / 0.0 the injection run's event within
-    horizon_tokens, documents censored before it left out (per_doc._within, as the paired tests).
+    horizon_tokens, documents censored before it left out (per_doc._within, as the paired tests);
+    vs_noise: that minus the noise run's (-1.0 / 0.0 / 1.0).
     detection_rate: the alarm (1.0 / 0.0) of the run's own calibrated detector on each changed
     document (calibrated on every logged document of the run, as its aggregation), undecided
     documents left out. Run-level keys: ValueError.
@@ -123,7 +124,7 @@ def per_doc_values(key: str, logged: dict, settings: AdaptationSettings) -> dict
     if kind == K.MEAN:
         return {doc: float(value) for doc, value in logged.items()}
     if kind == K.TIME_TO_EVENT:
-        found = {doc: within_horizon(value["run"], settings.horizon_tokens) for doc, value in logged.items()}
+        found = {doc: _event_within(value, parsed.stat, settings.horizon_tokens) for doc, value in logged.items()}
         return {doc: value for doc, value in found.items() if value is not None}
     if kind == K.DETECTION and parsed.metric == "detection_rate":
         docs = list(logged)
@@ -131,6 +132,16 @@ def per_doc_values(key: str, logged: dict, settings: AdaptationSettings) -> dict
         return {doc: float(alarm) for doc, alarm, control in zip(docs, outcome.alarm, outcome.control)
                 if not control and not math.isnan(alarm)}
     raise ValueError(f"{key}: no per-document comparison is defined for {kind} metrics")
+
+
+def _event_within(value: dict, stat: str, horizon: int) -> float | None:
+    """A doc's time-to-event value: the run's event within H (1.0 / 0.0) or, for vs_noise, that minus
+    its noise run's (-1.0, 0.0, 1.0); None when a run it needs was censored before H."""
+    run = within_horizon(value["run"], horizon)
+    if stat != "vs_noise" or run is None:
+        return run
+    noise = within_horizon(value["noise"], horizon)
+    return None if noise is None else run - noise
 
 
 def run_level_value(key: str, logged: dict, settings: AdaptationSettings) -> float:

@@ -29,7 +29,7 @@ from kvinject.trace_schema import SCHEMA_VERSION
 
 from . import keys as K
 from .events import CENSORED, EVENT, first_time, stabilization_time
-from .series import adaptation_scores, clamped_cosines, final_window, log_ratios, non_sink_masses
+from .series import adaptation_scores, adapted_tokens, clamped_cosines, final_window, log_ratios, non_sink_masses
 from .settings import AdaptationSettings, min_kl_gap
 
 BUDGET_STOP = "max_new_tokens"   # the only stop_reason that censors (see events.py)
@@ -201,8 +201,7 @@ def _run_metrics(condition: dict, settings: AdaptationSettings) -> tuple[dict, d
     kl_old = np.asarray(series["kl_run_old"], dtype=float)
     kl_new = np.asarray(series["kl_run_new"], dtype=float)
     scores = adaptation_scores(kl_old, kl_new)
-    # The minimum effect: a_t > threshold alone would count fp32 noise (1.2e-7 vs 1e-7) as adapted.
-    adapted = (scores > settings.adapted_threshold) & (kl_old - kl_new > settings.adapted_min_kl_gap)
+    adapted = adapted_tokens(kl_old, kl_new, settings.adapted_threshold, settings.adapted_min_kl_gap)
     values = {
         "adaptation_point": first_time(adapted, budget_hit),
         "stabilization": stabilization_time(adapted, settings.stabilization_tokens, budget_hit),

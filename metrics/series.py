@@ -50,6 +50,14 @@ def adaptation_scores(kl_run_old, kl_run_new) -> np.ndarray:
     return np.where(undecided, 0.5, scores)
 
 
+def adapted_tokens(kl_run_old, kl_run_new, threshold: float, min_kl_gap: float) -> np.ndarray:
+    """The "adapted at t" rule, one bool per token: a_t > threshold and KL(run||old) - KL(run||new)
+    > min_kl_gap [nats], the minimum effect (metrics/README.md, Definitions)."""
+    old = np.asarray(kl_run_old, dtype=float)
+    new = np.asarray(kl_run_new, dtype=float)
+    return (adaptation_scores(old, new) > threshold) & (old - new > min_kl_gap)
+
+
 def log_ratios(logp_new, logp_old) -> np.ndarray:
     """r_t = log p_new(tok_t) - log p_old(tok_t) of the run's own token, in nats.
 

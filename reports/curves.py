@@ -6,7 +6,7 @@ controls are left out: there is nothing to adapt to, a_t is 0.5 by definition). 
 (CURVE_SERIES) come from the trace with the metric package's own per-token functions:
 
     adaptation_score     a_t = KL(run||old) / (KL(run||old) + KL(run||new))      [0..1]
-    adapted_share        1 if a_t > adapted_threshold else 0 (its mean: share of docs adapted at t)
+    adapted_share        1 if adapted at t (the metrics' rule, series.adapted_tokens) else 0 (its mean: share of docs adapted at t)
     kl_run_new           KL(run||new context), nats
     kl_run_old           KL(run||old context), nats
     attention_injected   attention mass on the injected segment, sink removed, mean over layers [0..1]
@@ -25,7 +25,8 @@ import dataclasses
 import numpy as np
 
 from kvinject.metrics import AdaptationSettings
-from kvinject.metrics.series import adaptation_scores, non_sink_masses
+from kvinject.metrics.series import adaptation_scores, adapted_tokens, non_sink_masses
+from kvinject.metrics.settings import min_kl_gap
 
 CURVE_SERIES = ("adaptation_score", "adapted_share", "kl_run_new", "kl_run_old",
                 "attention_injected", "attention_original")
@@ -53,14 +54,17 @@ class CurveKey:
     kind: str   # "injection" or "noise"
 
 
-def run_series(entry: dict, settings: AdaptationSettings) -> dict[str, np.ndarray]:
+def run_series(entry: dict, settings: AdaptationSettings, trace_settings: dict | None = None) -> dict[str, np.ndarray]:
     """The CURVE_SERIES of one injection or noise run (one value per post-injection token);
-    the attention series only when the run tracked attention."""
+    the attention series only when the run tracked attention. trace_settings: the trace's, whose
+    precision sets the adapted rule's minimum KL gap as in the metrics (float32 when None)."""
     series = entry["series"]
     scores = adaptation_scores(series["kl_run_old"], series["kl_run_new"])
+    gap = min_kl_gap(settings, trace_settings or {})
     values = {
         "adaptation_score": scores,
-        "adapted_share": (scores > settings.adapted_threshold).astype(float),
+        "adapted_share": adapted_tokens(series["kl_run_old"], series["kl_run_new"], settings.adapted_threshold,
+                                        gap).astype(float),
         "kl_run_new": np.asarray(series["kl_run_new"], dtype=float),
         "kl_run_old": np.asarray(series["kl_run_old"], dtype=float),
     }
@@ -113,9 +117,8 @@ def task_curves(traces_by_model: dict[str, list[dict]], settings: AdaptationSett
         points = sorted({point for trace in changed for point in trace["settings"]["injection_points"]})
         for point in points:
             for kind in KINDS:
-                runs = [trace["conditions"][f"{kind}@{point}"] for trace in changed
-                        if trace["conditions"].get(f"{kind}@{point}", {}).get("injected")]
-                per_run = [run_series(run, settings) for run in runs]
+                per_run = [run_series(trace["conditions"][f"{kind}@{point}"], settings, trace["settings"])
+                           for trace in changed if trace["conditions"].get(f"{kind}@{point}", {}).get("injected")]
                 bands = {name: mean_band([series[name] for series in per_run if name in series],
                                          resamples, confidence_level, seed)
                          for name in CURVE_SERIES if any(name in series for series in per_run)}

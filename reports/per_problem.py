@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from kvinject.metrics import AdaptationSettings, doc_metrics
-from kvinject.metrics.series import adaptation_scores
+from kvinject.metrics.series import adapted_tokens
+from kvinject.metrics.settings import min_kl_gap
 from kvinject.settings_mapping import from_mapping
 
 from .curves import is_control
@@ -76,9 +77,9 @@ def assess(adapted: bool, latency: int | None, quality: float, thresholds: Label
 
 def _token_summary(trace: dict, point: int, values: dict, settings: AdaptationSettings,
                    thresholds: LabelThresholds) -> dict:
-    """adapted: some post-injection token has a_t > adapted_threshold; latency: the first such t
-    (the per-doc adaptation_point event of adaptation_point_share@N); quality: the share of post-injection tokens with
-    a_t > adapted_threshold."""
+    """adapted: some post-injection token is adapted (series.adapted_tokens); latency: the first such t
+    (the per-doc adaptation_point event of adaptation_point_share@N); quality: the share of post-injection
+    tokens that are adapted."""
     run = trace["conditions"][f"injection@{point}"]
     if is_control(trace):
         return {"adapted": None, "adaptation_latency_tokens": None, "adaptation_quality": None,
@@ -87,8 +88,9 @@ def _token_summary(trace: dict, point: int, values: dict, settings: AdaptationSe
     if not run["injected"] or event is None:
         return {"adapted": None, "adaptation_latency_tokens": None, "adaptation_quality": None,
                 "assessment": NOT_INJECTED, "reason": run["not_injected_reason"] or "no post-injection token"}
-    scores = adaptation_scores(run["series"]["kl_run_old"], run["series"]["kl_run_new"])
-    quality = float(np.mean(scores > settings.adapted_threshold)) if scores.size else 0.0
+    adapted_at = adapted_tokens(run["series"]["kl_run_old"], run["series"]["kl_run_new"], settings.adapted_threshold,
+                                min_kl_gap(settings, trace["settings"]))
+    quality = float(np.mean(adapted_at)) if adapted_at.size else 0.0
     adapted = event["run"]["status"] == "event"
     latency = int(event["run"]["time"]) if adapted else None
     return {"adapted": adapted, "adaptation_latency_tokens": latency, "adaptation_quality": quality,

@@ -8,6 +8,7 @@ by that shared ``<date>``.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import os
 import re
@@ -98,11 +99,17 @@ class Run:
         return found
 
     def samples(self, task: str) -> list[dict]:
-        """lm-eval's logged samples of a task (empty without --log_samples)."""
+        """lm-eval's logged samples of a task, as written or gzip-compressed (``.jsonl.gz``, as the
+        study commits them); empty without --log_samples."""
         path = self.folder / f"{SAMPLES_PREFIX}{task}_{self.date_id}.jsonl"
-        if not path.exists():
+        compressed = path.with_name(path.name + ".gz")
+        if path.exists() and compressed.exists():
+            raise ValueError(f"{self.folder}: both {path.name} and {compressed.name}: keep one")
+        opened = gzip.open(compressed, "rt", encoding="utf-8") if compressed.exists() else (
+            path.open(encoding="utf-8") if path.exists() else None)
+        if opened is None:
             return []
-        with path.open(encoding="utf-8") as handle:
+        with opened as handle:
             return [json.loads(line) for line in handle if line.strip()]
 
 

@@ -9,9 +9,11 @@ each run (``--no_timing``: commands only). The file format: kvinject/study.py.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -32,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print each run's lm-eval command and an estimated time; run nothing")
     parser.add_argument("--no_timing", action="store_true",
                         help="with --dry_run: skip timing a first doc of each run (no model is loaded)")
+    parser.add_argument("--results_only", action="store_true",
+                        help="run nothing: write the report, the comparisons and the findings tables of the runs "
+                             "that finished (a comparison waits until both its runs have)")
     parser.add_argument("--bootstrap_resamples", type=int, default=2000, help="of the comparisons' intervals")
     parser.add_argument("--seed", type=int, default=0, help="of the comparisons' bootstrap and permutations")
 
@@ -52,14 +57,27 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as error:   # a task or model argument the timing could not use
             print(f"kvinject study: {error}", file=sys.stderr)
             return 2
-    try:
-        for index, study_run in enumerate(study.runs, start=1):
-            run_one(study, study_run, f"[{index}/{len(study.runs)}]")
-    except StudyError as error:
-        print(f"kvinject study: {error}", file=sys.stderr)
-        return 1
-    status = write_report(study)
-    return write_comparisons(study, args.bootstrap_resamples, args.seed) or status
+    if not args.results_only:
+        try:
+            for index, study_run in enumerate(study.runs, start=1):
+                run_one(study, study_run, f"[{index}/{len(study.runs)}]")
+        except StudyError as error:
+            print(f"kvinject study: {error}", file=sys.stderr)
+            return 1
+    return write_results(study, study.output_path, args.bootstrap_resamples, args.seed)
+
+
+def write_results(study, output_path: Path, resamples: int = 2000, seed: int = 0) -> int:
+    """The report (<output_path>/report), the comparisons (<output_path>/comparisons) and the findings
+    tables (<output_path>/findings.md) of the study's finished runs; 2 if a comparison was refused or
+    no run has finished."""
+    finished = [study_run for study_run in study.runs if finished_record(study, study_run) is not None]
+    if not finished:
+        print("kvinject study: no run has finished yet: nothing to report", file=sys.stderr)
+        return 2
+    status = write_report(study, finished, output_path)
+    write_findings(study, finished, output_path)
+    return write_comparisons(study, finished, output_path, resamples, seed) or status
 
 
 # ------------------------------------------------------------------------------------------- runs
@@ -90,6 +108,24 @@ def machine() -> str:
     return f"{platform.node()}: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}"
 
 
+def compress_samples(folder: Path) -> list[Path]:
+    """gzip every lm-eval samples file under a run folder in place (``.jsonl`` -> ``.jsonl.gz``, no
+    time stamp inside, so the bytes depend on the content only): a full report's samples shrink
+    about 24 times (30 MB -> 1.3 MB for 200 adaptation_update docs), which keeps a study committable.
+    reports/runs.Run.samples reads either form."""
+    written = []
+    for path in sorted(Path(folder).rglob("samples_*.jsonl")):
+        target = path.with_name(path.name + ".gz")
+        partial = target.with_suffix(".partial")
+        with path.open("rb") as source, open(partial, "wb") as raw, \
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as compressed:
+            shutil.copyfileobj(source, compressed)
+        partial.replace(target)
+        path.unlink()
+        written.append(target)
+    return written
+
+
 def run_one(study, study_run, position: str) -> dict:
     """Run one lm-eval run unless it already finished; returns its marker record."""
     from kvinject.reports.comparison import one_run
@@ -105,6 +141,7 @@ def run_one(study, study_run, position: str) -> dict:
     if exit_code != 0:
         raise StudyError(f"{study_run.name}: lm-eval failed (exit code {exit_code}); its finished docs are in the "
                          "result store: run the study again to resume")
+    compress_samples(study_run.folder(study.output_path))
     try:
         results = one_run(study_run.folder(study.output_path))
     except ValueError as error:
@@ -126,27 +163,44 @@ def run_one(study, study_run, position: str) -> dict:
 
 # ----------------------------------------------------------------------- report and comparisons
 
-def _report_argv(study) -> list[str]:
-    """`kvinject report` over every run folder into <output_path>/report."""
-    folders = [str(study_run.folder(study.output_path)) for study_run in study.runs]
-    return ["report", *folders, "--output_path", str(study.output_path / "report")]
+def _report_argv(study, runs=None, output_path: Path | None = None) -> list[str]:
+    """`kvinject report` over the run folders (every run's by default) into <output_path>/report."""
+    folders = [str(study_run.folder(study.output_path)) for study_run in (runs or study.runs)]
+    return ["report", *folders, "--output_path", str((output_path or study.output_path) / "report")]
 
 
-def write_report(study) -> int:
-    """``kvinject report`` over the study's run folders into <output_path>/report; its exit status."""
+def write_report(study, runs, output_path: Path) -> int:
+    """``kvinject report`` over the runs' folders into <output_path>/report; its exit status."""
     from kvinject import cli
 
-    return cli.main(_report_argv(study))
+    return cli.main(_report_argv(study, runs, output_path))
 
 
-def write_comparisons(study, resamples: int, seed: int) -> int:
-    """Each comparison of the study into <output_path>/comparisons/<name>.{md,csv}; 2 if one is refused."""
+def write_findings(study, runs, output_path: Path) -> Path:
+    """The findings tables of the runs (reports/findings.py) as <output_path>/findings.md."""
+    from kvinject.reports.comparison import one_run
+    from kvinject.reports.findings import findings_markdown
+
+    path = output_path / "findings.md"
+    path.write_text(findings_markdown({r.name: one_run(r.folder(study.output_path)) for r in runs}),
+                    encoding="utf-8")
+    print(f"findings: {path}")
+    return path
+
+
+def write_comparisons(study, runs, output_path: Path, resamples: int, seed: int) -> int:
+    """Each comparison whose runs are all among ``runs`` into <output_path>/comparisons/<name>.{md,csv};
+    2 if one is refused."""
     from kvinject.reports.comparison import Resampling, compare_points, compare_runs, one_run, write_comparison
 
-    folders = {study_run.name: study_run.folder(study.output_path) for study_run in study.runs}
+    folders = {study_run.name: study_run.folder(study.output_path) for study_run in runs}
     resampling = Resampling(resamples=resamples, seed=seed)
     status = 0
     for comparison in study.comparisons:
+        waiting = [name for name in comparison.runs if name not in folders]
+        if waiting:
+            print(f"comparison {comparison.name}: waits for {', '.join(waiting)}")
+            continue
         try:
             runs = [one_run(folders[name]) for name in comparison.runs]
             result = (compare_points(runs[0], *comparison.points, resampling) if comparison.points
@@ -155,7 +209,7 @@ def write_comparisons(study, resamples: int, seed: int) -> int:
             print(f"kvinject study: comparison {comparison.name}: {error}", file=sys.stderr)
             status = 2
             continue
-        written = write_comparison(result, study.output_path / "comparisons", comparison.name)
+        written = write_comparison(result, output_path / "comparisons", comparison.name)
         print(f"comparison {comparison.name}: {written[0]}")
     return status
 

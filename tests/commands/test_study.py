@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from kvinject import cli
-from kvinject.commands.study import MARKER
+from kvinject.commands.study import MARKER, finished_record
 from kvinject.model_adapters.model_args import parse_model_args
 from kvinject.model_adapters.result_store import ResultStore
 from kvinject.study import load_study, parse_study
@@ -37,7 +37,7 @@ def test_offline_study_dry_run_prints_every_run_without_a_model(capsys):
         assert run.shown_command(study.output_path) in out
         assert "--log_samples" in run.command(study.output_path)
     # runs already committed under results/ are reported as finished and not counted as to run
-    finished = [r for r in study.runs if (r.folder(study.output_path) / MARKER).is_file()]
+    finished = [r for r in study.runs if finished_record(study, r) is not None]
     for run in finished:
         assert f"{run.name}: finished (skipped)" in out
     assert f"{len(study.runs) - len(finished)} of {len(study.runs)} runs to run" in out
@@ -112,7 +112,9 @@ def test_a_two_run_study_end_to_end_then_resumed_reusing_every_doc(tmp_path, loc
         marker = _marker(tmp_path, run)
         assert (marker["docs_computed"], marker["docs_reused_from_store"]) == (2, 0)
         assert Path(marker["results_file"]).is_file() and marker["wall_seconds"] > 0 and marker["machine"]
-        assert list((tmp_path / "study" / "runs" / run).rglob("samples_adaptation_semantic_*.jsonl"))
+        # the samples are committed compressed (compress_samples), the plain file removed
+        assert list((tmp_path / "study" / "runs" / run).rglob("samples_adaptation_semantic_*.jsonl.gz"))
+        assert not list((tmp_path / "study" / "runs" / run).rglob("samples_adaptation_semantic_*.jsonl"))
     assert (tmp_path / "study" / "report" / "leaderboard.md").is_file()
     comparisons = tmp_path / "study" / "comparisons"
     between = (comparisons / f"{runs[0]}__vs__{runs[1]}.csv").read_text()
@@ -184,3 +186,26 @@ def test_a_study_killed_during_its_second_run_continues_there(tmp_path, local_mo
     assert (first["docs_computed"], first["docs_reused_from_store"]) == (limit, 0)   # not run again
     assert second["docs_reused_from_store"] == stored - limit >= 1
     assert second["docs_computed"] == 2 * limit - stored
+
+
+def test_compressed_samples_read_back_as_written_and_both_forms_are_refused(tmp_path):
+    from kvinject.commands.study import compress_samples
+    from kvinject.reports.runs import find_runs
+
+    folder = tmp_path / "run" / "m"
+    folder.mkdir(parents=True)
+    (folder / "results_2026-01-02T03-04-05.000006.json").write_text("{}", encoding="utf-8")
+    rows = [{"doc_id": i, "doc": {"id": f"d{i}"}, "value": [i, 0.1 * i]} for i in range(3)]
+    plain = folder / "samples_adaptation_semantic_2026-01-02T03-04-05.000006.jsonl"
+    plain.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    (run,) = find_runs([tmp_path / "run"])
+    assert run.samples("adaptation_semantic") == rows
+    first = compress_samples(tmp_path / "run")
+    assert [p.name for p in first] == [plain.name + ".gz"] and not plain.exists()
+    assert run.samples("adaptation_semantic") == rows
+    # the bytes depend on the content only (no time stamp): compressing again gives the same file
+    data = first[0].read_bytes()
+    plain.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    with pytest.raises(ValueError, match="keep one"):
+        run.samples("adaptation_semantic")
+    assert compress_samples(tmp_path / "run")[0].read_bytes() == data

@@ -227,6 +227,21 @@ def test_detection_rate_interval_covers_the_truth_at_least_90_percent_of_the_tim
     assert covered / replications >= 0.90, covered / replications
 
 
+def test_a_rate_of_zero_or_one_gets_no_certain_interval():
+    """0 alarms in 40 runs: the percentile bootstrap repeats 0 in every resample ([0, 0]); the reported
+    interval contains Clopper-Pearson's [0, 1 - 0.025^(1/40)] = [0, 0.088]; likewise 40 of 40."""
+    rng = np.random.default_rng(3)
+    settings = AdaptationSettings(report="full", bootstrap_resamples=100, permutation_resamples=99)
+    for shift, rate in ((-50.0, 0.0), (50.0, 1.0)):
+        payloads = _detection_payloads(rng, 40, 16, shift)
+        values = {stat: metric_aggregation(f"detection_rate{stat}@5", settings)(payloads)
+                  for stat in ("", "_ci_low", "_ci_high")}
+        assert values[""] == rate and _rate_intervals(payloads, settings)[False] == (rate, rate)
+        width = 1 - 0.025 ** (1 / 40)
+        assert values["_ci_low"] == pytest.approx(max(0.0, rate - width)) and values["_ci_high"] == pytest.approx(
+            min(1.0, rate + width))
+
+
 def test_one_detector_for_changed_docs_and_controls():
     rng = np.random.default_rng(5)
     settings = AdaptationSettings(report="full", bootstrap_resamples=100, permutation_resamples=999)

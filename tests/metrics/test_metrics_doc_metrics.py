@@ -9,7 +9,8 @@ from helpers import build_answers, build_trace, run_series
 from kvinject.metrics import AdaptationSettings, doc_metrics, result_keys
 from kvinject.metrics import keys as K
 
-SETTINGS = AdaptationSettings(window_tokens=2, per_layer=True, report="full")
+# The hand-built runs have a_t = 0.75 where they adapt: they are read at the threshold 0.5.
+SETTINGS = AdaptationSettings(adapted_threshold=0.5, window_tokens=2, per_layer=True, report="full")
 # The injection run: a_t = [0.25, 0.5, 0.75, 0.75], r_t = [-1, 0, 0.5, 1.5],
 # sink-excluded attention injected [0.1, 0.2, 0.5, 0.6] (layer 1 is 0.05 lower, layer 2 higher),
 # original [0.6, 0.5, 0.2, 0.2], hidden cosines to the new context per layer.
@@ -93,10 +94,10 @@ def test_detection_rate_has_no_paired_test_of_its_own():
 
 
 def test_a_pair_censored_before_the_horizon_is_left_out_of_the_test():
-    values = _metrics(settings=AdaptationSettings(report="full", horizon_tokens=10))
+    values = _metrics(settings=AdaptationSettings(adapted_threshold=0.5, report="full", horizon_tokens=10))
     assert "adaptation_point@5" not in values["pvalue_oracle_convergence@5"]   # noise censored at 4
     assert "pvalue_adaptation_point@5" not in values                         # no pair: no key
-    stopped = _metrics(settings=AdaptationSettings(report="full", horizon_tokens=10),
+    stopped = _metrics(settings=AdaptationSettings(adapted_threshold=0.5, report="full", horizon_tokens=10),
                        stop_reasons=("eos", "eos"))
     assert stopped["pvalue_adaptation_point@5"]["adaptation_point@5"] == [1.0, 0.0]
 
@@ -108,9 +109,10 @@ def test_values_are_json_serialisable_and_keys_are_catalogued():
 
 
 def test_the_headline_report_emits_only_headline_keys():
-    values = _metrics(settings=AdaptationSettings())
+    values = _metrics(settings=AdaptationSettings(adapted_threshold=0.5))
     assert set(values) == {"baseline_accuracy", "oracle_accuracy", "n_docs@5",
                            "injection_accuracy@5", "adaptation_gap@5", "adaptation_point_share@5",
+                           "adaptation_point_vs_noise@5",
                            "detection_rate@5", "detection_calibrated@5", "kl_run_new@5",
                            "embedding_contrast@5"}
 
@@ -168,17 +170,17 @@ def test_fp32_level_differences_never_count_as_adapted(run_series):
     values = _metrics({5: (tiny, NOISE)})
     assert values["adaptation_point_share@5"]["run"]["status"] != "event"
     assert values["stabilization_share@5"]["run"]["status"] != "event"
-    loose = AdaptationSettings(report="full", adapted_min_kl_gap=0.0)
+    loose = AdaptationSettings(adapted_threshold=0.5, report="full", adapted_min_kl_gap=0.0)
     assert _metrics({5: (tiny, NOISE)}, loose)["adaptation_point_share@5"]["run"]["status"] == "event"
 
 
 def test_stabilization_for_k_tokens_is_configurable(run_series):
     flapping = run_series([3, 1, 3, 3, 1], [1, 3, 1, 1, 3])   # adapted at t = 1, 3, 4
     assert _metrics({5: (flapping, NOISE)})["stabilization_share@5"]["run"]["status"] == "censored"
-    settings = AdaptationSettings(stabilization_tokens=2, report="full")
+    settings = AdaptationSettings(adapted_threshold=0.5, stabilization_tokens=2, report="full")
     assert _metrics({5: (flapping, NOISE)}, settings)["stabilization_share@5"]["run"] == {
         "time": 3, "status": "event"}
-    stricter = AdaptationSettings(adapted_threshold=0.8, report="full")   # a_t = 0.75 is not adapted
+    stricter = AdaptationSettings(report="full")   # the default threshold 0.8: a_t = 0.75 is not adapted
     stricter_values = _metrics({5: (flapping, NOISE)}, stricter)
     assert stricter_values["adaptation_point_share@5"]["run"]["status"] == "censored"
 
@@ -213,16 +215,16 @@ def test_answers_drive_the_accuracy_metrics(build_answers):
 
 
 def test_optional_key_groups_can_be_switched_off():
-    settings = AdaptationSettings(per_layer=False, confidence_intervals=False, report="full")
+    settings = AdaptationSettings(adapted_threshold=0.5, per_layer=False, confidence_intervals=False, report="full")
     values = _metrics(settings=settings)
     assert not any("_layer" in key or "_ci_" in key for key in values)
     assert "stabilization_censored@5" in values and "pvalue_kl_run_new@5" in values
 
 
 def test_log_ratio_detection_statistic_changes_the_payload():
-    settings = AdaptationSettings(detection_statistic="log_ratio")
+    settings = AdaptationSettings(adapted_threshold=0.5, detection_statistic="log_ratio")
     assert _metrics(settings=settings)["detection_rate@5"]["run"] == [-1.0, 0.0, 0.5, 1.5]
-    short = AdaptationSettings(horizon_tokens=2)   # the payload keeps the horizon only
+    short = AdaptationSettings(adapted_threshold=0.5, horizon_tokens=2)   # the payload keeps the horizon only
     assert _metrics(settings=short)["detection_rate@5"]["run"] == [1.0, 1.0]
 
 

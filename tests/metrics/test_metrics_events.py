@@ -69,7 +69,8 @@ def test_without_adaptation_injection_does_not_differ_from_the_noise_control(bui
     the event measures of the two do not differ (p-value not small; seeded, under this null the
     p-value is uniform so a fixed seed makes the assertion deterministic, not a 5% gamble)."""
     rng = np.random.default_rng(12)
-    settings = AdaptationSettings(report="full", horizon_tokens=3, stabilization_tokens=2,
+    # threshold 0.5: the events must happen often under this null for the test to have something to test
+    settings = AdaptationSettings(report="full", horizon_tokens=3, stabilization_tokens=2, adapted_threshold=0.5,
                                   bootstrap_resamples=50, permutation_resamples=999)
     docs = []
     for index in range(60):

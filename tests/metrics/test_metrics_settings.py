@@ -11,7 +11,7 @@ def test_defaults_are_the_documented_thresholds():
     settings = AdaptationSettings.from_mapping(None)
     assert settings == AdaptationSettings() == AdaptationSettings.from_mapping({})
     assert (settings.adapted_threshold, settings.false_alarm_rate, settings.correction) == (
-        0.5, 0.05, "holm")
+        0.8, 0.05, "holm")
     assert settings.stabilization_tokens is None and settings.cusum_drift is None
 
 

@@ -17,7 +17,13 @@ def test_run_series_follow_the_metric_definitions(make_trace, run_series):
                                    original_mass=[0.2, 0.3, 0.1]), run_series([0.1] * 3))})
     values = curve_values(trace["conditions"]["injection@3"], AdaptationSettings())
     np.testing.assert_allclose(values["adaptation_score"], [0.0, 0.75, 0.9])
-    np.testing.assert_array_equal(values["adapted_share"], [0.0, 1.0, 1.0])
+    np.testing.assert_array_equal(values["adapted_share"], [0.0, 0.0, 1.0])   # a_t > 0.8 (default)
+    looser = curve_values(trace["conditions"]["injection@3"], AdaptationSettings(adapted_threshold=0.5))
+    np.testing.assert_array_equal(looser["adapted_share"], [0.0, 1.0, 1.0])
+    # and the KL gap of the metrics' rule: t = 2 is 0.2 nats nearer the new context
+    gapped = curve_values(trace["conditions"]["injection@3"],
+                          AdaptationSettings(adapted_threshold=0.5, adapted_min_kl_gap=0.25))
+    np.testing.assert_array_equal(gapped["adapted_share"], [0.0, 0.0, 1.0])
     np.testing.assert_allclose(values["kl_run_new"], [0.6, 0.1, 0.1])
     np.testing.assert_allclose(values["attention_injected"], [0.6, 0.5, 0.4])   # sink removed
     np.testing.assert_allclose(values["attention_original"], [0.2, 0.3, 0.1])

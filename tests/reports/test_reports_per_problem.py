@@ -31,8 +31,8 @@ def test_thresholds_are_configurable_and_checked():
 
 
 def test_values_come_from_the_trace(check_seed_format, make_trace, run_series):
-    # injection@2: a_t = old / (old + new) is 0.2, 0.2, then 0.8 from t = 3 on (6 of 8 tokens adapted)
-    kl_old, kl_new = [0.1, 0.1] + [0.4] * 6, [0.4, 0.4] + [0.1] * 6
+    # injection@2: a_t = old / (old + new) is 0.2, 0.2, then 5/6 > 0.8 from t = 3 on (6 of 8 tokens adapted)
+    kl_old, kl_new = [0.1, 0.1] + [0.5] * 6, [0.4, 0.4] + [0.1] * 6
     injected = run_series(kl_old, kl_new, injected_mass=[0.2, 0.2] + [0.6] * 6, original_mass=0.3)
     noise = run_series([0.1] * 8, [0.4] * 8, injected_mass=0.1, original_mass=0.3)
     # injection@5: never above 0.5
@@ -49,7 +49,7 @@ def test_values_come_from_the_trace(check_seed_format, make_trace, run_series):
     assert attention["final_attention_ratio"] == pytest.approx((2 * 0.2 + 6 * 0.6) / 8 / 0.3)  # W = 10 > T
     assert result["attention_analysis"]["injection_5"]["stabilization_tokens"] is None   # never reached
     overall = result["causal_analysis"]["overall"]
-    assert overall["mean_adaptation"] == pytest.approx(((0.4 + 6 * 0.8) / 8 + 0.25) / 2)
+    assert overall["mean_adaptation"] == pytest.approx(((0.4 + 6 * 5 / 6) / 8 + 0.25) / 2)
     assert overall["optimal_injection"] == 2
     recommendations = result["causal_analysis"]["recommendations"]
     assert recommendations[0].startswith("Moderate adaptation") and "inject as early" in recommendations[1]

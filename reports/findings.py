@@ -1,0 +1,126 @@
+"""The findings tables of a study: each finished run's measures against its noise controls, per
+injection point, read from the run's results JSON (report: full) and formatted; nothing is computed
+here that the metrics did not compute (metrics/README.md defines every key quoted).
+
+One table per question of docs/results.md that a single run answers:
+    adapts      injection vs noise: accuracy on the new problem, share of runs adapted within H
+                (and of their noise runs), the paired test, the calibrated detector's rate;
+    timing      how long adaptation takes: KM medians of the adaptation point and of the first
+                alarm, with their censored and never counts, and the attention on the injected
+                segment against the noise run's.
+The questions that pair two runs or two points (later update, append vs replace, model vs model)
+are the study's comparisons (reports/comparison.py).
+"""
+from __future__ import annotations
+
+import math
+
+from .runs import Run
+
+NOT_ESTIMABLE = "n/e"
+
+
+def _value(values: dict, key: str):
+    """The value of ``key`` in a task's results (lm-eval's ``,none`` filter suffix); None if absent."""
+    return values.get(f"{key},none")
+
+
+def _number(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return NOT_ESTIMABLE
+    if isinstance(value, str):
+        return value
+    if math.isinf(value):
+        return "not reached"
+    return f"{value:.{digits}f}"
+
+
+def _pvalue(value) -> str:
+    return NOT_ESTIMABLE if value is None or isinstance(value, str) else f"{value:.3g}"
+
+
+def _count(value) -> str:
+    return NOT_ESTIMABLE if value is None or isinstance(value, str) else str(int(value))
+
+
+def _interval(values: dict, key: str, low: str, high: str) -> str:
+    """``value [low, high]`` of a key and its interval keys."""
+    return f"{_number(_value(values, key))} [{_number(_value(values, low))}, {_number(_value(values, high))}]"
+
+
+def _median(values: dict, metric: str, point: int) -> str:
+    """KM median in tokens with the censored and never counts of the injection runs."""
+    median = _value(values, f"{metric}_median@{point}")
+    reached = _value(values, f"{metric}_median_reached@{point}")
+    shown = "not reached" if reached == 0 else _number(median, 1)
+    return (f"{shown} (censored {_count(_value(values, f'{metric}_censored@{point}'))}, "
+            f"never {_count(_value(values, f'{metric}_never@{point}'))})")
+
+
+def _adapts_row(name: str, values: dict, point: int) -> list[str]:
+    share = _value(values, f"adaptation_point_share@{point}")
+    difference = _value(values, f"adaptation_point_vs_noise@{point}")
+    noise = (share - difference if isinstance(share, float) and isinstance(difference, float) else None)
+    calibrated = _value(values, f"detection_calibrated@{point}")
+    return [name, str(point), _count(_value(values, f"n_docs@{point}")),
+            _number(_value(values, "baseline_accuracy")), _number(_value(values, "oracle_accuracy")),
+            _number(_value(values, f"injection_accuracy@{point}")),
+            _pvalue(_value(values, f"pvalue_injection_accuracy@{point}")),
+            _interval(values, f"adaptation_point_share@{point}", f"adaptation_point_share_ci_low@{point}",
+                      f"adaptation_point_share_ci_high@{point}"),
+            _number(noise), _number(difference), _pvalue(_value(values, f"pvalue_adaptation_point@{point}")),
+            _interval(values, f"detection_rate@{point}", f"detection_rate_ci_low@{point}",
+                      f"detection_rate_ci_high@{point}"),
+            "yes" if calibrated == 1 else "no",
+            _count(_value(values, f"detection_horizon@{point}"))]
+
+
+def _timing_row(name: str, values: dict, point: int) -> list[str]:
+    return [name, str(point), _count(_value(values, f"n_docs@{point}")),
+            _median(values, "adaptation_point", point), _median(values, "detection_latency", point),
+            _interval(values, f"attention_injected@{point}", f"attention_injected_ci_low@{point}",
+                      f"attention_injected_ci_high@{point}"),
+            _number(_value(values, f"attention_shift@{point}")),
+            _pvalue(_value(values, f"pvalue_attention_injected@{point}"))]
+
+
+ADAPTS_HEADER = ["run", "N", "docs", "baseline acc.", "oracle acc.", "injection acc.", "p (acc. vs noise)",
+                 "adapted within H [95% CI]", "noise adapted", "difference", "p (vs noise)",
+                 "detection rate [95% CI]", "calibrated", "H*"]
+TIMING_HEADER = ["run", "N", "docs", "median adaptation point, tokens", "median first alarm, tokens",
+                 "attention on injected segment [95% CI]", "minus noise run's", "p (vs noise)"]
+
+
+def _points(values: dict) -> list[int]:
+    """The injection points of a task's results: those of its ``n_docs@<N>,none`` keys."""
+    keys = (key.removesuffix(",none") for key in values if key.endswith(",none"))
+    return sorted(int(key[len("n_docs@"):]) for key in keys if key.startswith("n_docs@") and key[len("n_docs@"):].isdigit())
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
+def findings_markdown(runs: dict[str, Run]) -> str:
+    """The findings tables of the named runs ({study run name: Run}, in the study's order)."""
+    adapts, timing = [], []
+    for name, run in runs.items():
+        for task, values in run.results["results"].items():
+            for point in _points(values):
+                adapts.append(_adapts_row(name, values, point))
+                timing.append(_timing_row(name, values, point))
+    lines = [
+        "# Findings tables (generated: `kvinject study <file> --results_only`)", "",
+        "Every value is a key of the run's results JSON (report: full; metrics/README.md defines them). "
+        "n/e: not estimable; H: the horizon (32 tokens); H*: the detector's evaluated length. "
+        "p-values are uncorrected except the paired tests' (Holm over the run's paired metrics).", "",
+        "## Does the model adapt? Injection vs its noise control", "",
+        *_table(ADAPTS_HEADER, adapts), "",
+        "## How long adaptation takes, and attention meanwhile", "",
+        "Medians are Kaplan-Meier over the injection runs (not reached: under half of the runs adapt "
+        "within their tokens); censored: the token budget ended the run first; never: the run stopped "
+        "(EOS) without the event.", "",
+        *_table(TIMING_HEADER, timing), "",
+    ]
+    return "\n".join(lines)
