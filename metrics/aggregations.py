@@ -165,10 +165,18 @@ def mean_interval_end(stat: str, values, settings: AdaptationSettings) -> float:
 
 @cached_on_content
 def _mean_interval(values, settings: AdaptationSettings) -> tuple[float, float]:
+    """BCa bootstrap interval of the mean; for 0/1 values (the accuracies) widened to contain the
+    Clopper-Pearson interval: from all-0 or all-1 values every resample repeats the mean and the
+    bootstrap alone claims certainty ([0, 0] from 0 correct answers in 74)."""
     if not values:
         return NAN, NAN
-    return bootstrap_mean_interval(
+    low, high = bootstrap_mean_interval(
         values, settings.bootstrap_resamples, settings.confidence_level, settings.seed)
+    array = np.asarray(values, dtype=float)
+    if np.isin(array, (0.0, 1.0)).all():
+        exact_low, exact_high = censored_binomial_interval(int(array.sum()), 0, array.size, settings.confidence_level)
+        low, high = float(np.fmin(low, exact_low)), float(np.fmax(high, exact_high))
+    return low, high
 
 
 # ---- times to an event ------------------------------------------------------------------------

@@ -52,3 +52,34 @@ def test_results_only_without_a_finished_run_says_so(tmp_path, capsys):
                           "    tasks: [adaptation_update]\n", encoding="utf-8")
     assert cli.main(["study", str(study_file), "--results_only"]) == 2
     assert "no run has finished yet" in capsys.readouterr().err
+
+
+def _committed_numbers(study) -> str:
+    """The committed tables' text and every number of the committed results JSON, rounded as quoted."""
+    import json
+    import re
+
+    folder = study.output_path
+    texts = [path.read_text(encoding="utf-8") for path in _generated_paths(folder)]
+    for path in folder.glob("runs/*/*/results_*.json"):
+        for task in json.loads(path.read_text(encoding="utf-8"))["results"].values():
+            for value in task.values():
+                if isinstance(value, float):
+                    texts.append(f"{value:.3f} {value:.4f} {value:.1e}")
+    return re.sub(r"\s+", " ", " ".join(texts))
+
+
+def _generated_paths(folder: Path) -> list[Path]:
+    return [folder / name for name in _generated(folder)]
+
+
+def test_every_number_in_the_findings_document_is_in_a_committed_file(study):
+    """docs/results.md quotes numbers (3 or 4 decimals, or 1.2e-06) only from the committed files."""
+    import re
+
+    text = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    committed = _committed_numbers(study)
+    quoted = set(re.findall(r"-?\d+\.\d{3,4}\b|\d\.\de-\d\d", text))
+    assert len(quoted) > 30
+    missing = sorted(number for number in quoted if number not in committed and number.lstrip("-") not in committed)
+    assert not missing, f"numbers in docs/results.md that no committed file holds: {missing}"

@@ -203,6 +203,16 @@ def test_a_budget_below_the_horizon_makes_the_share_not_estimable():
     assert metric_aggregation("stabilization_share@5", FAST)([censored] * 4 + [followed]) == 0.0
 
 
+def test_an_accuracy_of_zero_or_one_gets_no_certain_interval():
+    """0 of 74 correct: the bootstrap alone gives [0, 0]; the interval contains Clopper-Pearson's
+    [0, 1 - 0.025^(1/74)] = [0, 0.049]. Non-binary means keep the bootstrap's."""
+    for values, expected in (([0.0] * 74, (0.0, 1 - 0.025 ** (1 / 74))), ([1.0] * 74, (0.025 ** (1 / 74), 1.0))):
+        low = metric_aggregation("injection_accuracy_ci_low@5", FAST)(values)
+        high = metric_aggregation("injection_accuracy_ci_high@5", FAST)(values)
+        assert (low, high) == pytest.approx(expected)
+    assert metric_aggregation("oracle_convergence_ci_high@5", FAST)([0.25] * 10) == 0.25
+
+
 def test_aggregates_are_reproducible():
     values = [0.1, 0.5, 0.2, 0.9, 0.4, 0.3]
     first = metric_aggregation("oracle_convergence_ci_low@5", FAST)(values)
