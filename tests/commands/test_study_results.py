@@ -43,7 +43,7 @@ def test_every_finished_run_is_in_the_findings_and_every_cited_comparison_is_com
         assert f"| {name} | " in findings
     for comparison in study.comparisons:
         written = (study.output_path / "comparisons" / f"{comparison.name}.md").is_file()
-        assert written == set(comparison.runs) <= finished, comparison.name
+        assert written == (set(comparison.runs) <= finished), comparison.name
 
 
 def test_results_only_without_a_finished_run_says_so(tmp_path, capsys):
