@@ -113,6 +113,16 @@ class Run:
             return [json.loads(line) for line in handle if line.strip()]
 
 
+@dataclasses.dataclass(frozen=True)
+class CommittedRun(Run):
+    """A run read as a study commits it, without its traces (results JSON and samples only): tables
+    computed from it come out the same on a clean checkout as beside the traces."""
+
+    @property
+    def trace_paths(self) -> list[Path]:
+        return []
+
+
 def find_runs(folders: list[str | os.PathLike]) -> list[Run]:
     """Every run under the folders (searched recursively), in a stable order.
 

@@ -76,8 +76,28 @@ def write_results(study, output_path: Path, resamples: int = 2000, seed: int = 0
         print("kvinject study: no run has finished yet: nothing to report", file=sys.stderr)
         return 2
     status = write_report(study, finished, output_path)
+    write_committed_leaderboard(study, finished, output_path)
     write_findings(study, finished, output_path)
     return write_comparisons(study, finished, output_path, resamples, seed) or status
+
+
+def _committed_run(study, study_run):
+    """The run as committed (results JSON and samples, no traces: reports.runs.CommittedRun)."""
+    from kvinject.reports.comparison import one_run
+    from kvinject.reports.runs import CommittedRun
+
+    return CommittedRun(one_run(study_run.folder(study.output_path)).results_path)
+
+
+def write_committed_leaderboard(study, runs, output_path: Path) -> None:
+    """<output_path>/report/leaderboard.{md,tex,csv} again, from the committed files only: beside traces the
+    report groups rows by the traces' injection settings, on a clean checkout by the model args, and the
+    committed tables must be the ones a clean checkout regenerates."""
+    from kvinject.reports.leaderboard import build_leaderboard
+
+    board = build_leaderboard([_committed_run(study, r) for r in runs], None)
+    for suffix, text in (("md", board.markdown()), ("tex", board.latex()), ("csv", board.csv())):
+        (output_path / "report" / f"leaderboard.{suffix}").write_text(text, encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------- runs
@@ -191,20 +211,20 @@ def write_findings(study, runs, output_path: Path) -> Path:
 def write_comparisons(study, runs, output_path: Path, resamples: int, seed: int) -> int:
     """Each comparison whose runs are all among ``runs`` into <output_path>/comparisons/<name>.{md,csv};
     2 if one is refused."""
-    from kvinject.reports.comparison import Resampling, compare_points, compare_runs, one_run, write_comparison
+    from kvinject.reports.comparison import Resampling, compare_points, compare_runs, write_comparison
 
-    folders = {study_run.name: study_run.folder(study.output_path) for study_run in runs}
+    by_name = {study_run.name: study_run for study_run in runs}
     resampling = Resampling(resamples=resamples, seed=seed)
     status = 0
     for comparison in study.comparisons:
-        waiting = [name for name in comparison.runs if name not in folders]
+        waiting = [name for name in comparison.runs if name not in by_name]
         if waiting:
             print(f"comparison {comparison.name}: waits for {', '.join(waiting)}")
             continue
         try:
-            runs = [one_run(folders[name]) for name in comparison.runs]
-            result = (compare_points(runs[0], *comparison.points, resampling) if comparison.points
-                      else compare_runs(runs[0], runs[1], resampling))
+            compared = [_committed_run(study, by_name[name]) for name in comparison.runs]
+            result = (compare_points(compared[0], *comparison.points, resampling) if comparison.points
+                      else compare_runs(compared[0], compared[1], resampling))
         except ValueError as error:   # one refused comparison costs itself, not the others
             print(f"kvinject study: comparison {comparison.name}: {error}", file=sys.stderr)
             status = 2
