@@ -14,12 +14,13 @@ import torch
 from helpers import logit_tolerance
 from measure import Row, interleaved_seconds, median, paired_ratio, peak_memory_mib
 from naive_reference import naive_analysis
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import Cache, StoppingCriteria, StoppingCriteriaList
 
 from kvinject.model_adapters import trace_log
 from kvinject.model_adapters.engine import InjectionEngine, InjectionSettings, Problem
 from kvinject.model_adapters.engine.decoding import extend_caches
 from kvinject.model_adapters.engine.tokens import encode_prompt
+from kvinject.model_adapters.memory import DocShape, doc_kv_bytes, kv_bytes_per_position
 
 BATCH_SIZES = (1, 2, 4, 8)
 
@@ -135,15 +136,44 @@ def reprompted_conditions(trace: dict) -> dict[str, tuple[list[int], int]]:
     return conditions
 
 
-def forward_calls(model, run) -> int:
-    """Model forward calls while ``run()`` runs (a hook on the model counts them)."""
-    calls = [0]
-    handle = model.register_forward_pre_hook(lambda module, args: calls.__setitem__(0, calls[0] + 1))
+@dataclasses.dataclass
+class ForwardWork:
+    """What the model was asked to do while a function ran, counted by hooks on the model."""
+
+    calls: int = 0  # forward calls
+    positions: int = 0  # batch rows x sequence width of every call, padding included
+    peak_cache_bytes: int = 0  # the largest KV cache a call left behind (keys and values, all layers)
+
+
+def forward_work(model, run) -> ForwardWork:
+    """The ForwardWork of ``run()``. Positions are the work a compute-bound device does in the linear
+    layers, which dominate at these context lengths; the cache is the running batch's (caches forked
+    and held outside the batch are not in it)."""
+    work = ForwardWork()
+
+    def before(module, args, kwargs):
+        fed = kwargs.get("input_ids")
+        fed = kwargs.get("inputs_embeds") if fed is None else fed
+        fed = args[0] if fed is None and args else fed
+        work.calls += 1
+        work.positions += fed.shape[0] * fed.shape[1]
+
+    def after(module, args, kwargs, output):
+        caches = [value for value in kwargs.values() if isinstance(value, Cache)]
+        caches += [output.past_key_values] if isinstance(getattr(output, "past_key_values", None), Cache) else []
+        for cache in caches:
+            held = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
+                       if isinstance(t, torch.Tensor))
+            work.peak_cache_bytes = max(work.peak_cache_bytes, held)
+
+    handles = [model.register_forward_pre_hook(before, with_kwargs=True),
+               model.register_forward_hook(after, with_kwargs=True)]
     try:
         run()
     finally:
-        handle.remove()
-    return calls[0]
+        for handle in handles:
+            handle.remove()
+    return work
 
 
 def analysis_vs_batched_reprompt(model, tokenizer, problem: Problem, repeats: int,
@@ -175,13 +205,38 @@ def analysis_vs_batched_reprompt(model, tokenizer, problem: Problem, repeats: in
             return {name: c["ids"][len(c.get("pre_ids", [])):] for name, c in trace["conditions"].items()}
 
         seconds, outputs = interleaved_seconds({"analysis": analysis, "reprompt": reprompt}, repeats)
-        calls = forward_calls(model, lambda: engine.run([problem]))
+        work, reprompt_work = forward_work(model, lambda: engine.run([problem])), forward_work(model, reprompt)
     budget, bound = problem.max_new_tokens, problem.max_new_tokens + max(settings.injection_points)
+    calls, positions, reprompt_positions = work.calls, work.positions, reprompt_work.positions
     rows = [Row(f"batched_reprompt_generate{label} budget={budget}", "full analysis", "batched re-prompting generate",
                 paired_ratio(seconds, "analysis", "reprompt"), "<= 1.2", _medians(seconds)),
+            # Not a target: where every position costs the same (a compute-bound CPU) this ratio is
+            # about the least the time ratio above can be; a memory-bound GPU step costs about the
+            # same for 8 rows as for 20, so there the time ratio can fall below it.
+            Row(f"positions_fed{label} budget={budget}", "query positions the analysis feeds the model",
+                "positions batched re-prompting feeds", positions / reprompt_positions, "",
+                f"{positions} vs {reprompt_positions} (counted, exact; padding included)"),
             Row(f"forward_calls{label} budget={budget}", "forward calls per batch (prefill, decoding, scoring)",
-                "budget + largest point", calls / bound, "<= 1.05", f"{calls} calls (counted, exact); bound {bound}")]
+                "budget + largest point", calls / bound, "<= 1.05", f"{calls} calls (counted, exact); bound {bound}"),
+            kv_cache_row(model, trace, work.peak_cache_bytes, reprompt_work.peak_cache_bytes, label)]
     return rows, outputs
+
+
+def kv_cache_row(model, trace: dict, peak_bytes: int, reprompt_bytes: int, label: str) -> Row:
+    """The decoding batch's peak KV cache for one doc (measured) against memory.doc_kv_bytes, the
+    estimate batch_size=auto sizes batches with (an upper bound: it also counts the forked caches
+    held outside the batch); batched re-prompting's cache beside it."""
+    prompts = trace["prompts"]
+    segment = max((len(c["injected_ids"]) for c in trace["conditions"].values() if "injected_ids" in c), default=0)
+    shape = DocShape(prompt=max(len(prompts["original"]["ids"]), len(prompts["alternative"]["ids"])),
+                     segment=segment, budget=trace["settings"]["max_new_tokens"],
+                     points=len(trace["settings"]["injection_points"]))
+    position = kv_bytes_per_position(model.config, model.dtype.itemsize)
+    estimate = doc_kv_bytes(shape, position, position)
+    return Row(f"peak_kv_cache{label} one doc", "decoding batch's peak KV bytes (measured)",
+               "batch_size=auto's estimate per doc", peak_bytes / estimate, "<= 1",
+               f"{peak_bytes / 2**20:.1f} MiB measured vs {estimate / 2**20:.1f} MiB estimated; "
+               f"batched re-prompting {reprompt_bytes / 2**20:.1f} MiB")
 
 
 def trace_kib_on_disk(trace: dict) -> float:

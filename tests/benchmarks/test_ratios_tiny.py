@@ -47,7 +47,9 @@ def test_batched_reprompt_generate_tiny(comparison, tiny):
         model, tokenizer, math_problems(1, 24 if smoke else 64)[0], repeats, label=" [tiny]"))
     # Same work on both sides: every condition's generated ids are the engine's.
     assert outputs["reprompt"] == outputs["analysis"] and len(outputs["analysis"]) == 8
-    assert rows[1].verdict == "met"  # counted, not timed: the decoding steps of one loop
+    verdicts = {row.name.split(" ")[0]: row.verdict for row in rows}
+    assert verdicts["forward_calls"] == "met"  # counted, not timed: the decoding steps of one loop
+    assert verdicts["peak_kv_cache"] == "met"  # batch_size=auto's estimate bounds the measured cache
 
 
 def test_naive_reference_matches_engine_tiny(comparison, tiny):
