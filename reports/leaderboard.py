@@ -240,10 +240,12 @@ def _latex_escape(text: str) -> str:
 
 
 def model_labels(runs: list[Run]) -> dict[Run, str]:
-    """The model name, plus the model args that tell apart runs of the same model."""
+    """The model name, plus the model args that tell apart runs of the same model on a shared task
+    (runs on different tasks never share a row, so they need no detail)."""
     labels = {}
     for run in runs:
-        same = [other for other in runs if other.model_name == run.model_name]
+        same = [other for other in runs
+                if other.model_name == run.model_name and set(other.tasks) & set(run.tasks)]
         if len(same) == 1:
             labels[run] = run.model_name
             continue

@@ -66,7 +66,9 @@ def draw_curves(curves: dict[CurveKey, dict], title: str, stem: str | Path,
     handles += [Line2D([], [], color="black", linestyle=style,
                        label="injection (the new problem)" if kind == "injection" else "noise control (same length)")
                 for kind, style in LINESTYLES.items()]
-    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
+    # Labels that name the model are long: three columns keep the legend inside the figure's width.
+    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3 if several_models else 4),
+                  fontsize=9 if several_models else None, frameon=False)
     level = f"{confidence_level:.0%}"
     figure.suptitle(f"{title}\nmean over changed problems; shaded: {level} bootstrap interval over problems",
                     fontsize=13)
