@@ -14,11 +14,11 @@ from lm_eval.api.model import LM
 from kvinject.model_adapters.chat_turns import user_turn_frame
 from kvinject.model_adapters.distributed import ProcessGroup
 from kvinject.model_adapters.engine import InjectionEngine, Problem
-from kvinject.model_adapters.engine.tokens import encode_prompt, encode_segment, eos_ids
+from kvinject.model_adapters.engine.tokens import eos_ids
 from kvinject.model_adapters.loading import load_model_and_tokenizer, weights_location
 from kvinject.model_adapters.memory import (
-    DocShape,
     device_free_bytes,
+    doc_shape,
     fitting_batch_size,
     free_memory,
     is_out_of_memory,
@@ -241,15 +241,10 @@ class KVInjectLM(LM):
         if free is None or not problems:
             return
         position = kv_bytes_per_position(self.model.config, self.model.dtype.itemsize)  # scoring rows too
-        shapes = [self._doc_shape(problem) for problem in problems]
+        shapes = [doc_shape(self.tokenizer, problem, self.settings.strategy, len(self.settings.injection_points))
+                  for problem in problems]
         self.batch_size = self.engine.batch_size = min(
             self.batch_size, fitting_batch_size(free, shapes, position, position, self.args.max_batch_size))
-
-    def _doc_shape(self, problem: Problem) -> DocShape:
-        prompt = max(len(encode_prompt(self.tokenizer, problem.original_prompt)),
-                     len(encode_prompt(self.tokenizer, problem.alternative_prompt)))
-        segment = len(encode_segment(self.tokenizer, problem.injection_text)) if self.settings.strategy == "append" else 0
-        return DocShape(prompt, segment, problem.max_new_tokens, len(self.settings.injection_points))
 
     def get_model_info(self) -> dict:
         return {

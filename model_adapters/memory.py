@@ -46,6 +46,16 @@ class DocShape:
     points: int  # injection points
 
 
+def doc_shape(tokenizer, problem, strategy: str, points: int) -> DocShape:
+    """The DocShape of ``problem`` (an engine Problem) as the engine runs it with ``strategy``."""
+    from kvinject.model_adapters.engine.tokens import encode_prompt, encode_segment
+
+    prompt = max(len(encode_prompt(tokenizer, problem.original_prompt)),
+                 len(encode_prompt(tokenizer, problem.alternative_prompt)))
+    segment = len(encode_segment(tokenizer, problem.injection_text)) if strategy == "append" else 0
+    return DocShape(prompt, segment, problem.max_new_tokens, points)
+
+
 def kv_bytes_per_position(config, itemsize: int) -> int:
     """Keys and values of one position over all layers."""
     text = config.get_text_config()

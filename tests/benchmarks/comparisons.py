@@ -20,7 +20,7 @@ from kvinject.model_adapters import trace_log
 from kvinject.model_adapters.engine import InjectionEngine, InjectionSettings, Problem
 from kvinject.model_adapters.engine.decoding import extend_caches
 from kvinject.model_adapters.engine.tokens import encode_prompt
-from kvinject.model_adapters.memory import DocShape, doc_kv_bytes, kv_bytes_per_position
+from kvinject.model_adapters.memory import doc_kv_bytes, doc_shape, kv_bytes_per_position
 
 BATCH_SIZES = (1, 2, 4, 8)
 
@@ -207,30 +207,28 @@ def analysis_vs_batched_reprompt(model, tokenizer, problem: Problem, repeats: in
         seconds, outputs = interleaved_seconds({"analysis": analysis, "reprompt": reprompt}, repeats)
         work, reprompt_work = forward_work(model, lambda: engine.run([problem])), forward_work(model, reprompt)
     budget, bound = problem.max_new_tokens, problem.max_new_tokens + max(settings.injection_points)
-    calls, positions, reprompt_positions = work.calls, work.positions, reprompt_work.positions
     rows = [Row(f"batched_reprompt_generate{label} budget={budget}", "full analysis", "batched re-prompting generate",
                 paired_ratio(seconds, "analysis", "reprompt"), "<= 1.2", _medians(seconds)),
             # Not a target: where every position costs the same (a compute-bound CPU) this ratio is
             # about the least the time ratio above can be; a memory-bound GPU step costs about the
             # same for 8 rows as for 20, so there the time ratio can fall below it.
             Row(f"positions_fed{label} budget={budget}", "query positions the analysis feeds the model",
-                "positions batched re-prompting feeds", positions / reprompt_positions, "",
-                f"{positions} vs {reprompt_positions} (counted, exact; padding included)"),
+                "positions batched re-prompting feeds", work.positions / reprompt_work.positions, "",
+                f"{work.positions} vs {reprompt_work.positions} (counted, exact; padding included)"),
             Row(f"forward_calls{label} budget={budget}", "forward calls per batch (prefill, decoding, scoring)",
-                "budget + largest point", calls / bound, "<= 1.05", f"{calls} calls (counted, exact); bound {bound}"),
-            kv_cache_row(model, trace, work.peak_cache_bytes, reprompt_work.peak_cache_bytes, label)]
+                "budget + largest point", work.calls / bound, "<= 1.05",
+                f"{work.calls} calls (counted, exact); bound {bound}"),
+            kv_cache_row(model, tokenizer, problem, settings, work.peak_cache_bytes, reprompt_work.peak_cache_bytes,
+                         label)]
     return rows, outputs
 
 
-def kv_cache_row(model, trace: dict, peak_bytes: int, reprompt_bytes: int, label: str) -> Row:
+def kv_cache_row(model, tokenizer, problem: Problem, settings: InjectionSettings, peak_bytes: int,
+                 reprompt_bytes: int, label: str) -> Row:
     """The decoding batch's peak KV cache for one doc (measured) against memory.doc_kv_bytes, the
     estimate batch_size=auto sizes batches with (an upper bound: it also counts the forked caches
     held outside the batch); batched re-prompting's cache beside it."""
-    prompts = trace["prompts"]
-    segment = max((len(c["injected_ids"]) for c in trace["conditions"].values() if "injected_ids" in c), default=0)
-    shape = DocShape(prompt=max(len(prompts["original"]["ids"]), len(prompts["alternative"]["ids"])),
-                     segment=segment, budget=trace["settings"]["max_new_tokens"],
-                     points=len(trace["settings"]["injection_points"]))
+    shape = doc_shape(tokenizer, problem, settings.strategy, len(settings.injection_points))
     position = kv_bytes_per_position(model.config, model.dtype.itemsize)
     estimate = doc_kv_bytes(shape, position, position)
     return Row(f"peak_kv_cache{label} one doc", "decoding batch's peak KV bytes (measured)",

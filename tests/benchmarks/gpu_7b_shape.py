@@ -86,15 +86,12 @@ def doc_memory(model, tokenizer, problem, device: str, label: str) -> list[Row]:
     runs inside the decoding loop) beside the KV-cache estimate batch_size=auto sizes batches with
     (model_adapters/memory.py)."""
     from kvinject.model_adapters.engine import InjectionEngine, InjectionSettings
-    from kvinject.model_adapters.engine.tokens import encode_prompt, encode_segment
-    from kvinject.model_adapters.memory import DocShape, doc_kv_bytes, kv_bytes_per_position
+    from kvinject.model_adapters.memory import doc_kv_bytes, doc_shape, kv_bytes_per_position
 
     settings = InjectionSettings(track_attention=False, track_hidden=False)
     before = peak_memory_mib(lambda: None, device)  # the weights and whatever else is resident
     peak = peak_memory_mib(lambda: InjectionEngine(model, tokenizer, settings).run([problem]), device)
-    shape = DocShape(len(encode_prompt(tokenizer, problem.alternative_prompt)),
-                     len(encode_segment(tokenizer, problem.injection_text)), problem.max_new_tokens,
-                     len(settings.injection_points))
+    shape = doc_shape(tokenizer, problem, settings.strategy, len(settings.injection_points))
     position = kv_bytes_per_position(model.config, model.dtype.itemsize)
     estimate = doc_kv_bytes(shape, position, position) / 2**20
     # ~1 when the estimate accounts for the peak (on the CPU the resident set never shrinks, so it reads ~1 there)

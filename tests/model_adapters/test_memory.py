@@ -9,6 +9,7 @@ from kvinject.model_adapters.memory import (
     FREE_MEMORY_SHARE,
     DocShape,
     doc_kv_bytes,
+    doc_shape,
     fitting_batch_size,
     is_out_of_memory,
     kv_bytes_per_position,
@@ -49,7 +50,9 @@ def test_generate_until_sizes_batch_size_auto_from_its_docs(local_model_dir, tmp
     requests = [adaptation_request(f"doc{i}") for i in range(5)]
     problems = [harness_model.problem_from_request(lm.args, r.task_name, r.doc, *r.args, lm.turn_frame) for r in requests]
     position = kv_bytes_per_position(lm.model.config, 4)
-    largest = max(doc_kv_bytes(lm._doc_shape(p), position, position) for p in problems)
+    points = len(lm.settings.injection_points)
+    largest = max(doc_kv_bytes(doc_shape(lm.tokenizer, p, lm.settings.strategy, points), position, position)
+                  for p in problems)
     monkeypatch.setattr(harness_model, "device_free_bytes", lambda device: int(2.5 * largest / FREE_MEMORY_SHARE))
     batches = []
     real_run = lm.engine.run
