@@ -1,6 +1,9 @@
 """The findings tables of a study: each finished run's measures against its noise controls, per
 injection point, read from the run's results JSON (report: full) and formatted; nothing is computed
-here that the metrics did not compute (metrics/README.md defines every key quoted).
+here that the metrics did not compute (metrics/README.md defines every key quoted). The Kaplan-Meier
+medians and their intervals are the metrics' own aggregations applied to the run's logged per-doc
+values (--log_samples), so runs aggregated before the interval keys existed get them too; each
+median must equal the one in the results JSON.
 
 One table per question of docs/results.md that a single run answers:
     adapts      injection vs noise: accuracy on the new problem, share of runs adapted within H
@@ -15,6 +18,9 @@ from __future__ import annotations
 
 import math
 
+from kvinject.metrics import metric_aggregation
+
+from .comparison import _metric_settings, logged_docs
 from .runs import Run
 
 NOT_ESTIMABLE = "n/e"
@@ -48,12 +54,23 @@ def _interval(values: dict, key: str, low: str, high: str) -> str:
     return f"{_number(_value(values, key))} [{_number(_value(values, low))}, {_number(_value(values, high))}]"
 
 
-def _median(values: dict, metric: str, point: int) -> str:
-    """KM median in tokens with the censored and never counts of the injection runs."""
-    median = _value(values, f"{metric}_median@{point}")
+def _logged_median(docs: dict, key: str, settings) -> tuple[float, float, float]:
+    """(median, interval low, interval high) of a median key over the docs that logged it."""
+    values = [sample[key] for sample in docs.values() if sample.get(key) is not None]
+    return tuple(float(metric_aggregation(key.replace("_median@", f"_median{stat}@"), settings)(values))
+                 for stat in ("", "_ci_low", "_ci_high"))
+
+
+def _median(values: dict, metric: str, point: int, docs: dict, settings) -> str:
+    """KM median in tokens [95% interval] with the censored and never counts of the injection runs."""
+    key = f"{metric}_median@{point}"
+    median, low, high = _logged_median(docs, key, settings)
+    reported = _value(values, key)
     reached = _value(values, f"{metric}_median_reached@{point}")
-    shown = "not reached" if reached == 0 else _number(median, 1)
-    return (f"{shown} (censored {_count(_value(values, f'{metric}_censored@{point}'))}, "
+    if reached in (0, 1) and not (median == reported or (reached == 0 and math.isinf(median))):
+        raise ValueError(f"{key}: {median} from the logged samples, {reported} in the results JSON")
+    return (f"{_number(median, 1)} [{_number(low, 1)}, {_number(high, 1)}] "
+            f"(censored {_count(_value(values, f'{metric}_censored@{point}'))}, "
             f"never {_count(_value(values, f'{metric}_never@{point}'))})")
 
 
@@ -75,9 +92,10 @@ def _adapts_row(name: str, values: dict, point: int) -> list[str]:
             _count(_value(values, f"detection_horizon@{point}"))]
 
 
-def _timing_row(name: str, values: dict, point: int) -> list[str]:
+def _timing_row(name: str, values: dict, point: int, docs: dict, settings) -> list[str]:
     return [name, str(point), _count(_value(values, f"n_docs@{point}")),
-            _median(values, "adaptation_point", point), _median(values, "detection_latency", point),
+            _median(values, "adaptation_point", point, docs, settings),
+            _median(values, "detection_latency", point, docs, settings),
             _interval(values, f"attention_injected@{point}", f"attention_injected_ci_low@{point}",
                       f"attention_injected_ci_high@{point}"),
             _number(_value(values, f"attention_shift@{point}")),
@@ -87,7 +105,7 @@ def _timing_row(name: str, values: dict, point: int) -> list[str]:
 ADAPTS_HEADER = ["run", "N", "docs", "baseline acc.", "oracle acc.", "injection acc.", "p (acc. vs noise)",
                  "adapted within H [95% CI]", "noise adapted", "difference", "p (vs noise)",
                  "detection rate [95% CI]", "calibrated", "H*"]
-TIMING_HEADER = ["run", "N", "docs", "median adaptation point, tokens", "median first alarm, tokens",
+TIMING_HEADER = ["run", "N", "docs", "median adaptation point, tokens [95% CI]", "median first alarm, tokens [95% CI]",
                  "attention on injected segment [95% CI]", "minus noise run's", "p (vs noise)"]
 
 
@@ -107,9 +125,10 @@ def findings_markdown(runs: dict[str, Run]) -> str:
     adapts, timing = [], []
     for name, run in runs.items():
         for task, values in run.results["results"].items():
+            docs, settings = logged_docs(run, task), _metric_settings(run, task)
             for point in _points(values):
                 adapts.append(_adapts_row(name, values, point))
-                timing.append(_timing_row(name, values, point))
+                timing.append(_timing_row(name, values, point, docs, settings))
     lines = [
         "# Findings tables (generated: `kvinject study <file> --results_only`)", "",
         "Every value is a key of the run's results JSON (report: full; metrics/README.md defines them). "
@@ -119,8 +138,9 @@ def findings_markdown(runs: dict[str, Run]) -> str:
         *_table(ADAPTS_HEADER, adapts), "",
         "## How long adaptation takes, and attention meanwhile", "",
         "Medians are Kaplan-Meier over the injection runs (not reached: under half of the runs adapt "
-        "within their tokens); censored: the token budget ended the run first; never: the run stopped "
-        "(EOS) without the event.", "",
+        "within their tokens), with their Brookmeyer-Crowley 95% interval (not reached as an end: "
+        "unbounded), aggregated from the logged per-doc values; censored: the token budget ended the "
+        "run first; never: the run stopped (EOS) without the event.", "",
         *_table(TIMING_HEADER, timing), "",
     ]
     return "\n".join(lines)
