@@ -63,6 +63,8 @@ def _logged(docs: dict, key: str) -> list:
 def _aggregated(payloads: list, key: str, settings) -> tuple[float, float, float]:
     """(value, interval low, interval high) of a statistic key (``<metric>_median@N``,
     ``<metric>_share@N``) over per-doc payloads, by the metrics' own aggregations."""
+    if not payloads:   # no doc logged the key: lm-eval reports no value for it either
+        return math.nan, math.nan, math.nan
     name, _, point = key.partition("@")
     return tuple(float(metric_aggregation(f"{name}{end}@{point}", settings)(payloads))
                  for end in ("", "_ci_low", "_ci_high"))
