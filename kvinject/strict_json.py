@@ -7,7 +7,9 @@ the start-up hook, kvinject/_autoload.py):
 - a non-finite float is written as ``null``: "not estimable" (NaN) or, for a Kaplan-Meier median,
   "not reached" (+inf);
 - the two are told apart by the key ``<metric>_median_reached@N`` (1 reached, 0 not reached,
-  ``null`` no data) that every median key has beside it (kvinject.metrics.keys).
+  ``null`` no data) that every median key has beside it (kvinject.metrics.keys): a null median is
+  "not reached" where that key is 0, a null interval end of a median (``_median_ci_low``,
+  ``_median_ci_high``: +inf, unbounded) wherever it is 0 or 1.
 ``decoded_value`` turns a value read back from such a file into the named float that says which
 (kvinject.metrics.values), as ``kvinject report`` shows it.
 """
@@ -43,14 +45,16 @@ def writes_strict_json(save):
 def decoded_value(name: str, value, results: dict, suffix: str = ""):
     """The value of result `name` (e.g. ``adaptation_point_median@5``; `suffix` the filter part
     of the keys, e.g. ``",none"``) as a float: a null or non-finite value becomes NOT_REACHED
-    when it is a median whose ``_median_reached`` key says 0, else NOT_ESTIMABLE."""
+    when it is a median whose ``_median_reached`` key says 0, or a median's interval end whose
+    ``_median_reached`` key says 0 or 1, else NOT_ESTIMABLE."""
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     if value is not None and not isinstance(value, float):
         return value
     metric, at, point = name.partition("@")
-    if metric.endswith("_median"):
-        reached = results.get(f"{metric}_reached{at}{point}{suffix}")
-        if reached == 0 or value == math.inf:
-            return NOT_REACHED
+    for end, data in (("", (0,)), ("_ci_low", (0, 1)), ("_ci_high", (0, 1))):
+        if metric.endswith("_median" + end):
+            reached = results.get(f"{metric.removesuffix(end)}_reached{at}{point}{suffix}")
+            if reached in data or value == math.inf:
+                return NOT_REACHED
     return NOT_ESTIMABLE

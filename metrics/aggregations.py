@@ -37,7 +37,15 @@ from .resampling import (
     permutation_pvalue,
 )
 from .settings import AdaptationSettings
-from .survival import counts, kaplan_meier_median, log_rank_z, share_by, share_estimable, unpack
+from .survival import (
+    counts,
+    kaplan_meier_median,
+    kaplan_meier_median_interval,
+    log_rank_z,
+    share_by,
+    share_estimable,
+    unpack,
+)
 from .values import NO_TEST, readable
 
 logger = logging.getLogger(__name__)
@@ -187,7 +195,8 @@ def time_to_event_summary(stat: str, values, settings: AdaptationSettings) -> fl
     share: Kaplan-Meier share of injection runs with the event within horizon_tokens (NaN, not
     estimable, when runs are censored before H and none is followed to H);
     share_ci_low/high: censoring-bounded Clopper-Pearson interval (_share_interval);
-    median: KM median (inf: not reached); median_reached: 1 / 0; censored / never: run counts;
+    median: KM median (inf: not reached); median_ci_low/high: its Brookmeyer-Crowley interval
+    (survival.kaplan_meier_median_interval); median_reached: 1 / 0; censored / never: run counts;
     vs_noise: share of the injection runs - of the noise runs.
     """
     runs = [value["run"] for value in values]
@@ -195,6 +204,8 @@ def time_to_event_summary(stat: str, values, settings: AdaptationSettings) -> fl
         return float(counts(runs)[CENSORED if stat == "censored" else NEVER])
     if stat == "median":
         return kaplan_meier_median(*unpack(runs))
+    if stat in ("median_ci_low", "median_ci_high"):
+        return _interval_end(kaplan_meier_median_interval(*unpack(runs), settings.confidence_level), stat)
     if stat == "median_reached":
         return _median_reached(kaplan_meier_median(*unpack(runs)))
     if stat == "share":
@@ -312,6 +323,9 @@ def detection_summary(metric: str, stat: str, values, settings: AdaptationSettin
         if stat in ("median", "median_reached"):
             median = kaplan_meier_median(*unpack(outcome.events))
             return median if stat == "median" else _median_reached(median)
+        if stat in ("median_ci_low", "median_ci_high"):
+            interval = kaplan_meier_median_interval(*unpack(outcome.events), settings.confidence_level)
+            return _interval_end(interval, stat)
         return float(counts(outcome.events)[CENSORED if stat == "censored" else NEVER])
     decided = ~np.isnan(outcome.alarm)
     if metric == "n_undecided":

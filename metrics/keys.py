@@ -6,7 +6,8 @@ no `@N`). Each metric kind has its own statistics (`stat`, "" = the metric's own
     COUNT          ""  number of docs
     TIME_TO_EVENT  share (event within the horizon H, Kaplan-Meier; NaN = not estimable when the
                    budget ends runs before H), share_ci_low, share_ci_high (censoring-bounded
-                   Clopper-Pearson), median (KM; inf = not reached), median_reached (1 / 0),
+                   Clopper-Pearson), median (KM; inf = not reached), median_ci_low,
+                   median_ci_high (Brookmeyer-Crowley; inf = unbounded), median_reached (1 / 0),
                    censored, never (run counts), vs_noise (share of injection runs - share of
                    noise runs)
     DETECTION      as listed per metric below (rate, intervals, latency, calibration, tests)
@@ -34,10 +35,10 @@ _STATS = {
     MEAN: ("", CI_LOW, CI_HIGH),
     COUNT: ("",),
     MAXIMUM: ("",),
-    TIME_TO_EVENT: ("share", "share_ci_low", "share_ci_high", "median", "median_reached",
-                    "censored", "never", "vs_noise"),
+    TIME_TO_EVENT: ("share", "share_ci_low", "share_ci_high", "median", "median_ci_low", "median_ci_high",
+                    "median_reached", "censored", "never", "vs_noise"),
 }
-_INTERVAL_STATS = {CI_LOW, CI_HIGH, "share_ci_low", "share_ci_high"}
+_INTERVAL_STATS = {CI_LOW, CI_HIGH, "share_ci_low", "share_ci_high", "median_ci_low", "median_ci_high"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,9 +130,9 @@ METRICS: dict[str, MetricSpec] = {
         "within H* = detection_horizon (H unless the noise runs are shorter) [share]",
         stats=("", CI_LOW, CI_HIGH)),
     "detection_latency": MetricSpec(
-        DETECTION, False, "first alarm t, Kaplan-Meier median (inf: not reached) [tokens]; "
-        "median_reached 1 / 0; censored / never counts",
-        stats=("median", "median_reached", "censored", "never")),
+        DETECTION, False, "first alarm t, Kaplan-Meier median (inf: not reached) [tokens] and its "
+        "interval (median_ci_low / _high); median_reached 1 / 0; censored / never counts",
+        stats=("median", "median_ci_low", "median_ci_high", "median_reached", "censored", "never")),
     "detection_horizon": MetricSpec(
         DETECTION, True, "H*: the detector's evaluated length, min(H, the k-th longest noise run), "
         "k = min(ceil(1/alpha - 1), noise runs with a token) [tokens]", stats=("",)),
@@ -259,11 +260,12 @@ def metric_higher_is_better(key: str) -> bool:
     """Direction of a key: its metric's; False for counts of censored/never runs and p-values,
     True for the number of docs; an interval end has its metric's direction."""
     parsed = parse_key(key)
-    if parsed.stat in (PVALUE, "censored", "never"):
+    stat, _ = split_interval(parsed.stat)
+    if stat in (PVALUE, "censored", "never"):
         return False
-    if parsed.stat == "median_reached":
+    if stat == "median_reached":
         return True
-    if parsed.stat == "median":
+    if stat == "median":
         return not parsed.spec.higher_is_better if parsed.spec.kind == TIME_TO_EVENT else False
     return parsed.spec.higher_is_better
 

@@ -7,6 +7,7 @@ t. A "censored" run (budget hit) leaves the risk set after its time. See events.
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats
 
 from .events import CENSORED, EVENT, NEVER
 
@@ -22,12 +23,18 @@ def unpack(events) -> tuple[np.ndarray, np.ndarray]:
     return times, np.array([s == EVENT for s in status], dtype=bool)
 
 
-def survival_curve(times, observed) -> tuple[np.ndarray, np.ndarray]:
-    """Kaplan-Meier S(t) just after each distinct event time: (event times, S at them)."""
+def _risk_table(times, observed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct event times, runs at risk at each, events at each); censorings at t count at risk at t."""
     times, observed = np.asarray(times, dtype=float), np.asarray(observed, dtype=bool)
     event_times = np.unique(times[observed])
     at_risk = (times[None, :] >= event_times[:, None]).sum(axis=1)
     events = (observed[None, :] & (times[None, :] == event_times[:, None])).sum(axis=1)
+    return event_times, at_risk, events
+
+
+def survival_curve(times, observed) -> tuple[np.ndarray, np.ndarray]:
+    """Kaplan-Meier S(t) just after each distinct event time: (event times, S at them)."""
+    event_times, at_risk, events = _risk_table(times, observed)
     return event_times, np.cumprod(1.0 - events / at_risk)
 
 
@@ -52,6 +59,44 @@ def kaplan_meier_median(times, observed) -> float:
     event_times, survival = survival_curve(times, observed)
     reached = survival <= _HALF
     return float(event_times[reached][0]) if reached.any() else float("inf")
+
+
+def kaplan_meier_median_interval(times, observed, confidence_level: float = 0.95) -> tuple[float, float]:
+    """Brookmeyer-Crowley interval of the median time to the event (tokens), ends possibly inf.
+
+    Estimand: the median of the time to the event, a run that stops without it counting as never
+    having it (+inf), so the median is inf when under half of the runs have the event. The interval
+    holds every t at which S(t) = 1/2 is not rejected by the pointwise Greenwood test on the
+    log(-log S) scale: its low end is the first event time at which the lower band of S is <= 1/2,
+    its high end the first at which the upper band is (inf: never, the median may be unbounded).
+    Beyond the last censoring (a run cut by the token budget) S is not identified, so while the
+    upper band stays above 1/2 no t after it is rejected and the low end is at most the token after
+    it. Coverage (tests/metrics/test_metrics_median_interval.py): at least 0.93 at the simulated
+    sizes 5 to 200, with runs that stop early, runs cut by a budget before and after the median, and
+    an unreached median. (NaN, NaN) for an empty sample.
+    """
+    if np.size(times) == 0:
+        return float("nan"), float("nan")
+    times, observed = np.asarray(times, dtype=float), np.asarray(observed, dtype=bool)
+    event_times, at_risk, events = _risk_table(times, observed)
+    survival = np.cumprod(1.0 - events / at_risk)
+    z = stats.norm.ppf(0.5 + confidence_level / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # Greenwood's sum; infinite once every run at risk had the event (S = 0, where both bands are 0).
+        greenwood = np.cumsum(np.where(at_risk > events, events / (at_risk * (at_risk - events)), np.inf))
+        spread = np.exp(z * np.sqrt(greenwood) / np.abs(np.log(survival)))
+        lower = np.where(survival > 0, survival ** spread, 0.0)
+        upper = np.where(survival > 0, survival ** (1 / spread), 0.0)
+
+    def first_at_most_half(band: np.ndarray) -> float:
+        reached = band <= _HALF
+        return float(event_times[reached][0]) if reached.any() else float("inf")
+
+    low, high = first_at_most_half(lower), first_at_most_half(upper)
+    censored = ~observed & np.isfinite(times)
+    if high == np.inf and censored.any():
+        low = min(low, float(times[censored].max()) + 1)
+    return low, high
 
 
 def log_rank_z(times, observed, group) -> np.ndarray:

@@ -97,3 +97,14 @@ def test_a_smollm2_run_without_controls_writes_strict_json(tmp_path):
     # full-report keys cover different docs by design: never lm-eval's warning (kvinject's one line
     # replaces it where the counts differ; tests/test_task_aggregation.py checks both cases)
     assert LM_EVAL_WARNING not in result.stderr
+
+
+def test_a_null_median_interval_end_is_unbounded_wherever_there_is_data():
+    results = {"adaptation_point_median_reached@5,none": 1.0, "stabilization_median_reached@5,none": None,
+               "detection_latency_median_reached@5,none": 0.0}
+    for name in ("adaptation_point_median_ci_high@5", "detection_latency_median_ci_low@5"):
+        assert isinstance(decoded_value(name, None, results, ",none"), NotReached), name
+    assert isinstance(decoded_value("stabilization_median_ci_high@5", None, results, ",none"), NotEstimable)
+    assert decoded_value("adaptation_point_median_ci_low@5", 3.0, results, ",none") == 3.0
+    # a reached median is never read as "not reached" from a null: that null is "no data"
+    assert isinstance(decoded_value("adaptation_point_median@5", None, results, ",none"), NotEstimable)

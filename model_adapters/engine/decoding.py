@@ -116,7 +116,8 @@ class DecodingLoop:
             row, result = entry.row, entry.result
             if entry.leader is None:
                 result.new_ids.append(tokens[batch_row])
-                reason = row.stop.reason(row.prior_ids + tuple(result.new_ids), row.budget - len(result.new_ids))
+                reason = row.stop.reason(_newest(row.prior_ids, result.new_ids, row.stop.lookback),
+                                         row.budget - len(result.new_ids))
             else:  # the leader comes first in the batch: its token and stop are already decided
                 result.new_ids.append(entry.leader.result.new_ids[-1])
                 tokens[batch_row] = result.new_ids[-1]
@@ -181,3 +182,11 @@ def extend_caches(model, caches: list[RowCache | None], tokens: list[list[int]])
     batch = PaddedBatch(model, caches)
     model(**batch.feed_tokens(tokens), logits_to_keep=1)
     return [batch.row_cache(row) for row in range(batch.size)]
+
+
+def _newest(prior_ids: tuple[int, ...], new_ids: list[int], count: int) -> tuple[int, ...]:
+    """The last ``count`` generated ids of a row: its own newest ids, preceded by the pre-injection
+    ids where it has fewer (copying only those, not the whole generation, at every step)."""
+    own = tuple(new_ids[-count:])
+    missing = count - len(own)
+    return (prior_ids[max(0, len(prior_ids) - missing):] if missing else ()) + own

@@ -49,20 +49,42 @@ def truncate_at_stop(text: str, stop_sequences: Sequence[str]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class StopRule:
-    """When a branch stops: an end-of-sequence id, a stop sequence in its decoded text, or its budget."""
+    """When a branch stops: an end-of-sequence id, a stop sequence in its newest ids, or its budget.
+
+    The stop-sequence check is lm-eval's (HFLM's ``MultiTokenEOSCriteria``), so a branch stops where
+    ``--model hf`` stops: a stop sequence counts once it is in the decoded last
+    ``len(encode(stop)) + 2`` generated ids, special tokens decoded as text (so a special token named
+    as a stop string stops the branch, as in HFLM). The two extra ids let a stop sequence generated
+    in another tokenisation (``\n`` ``\n`` for ``\n\n``) be found. Each step decodes those few ids,
+    not the whole generated text.
+    """
 
     tokenizer: EngineTokenizer
     eos_ids: frozenset[int]
     stop_sequences: tuple[str, ...]
+    windows: tuple[tuple[str, int], ...] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        windows = tuple((stop, len(self.tokenizer.encode(stop, add_special_tokens=False)) + 2)
+                        for stop in self.stop_sequences)
+        object.__setattr__(self, "windows", windows)
+
+    @property
+    def lookback(self) -> int:
+        """How many of the newest generated ids ``reason`` reads (at least 1: the EOS check)."""
+        return max((window for _, window in self.windows), default=1)
 
     def reason(self, generated: Sequence[int], budget_left: int) -> str | None:
-        """Why a branch whose generated ids (all of them, pre-injection ones included) end with its
-        newest token must stop now, or None to continue."""
+        """Why a branch must stop now, or None to continue. ``generated``: its generated ids
+        (pre-injection ones included) ending with its newest token; only the last ``lookback``
+        are read, so a caller may pass just those."""
         if generated[-1] in self.eos_ids:
             return "eos"
-        if self.stop_sequences:
-            text = decode_generated(self.tokenizer, generated)
-            if any(stop in text for stop in self.stop_sequences):
+        tails: dict[int, str] = {}
+        for stop, window in self.windows:
+            if window not in tails:
+                tails[window] = self.tokenizer.decode(list(generated[-window:]))
+            if stop in tails[window]:
                 return "stop_sequence"
         if budget_left <= 0:
             return "max_new_tokens"

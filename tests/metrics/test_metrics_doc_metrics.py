@@ -132,7 +132,8 @@ def test_identical_problem_control_gives_only_detection_values_and_its_adaptatio
     assert {key.split("@")[0] for key in values} == {
         f"{metric}{stat}" for metric, stat in (
             ("n_controls", ""), ("kl_noise_floor", ""), ("detection_rate", ""), ("detection_rate", "_ci_low"), ("detection_rate", "_ci_high"),
-            ("detection_latency", "_median"), ("detection_latency", "_median_reached"),
+            ("detection_latency", "_median"), ("detection_latency", "_median_ci_low"),
+            ("detection_latency", "_median_ci_high"), ("detection_latency", "_median_reached"),
             ("detection_latency", "_censored"), ("detection_horizon", ""), ("n_undecided", ""),
             ("detection_latency", "_never"), ("detection_false_alarm_bound", ""),
             ("detection_calibrated", ""), ("control_false_positive_rate", ""),
