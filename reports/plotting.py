@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib import rc_context
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -76,7 +77,10 @@ def draw_curves(curves: dict[CurveKey, dict], title: str, stem: str | Path,
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = [stem.with_suffix(".png"), stem.with_suffix(".svg")]
     _save_small_png(figure, paths[0])
-    figure.savefig(paths[1])
+    # No date and fixed element ids: the same curves give the same SVG bytes, so a committed
+    # figure changes only when its data do.
+    with rc_context({"svg.hashsalt": "kvinject"}):
+        figure.savefig(paths[1], metadata={"Date": None})
     return paths
 
 

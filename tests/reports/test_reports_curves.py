@@ -76,3 +76,10 @@ def test_curves_are_written_as_png_and_svg_and_are_not_blank(drawn):
     for words in ("Adaptation: test task", "tokens generated since the injection", "noise control",
                   "KL(run || new)", "model-b, injected after N=2 tokens"):
         assert words in text, words
+
+
+def test_the_same_curves_give_the_same_svg_bytes(drawn, tmp_path):
+    traces = [simple_trace(f"doc-{i}", length=5 + i) for i in range(3)]
+    curves = task_curves({"model-a": traces, "model-b": traces[:2]}, AdaptationSettings(), resamples=100)
+    _, again = draw_curves(curves, "Adaptation: test task", tmp_path / "test_task")
+    assert again.read_bytes() == drawn[1].read_bytes()
