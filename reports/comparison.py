@@ -183,11 +183,6 @@ def _differences(key: str, a, b) -> list[str]:
     return [f"{key}: {a!r} vs {b!r}"]
 
 
-def _metric_settings(run: Run, task: str) -> AdaptationSettings:
-    config = run.results.get("configs", {}).get(task, {})
-    return AdaptationSettings.from_mapping((config.get("metadata") or {}).get("adaptation"))
-
-
 def _points(docs: dict) -> set[int]:
     found = set()
     for sample in docs.values():
@@ -248,7 +243,7 @@ def compare_runs(run_a: Run, run_b: Run, resampling: Resampling = Resampling(), 
         docs_a, docs_b = logged_docs(run_a, task), logged_docs(run_b, task)
         shared = _shared_docs(task, docs_a, docs_b)
         notes.append(f"{task}: {len(shared)} docs in both runs (A has {len(docs_a)}, B {len(docs_b)})")
-        settings = _metric_settings(run_a, task)
+        settings = run_a.metric_settings(task)
         points = sorted(_points(docs_a) & _points(docs_b))
         for name in headline_names():
             for key in ([headline_key(name, p) for p in points] if is_per_point(name) else [name]):
@@ -274,7 +269,7 @@ def compare_points(run: Run, point_a: int, point_b: int, resampling: Resampling 
             raise ValueError(f"{task}: --points {point_a} {point_b}: the run has no injection point "
                              f"{', '.join(map(str, missing))} (it has {', '.join(map(str, sorted(found))) or 'none'})")
         notes.append(f"{task}: {len(docs)} docs")
-        settings = _metric_settings(run, task)
+        settings = run.metric_settings(task)
         for name in (name for name in headline_names() if is_per_point(name)):
             key_a, key_b = headline_key(name, point_a), headline_key(name, point_b)
             row = _row(task, f"{key_a}→{point_b}", key_a, key_b, docs, docs, set(docs), settings, resampling)

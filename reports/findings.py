@@ -21,7 +21,7 @@ import math
 
 from kvinject.metrics import metric_aggregation
 
-from .comparison import _metric_settings, logged_docs
+from .comparison import logged_docs
 from .runs import Run
 
 NOT_ESTIMABLE = "n/e"
@@ -148,7 +148,7 @@ def findings_markdown(runs: dict[str, Run]) -> str:
     adapts, timing = [], []
     for name, run in runs.items():
         for task, values in run.results["results"].items():
-            docs, settings = logged_docs(run, task), _metric_settings(run, task)
+            docs, settings = logged_docs(run, task), run.metric_settings(task)
             for point in _points(values):
                 adapts.append(_adapts_row(name, values, point, docs, settings))
                 timing.append(_timing_row(name, values, point, docs, settings))

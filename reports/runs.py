@@ -15,6 +15,7 @@ import re
 from functools import cached_property
 from pathlib import Path
 
+from kvinject.metrics import AdaptationSettings
 from kvinject.model_adapters.trace_log import read_traces
 
 RESULTS_PREFIX, TRACES_PREFIX, SAMPLES_PREFIX, PRM_PREFIX = "results_", "traces_", "samples_", "prm_"
@@ -55,6 +56,11 @@ class Run:
         if isinstance(args, str):
             args = dict(item.split("=", 1) for item in args.split(",") if "=" in item)
         return dict(args)
+
+    def metric_settings(self, task: str) -> AdaptationSettings:
+        """The metric settings the run aggregated ``task`` with (its config's metadata.adaptation)."""
+        config = self.results.get("configs", {}).get(task, {})
+        return AdaptationSettings.from_mapping((config.get("metadata") or {}).get("adaptation"))
 
     @property
     def tasks(self) -> list[str]:
