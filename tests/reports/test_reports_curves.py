@@ -78,7 +78,7 @@ def test_curves_are_written_as_png_and_svg_and_are_not_blank(drawn):
         assert words in text, words
 
 
-def test_the_same_curves_give_the_same_svg_bytes(drawn, tmp_path):
+def test_the_same_curves_give_the_same_svg_bytes(drawn, tmp_path, simple_trace):
     traces = [simple_trace(f"doc-{i}", length=5 + i) for i in range(3)]
     curves = task_curves({"model-a": traces, "model-b": traces[:2]}, AdaptationSettings(), resamples=100)
     _, again = draw_curves(curves, "Adaptation: test task", tmp_path / "test_task")
