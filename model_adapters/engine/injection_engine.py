@@ -28,11 +28,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+from kvinject.model_adapters.engine.attention import attention_weights
 from kvinject.model_adapters.engine.decoding import DecodeResult, DecodeRow, DecodingLoop, extend_caches
 from kvinject.model_adapters.engine.noise import control_seed, control_segment, non_special_ids
 from kvinject.model_adapters.engine.rope import RotaryKeys
 from kvinject.model_adapters.engine.row_cache import RowCache
-from kvinject.model_adapters.engine.scoring import LoopScoring, eager_attention
+from kvinject.model_adapters.engine.scoring import LoopScoring
 from kvinject.model_adapters.engine.tokens import (
     EngineTokenizer,
     StopRule,
@@ -197,7 +198,7 @@ class InjectionEngine:
         runs = [self._start(loop, doc, prefix) for doc, prefix in zip(docs, self._shared_prefixes(docs))]
         regions = self._control_regions(docs)
         by_key = {}
-        with eager_attention(self.model, settings.track_attention):  # attention weights exist only in eager
+        with attention_weights(self.model, settings.track_attention):
             while loop.running:
                 loop.step()
                 for run in runs:  # a branch joins the loop at the step after its fork exists

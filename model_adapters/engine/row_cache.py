@@ -21,6 +21,8 @@ import dataclasses
 import torch
 from transformers import DynamicCache
 
+from kvinject.model_adapters.engine.attention import GROUPED_EAGER
+
 
 @dataclasses.dataclass(frozen=True)
 class RowCache:
@@ -78,7 +80,7 @@ class PaddedBatch:
     def __init__(self, model, caches: list[RowCache | None]):
         self.windows = attention_windows(model.config)
         implementation = model.config._attn_implementation
-        if self.windows and implementation not in ("eager", "sdpa"):
+        if self.windows and implementation not in ("eager", GROUPED_EAGER, "sdpa"):
             raise ValueError(
                 f"sliding-window model_type {model.config.model_type} needs attn_implementation eager "
                 f"or sdpa (its masks are built from each row's positions), not {implementation!r}"

@@ -10,7 +10,6 @@ reduced to per-token numbers at once, so no [T, vocab] tensor outlives its step.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 
 import torch
@@ -20,20 +19,6 @@ from kvinject.model_adapters.engine.divergence import cosine_similarity, entropy
 from kvinject.trace_schema import SEGMENTS, empty_series
 
 GENERATED_AFTER = SEGMENTS.index("generated_after")
-
-
-@contextlib.contextmanager
-def eager_attention(model, needed: bool):
-    """Attention weights exist only in eager attention; switch to it for the block and back."""
-    previous = model.config._attn_implementation
-    if not needed or previous == "eager":
-        yield
-        return
-    model.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(previous)
 
 
 def token_numbers(run, old, new, targets) -> dict[str, torch.Tensor]:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import torch
 
+from kvinject.model_adapters.engine.attention import attention_weights
 from kvinject.model_adapters.engine.divergence import cosine_similarity, entropy, kl_divergence, log_probs
 from kvinject.model_adapters.engine.noise import control_seed, control_segment, non_special_ids
-from kvinject.model_adapters.engine.scoring import eager_attention
 from kvinject.model_adapters.engine.tokens import encode_prompt, encode_segment
 from kvinject.model_adapters.injection_settings import InjectionSettings
 from kvinject.trace_schema import SEGMENTS, empty_series
@@ -32,7 +32,7 @@ def naive_analysis(model, tokenizer, problem, settings: InjectionSettings) -> di
     vocab = min(len(tokenizer), model.get_input_embeddings().num_embeddings)
     allowed = non_special_ids(vocab, tokenizer.all_special_ids)
     budget = problem.max_new_tokens
-    with eager_attention(model, True):
+    with attention_weights(model, True):
         baseline = _generate(model, original, budget)
         results = {"baseline": {"ids": baseline}, "oracle": {"ids": _generate(model, alternative, budget)}}
         for point in settings.injection_points:
