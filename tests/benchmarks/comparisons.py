@@ -311,6 +311,32 @@ def assert_same_ids_up_to_a_tie(model, expected: dict, found: dict, name: str) -
                               f"({ids[step]} vs {other_ids[step]}), whose logits differ by {gap:.3g} > {tolerance:.3g}")
 
 
+@torch.inference_mode()
+def grouped_vs_family_eager(repeats: int, rows: int = 24, slots: int = 600, label: str = "") -> tuple[Row, dict]:
+    """One decoding step's attention in one layer of Gemma-3-270M's shape (4 query heads sharing 1 KV
+    head of 256 dims, one query per row, ``rows`` rows of ``slots`` cached slots): the engine's grouped
+    eager attention vs the family's own eager function (``repeat_kv`` then batched matmuls)."""
+    from transformers.models.gemma3 import modeling_gemma3
+
+    from kvinject.model_adapters.engine.attention import grouped_eager_attention
+
+    # A layer of the Gemma 3 modeling file: its first call checks the grouped form against that file's
+    # eager function (the warm-up), the timed calls run the grouped form.
+    layer = type("Gemma3Attention", (torch.nn.Module,), {"__module__": modeling_gemma3.__name__})()
+    layer.num_key_value_groups = 4
+    layer.eval()
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(rows, 4, 1, 256, generator=generator)
+    key, value = (torch.randn(rows, 1, slots, 256, generator=generator) for _ in range(2))
+    mask = torch.zeros(rows, 1, 1, slots)
+    seconds, outputs = interleaved_seconds({
+        "grouped": lambda: grouped_eager_attention(layer, query, key, value, mask, scaling=256**-0.5),
+        "family": lambda: modeling_gemma3.eager_attention_forward(layer, query, key, value, mask, scaling=256**-0.5),
+    }, repeats)
+    return Row(f"grouped_vs_family_eager{label} rows={rows} slots={slots}", "grouped eager", "family eager",
+               paired_ratio(seconds, "grouped", "family"), "<= 0.50", _medians(seconds)), outputs
+
+
 def _medians(seconds: dict[str, list[float]]) -> str:
     return ", ".join(f"{name} {median(values) * 1000:.0f} ms" for name, values in seconds.items()) + \
         f" (median of {len(next(iter(seconds.values())))})"

@@ -9,6 +9,7 @@ from comparisons import (
     analysis_vs_batched_reprompt,
     batch_scaling,
     doc_analysis_vs_generate,
+    grouped_vs_family_eager,
     inject_vs_reprefill,
     math_problems,
     naive_vs_engine,
@@ -77,3 +78,11 @@ def test_batch_scaling_tiny(comparison, tiny):
     rows, _ = comparison(lambda repeats, smoke: batch_scaling(
         model, tokenizer, math_problems(8, 16 if smoke else 48), repeats, label=" [tiny]", target=3))
     assert [row.name for row in rows][-1].startswith("peak_memory")
+
+
+def test_grouped_vs_family_eager_attention(comparison):
+    row, outputs = comparison(lambda repeats, smoke: grouped_vs_family_eager(
+        repeats, rows=4 if smoke else 24, slots=64 if smoke else 600))
+    for ours, theirs in zip(outputs["grouped"], outputs["family"], strict=True):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)  # the same arithmetic
+    assert row.ratio > 0
