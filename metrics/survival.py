@@ -23,19 +23,26 @@ def unpack(events) -> tuple[np.ndarray, np.ndarray]:
     return times, np.array([s == EVENT for s in status], dtype=bool)
 
 
-def _risk_table(times, observed) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(distinct event times, runs at risk at each, events at each); censorings at t count at risk at t."""
+def _kaplan_meier(times, observed) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(distinct event times, runs at risk at each, events at each, S just after each); censorings at
+    t count at risk at t."""
     times, observed = np.asarray(times, dtype=float), np.asarray(observed, dtype=bool)
     event_times = np.unique(times[observed])
     at_risk = (times[None, :] >= event_times[:, None]).sum(axis=1)
     events = (observed[None, :] & (times[None, :] == event_times[:, None])).sum(axis=1)
-    return event_times, at_risk, events
+    return event_times, at_risk, events, np.cumprod(1.0 - events / at_risk)
+
+
+def _first_at_most_half(event_times: np.ndarray, curve: np.ndarray) -> float:
+    """The first event time at which ``curve`` (S or one of its bands) is <= 1/2; inf if none is."""
+    reached = curve <= _HALF
+    return float(event_times[reached][0]) if reached.any() else float("inf")
 
 
 def survival_curve(times, observed) -> tuple[np.ndarray, np.ndarray]:
     """Kaplan-Meier S(t) just after each distinct event time: (event times, S at them)."""
-    event_times, at_risk, events = _risk_table(times, observed)
-    return event_times, np.cumprod(1.0 - events / at_risk)
+    event_times, _, _, survival = _kaplan_meier(times, observed)
+    return event_times, survival
 
 
 def share_by(times, observed, horizon: int) -> float:
@@ -56,9 +63,7 @@ def kaplan_meier_median(times, observed) -> float:
     """
     if np.size(times) == 0:
         return float("nan")
-    event_times, survival = survival_curve(times, observed)
-    reached = survival <= _HALF
-    return float(event_times[reached][0]) if reached.any() else float("inf")
+    return _first_at_most_half(*survival_curve(times, observed))
 
 
 def kaplan_meier_median_interval(times, observed, confidence_level: float = 0.95) -> tuple[float, float]:
@@ -78,8 +83,7 @@ def kaplan_meier_median_interval(times, observed, confidence_level: float = 0.95
     if np.size(times) == 0:
         return float("nan"), float("nan")
     times, observed = np.asarray(times, dtype=float), np.asarray(observed, dtype=bool)
-    event_times, at_risk, events = _risk_table(times, observed)
-    survival = np.cumprod(1.0 - events / at_risk)
+    event_times, at_risk, events, survival = _kaplan_meier(times, observed)
     z = stats.norm.ppf(0.5 + confidence_level / 2)
     with np.errstate(divide="ignore", invalid="ignore"):
         # Greenwood's sum; infinite once every run at risk had the event (S = 0, where both bands are 0).
@@ -88,11 +92,7 @@ def kaplan_meier_median_interval(times, observed, confidence_level: float = 0.95
         lower = np.where(survival > 0, survival ** spread, 0.0)
         upper = np.where(survival > 0, survival ** (1 / spread), 0.0)
 
-    def first_at_most_half(band: np.ndarray) -> float:
-        reached = band <= _HALF
-        return float(event_times[reached][0]) if reached.any() else float("inf")
-
-    low, high = first_at_most_half(lower), first_at_most_half(upper)
+    low, high = _first_at_most_half(event_times, lower), _first_at_most_half(event_times, upper)
     censored = ~observed & np.isfinite(times)
     if high == np.inf and censored.any():
         low = min(low, float(times[censored].max()) + 1)
