@@ -4,6 +4,7 @@
 - ``decoding``: the decoding loop (rows join and leave one running batch); ``row_cache``: per-row
   caches and padding;
 - ``scoring``: scoring under the run, old and new contexts inside the loop; ``divergence``: KL, entropy;
+- ``attention``: eager attention (weights) without repeated KV heads, checked against the family's own;
 - ``rope``: moving rotary-embedded keys to new positions (``strategy=replace``);
 - ``noise``: length-matched control segments; ``tokens``: the tokenizer protocol, stops and EOS ids.
 """

@@ -17,7 +17,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 echo "== 1. unit suite (not slow) on the GPU machine"
 timeout 300 python -m pytest -q -m "not slow" -x tests/model_adapters/engine/test_engine_precision.py tests/model_adapters/test_loading.py \
     tests/model_adapters/test_distributed.py tests/model_adapters/engine/test_engine_exactness.py \
-    tests/model_adapters/engine/test_engine_sliding_window.py \
+    tests/model_adapters/engine/test_engine_sliding_window.py tests/model_adapters/engine/test_engine_attention.py \
     > "$OUT/suite.log" 2>&1; rc=$?; tail -3 "$OUT/suite.log"; [ $rc -eq 0 ] || status=1
 
 echo "== 2. bf16 SmolLM2 run on cuda (identical controls included)"
