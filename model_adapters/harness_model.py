@@ -21,6 +21,7 @@ from kvinject.model_adapters.memory import (
     doc_shape,
     fitting_batch_size,
     free_memory,
+    hidden_layers,
     is_out_of_memory,
     kv_bytes_per_position,
 )
@@ -183,7 +184,8 @@ class KVInjectLM(LM):
             logger.warning(no_eos_message(self.args.pretrained))
         self.settings = self.args.injection
         self.batch_size = self._batch_size()
-        self.engine = InjectionEngine(self.model, self.tokenizer, self.settings, batch_size=self.batch_size)
+        self.engine = InjectionEngine(self.model, self.tokenizer, self.settings, batch_size=self.batch_size,
+                                      share_prompts=self.args.share_prompts)
         # With several processes each spools the docs it computes; rank 0 writes the run's trace file.
         self.trace_log = TraceLog(self.args.trace_dir)
         self._merged_log = None
@@ -244,7 +246,8 @@ class KVInjectLM(LM):
         shapes = [doc_shape(self.tokenizer, problem, self.settings.strategy, len(self.settings.injection_points))
                   for problem in problems]
         self.batch_size = self.engine.batch_size = min(
-            self.batch_size, fitting_batch_size(free, shapes, position, position, self.args.max_batch_size))
+            self.batch_size, fitting_batch_size(free, shapes, position, position, hidden_layers(self.model.config),
+                                                   self.args.share_prompts, self.args.max_batch_size))
 
     def get_model_info(self) -> dict:
         return {

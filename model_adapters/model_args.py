@@ -49,6 +49,9 @@ class ModelArgs:
     attn_implementation: str = "auto"  # auto: sdpa where the model supports it, else eager
     batch_size: int | str = 1  # docs per batch, or "auto" (sized from free memory)
     max_batch_size: int = 64  # upper bound for batch_size=auto
+    # every row of a doc continues its prompts' caches, held once, instead of a copy per row: less KV
+    # memory (more docs per batch_size=auto batch), a per-step copy more (README "Memory")
+    share_prompts: bool = False
     injection: InjectionSettings = InjectionSettings()  # injection_points, strategy, noise, track_*, seed
     # injected text; {alternative} is the new problem. A doc's own `injection_text` field takes its place
     # (tasks whose update is not the whole new problem, e.g. adaptation_update)
@@ -147,6 +150,7 @@ _PARSERS = {
     "attn_implementation": lambda v: _as_choice("attn_implementation", v, ATTENTION_IMPLEMENTATIONS),
     "batch_size": _as_batch_size,
     "max_batch_size": lambda v: _as_int("max_batch_size", v, minimum=1),
+    "share_prompts": lambda v: _as_bool("share_prompts", v),
     "injection_template": _as_template,
     "trace_dir": lambda v: _as_optional_str("trace_dir", v),
     "result_store": lambda v: _as_optional_str("result_store", v),

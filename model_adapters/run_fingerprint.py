@@ -115,7 +115,8 @@ def _low_precision_inputs(args, dtype) -> dict:
     if dtype == torch.float32:
         return {}
     # batch_size=auto starts from the largest batch that fits, so the bound stands for it.
-    return {"score_dtype": args.score_dtype, "batch_size": [args.batch_size, args.max_batch_size]}
+    return {"score_dtype": args.score_dtype, "batch_size": [args.batch_size, args.max_batch_size],
+            "share_prompts": args.share_prompts}
 
 
 def doc_key(fingerprint_digest: str, problem) -> str:

@@ -93,6 +93,14 @@ class _Branch:
     region: RowCache | None  # replace: the cache of `segment` as a prompt
 
 
+@dataclasses.dataclass(frozen=True)
+class _PromptCaches:
+    """A doc's original and alternative prompt caches without their last token (None: empty)."""
+
+    original: RowCache | None
+    alternative: RowCache | None
+
+
 @dataclasses.dataclass
 class _DocRun:
     """One doc's rows in the running loop."""
@@ -112,10 +120,12 @@ class InjectionEngine:
     docstring, steps 1-3), in the model's dtype (metrics/README.md, "Precision"); ``check(problems)``
     raises the tokenised input errors (empty segments, context too long) before any compute. Greedy
     decoding only; the settings (injection points, strategy, noise, tracking) are fixed per engine,
-    the batch size may shrink.
+    the batch size may shrink. ``share_prompts``: every row of a doc continues its prompts' caches,
+    held once, instead of holding a copy (row_cache.py; less memory, a per-step gather more).
     """
 
-    def __init__(self, model, tokenizer: EngineTokenizer, settings: InjectionSettings, batch_size: int = 1):
+    def __init__(self, model, tokenizer: EngineTokenizer, settings: InjectionSettings, batch_size: int = 1,
+                 share_prompts: bool = False):
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size={batch_size!r}: expected an integer >= 1")
         # replace moves the generated tokens' keys; refused here, before any compute, where that is not exact.
@@ -124,6 +134,7 @@ class InjectionEngine:
         self.tokenizer = tokenizer
         self.settings = settings
         self.batch_size = batch_size
+        self.share_prompts = share_prompts
         self.eos_ids = eos_ids(tokenizer, model)
         vocab = min(len(tokenizer), model.get_input_embeddings().num_embeddings)
         self.random_ids = non_special_ids(vocab, tokenizer.all_special_ids)
@@ -195,7 +206,7 @@ class InjectionEngine:
         settings = self.settings
         scoring = LoopScoring(settings.track_attention, settings.track_hidden)
         loop = DecodingLoop(self.model, observer=scoring, **scoring.outputs())
-        runs = [self._start(loop, doc, prefix) for doc, prefix in zip(docs, self._shared_prefixes(docs))]
+        runs = [self._start(loop, doc, *starts) for doc, starts in zip(docs, self._row_starts(docs))]
         regions = self._control_regions(docs)
         by_key = {}
         with attention_weights(self.model, settings.track_attention):
@@ -206,20 +217,55 @@ class InjectionEngine:
                         by_key[(id(branch.doc), branch.point, branch.noise)] = (branch, *self._add_branch(loop, scoring, branch))
         return [self._trace(run.doc, run.baseline, run.oracle, by_key) for run in runs]
 
-    def _start(self, loop: DecodingLoop, doc: _Doc, prefix: RowCache | None) -> "_DocRun":
-        """Add the doc's baseline and oracle rows to the loop."""
-        budget, start = doc.problem.max_new_tokens, 0 if prefix is None else prefix.length
-        points = frozenset(self.settings.injection_points)
-        # Both rows start from the shared prefix; their captures copy the whole cache, prefix included.
-        baseline = loop.add(DecodeRow(prefix, tuple(doc.original_ids[start:]), budget, doc.stop, capture_after=points))
-        oracle = loop.add(DecodeRow(prefix, tuple(doc.alternative_ids[start:]), budget, doc.stop,
-                                    capture_after=frozenset({0})))
+    def _start(self, loop: DecodingLoop, doc: _Doc, original: tuple, alternative: tuple) -> "_DocRun":
+        """Add the doc's baseline and oracle rows to the loop, from their (cache, feed) starts."""
+        budget, points = doc.problem.max_new_tokens, frozenset(self.settings.injection_points)
+        baseline = loop.add(DecodeRow(*original, budget, doc.stop, capture_after=points))
+        oracle = loop.add(DecodeRow(*alternative, budget, doc.stop, capture_after=frozenset({0})))
         return _DocRun(doc, baseline, oracle, list(self.settings.injection_points))
+
+    def _row_starts(self, docs: list[_Doc]) -> list[tuple[tuple, tuple]]:
+        """Per doc, the (cache, feed) its baseline and oracle start from. Without ``share_prompts``
+        both copy the cache of the prompts' common prefix and feed the rest of their prompt at the
+        first step; with it they continue the caches of their whole prompts but the last token
+        (``_prompt_caches``), which every later row of the doc continues too."""
+        if self.share_prompts:
+            return [(_continuing(prompts.original, doc.original_ids), _continuing(prompts.alternative, doc.alternative_ids))
+                    for doc, prompts in zip(docs, self._prompt_caches(docs))]
+        starts = []
+        for doc, prefix in zip(docs, self._shared_prefixes(docs)):
+            start = 0 if prefix is None else prefix.length
+            starts.append(((prefix, tuple(doc.original_ids[start:])), (prefix, tuple(doc.alternative_ids[start:]))))
+        return starts
+
+    def _prompt_caches(self, docs: list[_Doc]) -> list["_PromptCaches"]:
+        """Per doc, the caches of its original and alternative prompts without their last token (None
+        when that is empty; one cache when the two are equal), prefilled in one forward from their
+        common prefix. Every row of the doc continues one of them and none copies it (row_cache.py),
+        so a doc's prompts are held once, not once per row. Each row still feeds its prompt's last
+        token, whose query predicts its first generated token."""
+        prefixes = self._shared_prefixes(docs)
+        caches, feeds, slots = [], [], []
+        for doc, prefix in zip(docs, prefixes):
+            start = 0 if prefix is None else prefix.length
+            wanted = [doc.original_ids[:-1]] + ([doc.alternative_ids[:-1]] if doc.alternative_ids[:-1] !=
+                                                doc.original_ids[:-1] else [])
+            doc_slots = []
+            for ids in wanted:
+                if len(ids) == start:  # the prompt is the prefix: nothing left to feed
+                    doc_slots.append(prefix)
+                    continue
+                doc_slots.append(len(caches))
+                caches.append(prefix)
+                feeds.append(ids[start:])
+            slots.append(doc_slots)
+        extended = extend_caches(self.model, caches, feeds)
+        found = [[extended[s] if isinstance(s, int) else s for s in doc_slots] for doc_slots in slots]
+        return [_PromptCaches(pair[0], pair[-1]) for pair in found]
 
     def _shared_prefixes(self, docs: list[_Doc]) -> list[RowCache | None]:
         """Per doc, the cache of the prompt prefix that the original and alternative prompts share
-        (None when empty), prefilled once in one batch. The prefix stops before either prompt's last
-        token: each row must still feed that token, whose query predicts its first generated token."""
+        (None when empty), prefilled once in one batch, before either prompt's last token."""
         lengths = [_common_prefix_length(d.original_ids[:-1], d.alternative_ids[:-1]) for d in docs]
         prefixes = [d.original_ids[:n] for d, n in zip(docs, lengths) if n]
         caches = iter(extend_caches(self.model, [None] * len(prefixes), prefixes))
@@ -268,7 +314,11 @@ class InjectionEngine:
             return branch.fork, ids, labels + [INJECTED] * len(branch.segment)
         # replace: the new prompt region, then the generated tokens' K/V moved by the length change.
         generated = self.rotary_keys.move(branch.fork.tail(prompt_length), len(branch.segment) - prompt_length)
-        context = branch.region.then(generated)
+        # share_prompts: the region is held once (the oracle's capture continues the alternative
+        # prompt's cache; a control prompt's cache is continued as it is).
+        region = branch.region if branch.region.prefix is not None or not self.share_prompts else \
+            RowCache.continuing(branch.region)
+        context = region.then(generated)
         ids = branch.segment + branch.pre_ids
         labels = _prompt_labels(len(branch.segment), INJECTED) + [GENERATED_BEFORE] * n_pre
         # The last token is fed again: its query is what predicts the first token after the swap.
@@ -355,6 +405,13 @@ def not_injected_reason(generated: int, stop_reason: str, point: int) -> str | N
 def _prompt_labels(length: int, segment: int) -> list[int]:
     """The first prompt position is the attention sink; the rest belong to ``segment``."""
     return [SINK] + [segment] * (length - 1)
+
+
+def _continuing(prompt: RowCache | None, ids: list[int]) -> tuple[RowCache | None, tuple[int, ...]]:
+    """(cache, feed) of a row that continues ``prompt`` (held once, not copied) and feeds the rest of ``ids``."""
+    if prompt is None:
+        return None, tuple(ids)
+    return RowCache.continuing(prompt), tuple(ids[prompt.length :])
 
 
 def _common_prefix_length(a: list[int], b: list[int]) -> int:

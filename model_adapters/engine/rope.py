@@ -79,6 +79,7 @@ class RotaryKeys:
         """``row`` with every key moved by ``delta`` positions (negative moves them back)."""
         if delta == 0:
             return row
+        row = row.materialised()  # a shared prefix is moved in a copy, never in place
         rotate = _rotate_interleaved if self.interleaved else _rotate_half
         layers = []
         for inv_freq, (keys, values) in zip(self.inv_freqs, row.layers):

@@ -2,12 +2,21 @@
 
 A ``RowCache`` holds the keys and values of one sequence's real tokens (no padding), so a branch can
 be forked from any row of any batch at any step, spliced (replace strategy) and regrouped with rows
-of other origins. ``PaddedBatch`` turns rows into one ``DynamicCache`` plus the 2-D attention mask and
-the per-row next positions that batched decoding needs: explicit per-row ``position_ids``, never
-transformers' default ``arange + cache length``, which would count a left-padded row's pads as
-positions and rotate its keys to other positions than the same sequence alone. Positions equal the
-number of real tokens before a token, so pad slots (left padding, or holes between a row's cache and
-its next feed) never shift them.
+of other origins. A row may continue a *prefix*: another RowCache held once (a doc's prompt) that
+the row refers to instead of copying it. With the engine's ``share_prompts`` every row of a doc
+continues one of its two prompts (the baseline, the injection runs and their old-context rows the
+original; the oracle and the new-context rows the alternative), so a doc's ~20 rows hold those
+prompts once instead of ~20 times.
+
+``PaddedBatch`` turns rows into one ``DynamicCache`` plus the 2-D attention mask and the per-row next
+positions that batched decoding needs: explicit per-row ``position_ids``, never transformers' default
+``arange + cache length``, which would count a left-padded row's pads as positions and rotate its
+keys to other positions than the same sequence alone. Positions equal the number of real tokens
+before a token, so pad slots (left padding, or holes between a row's prefix, its own cache and its
+next feed) never shift them. A batch's slots are a prefix block (every distinct prefix once, in a
+pool, right-aligned) followed by the rows' own tokens (right-aligned); each layer gathers the rows'
+prefixes from the pool for its attention only (``SharedPrefixLayer``), so the per-row copy exists
+for one layer at a time, never for the whole model.
 
 Sliding-window models (Mistral, Gemma 2/3, ...) need more: transformers' sliding caches evict by slot
 and its sliding masks measure the window in slots, pads included, so a padded row would see another
@@ -20,40 +29,79 @@ import dataclasses
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from kvinject.model_adapters.engine.attention import GROUPED_EAGER
 
 
 @dataclasses.dataclass(frozen=True)
 class RowCache:
-    """Keys and values of one sequence's real tokens, per layer ``[kv_heads, length, head_dim]``.
+    """Keys and values of one sequence's real tokens, per layer ``[kv_heads, length, head_dim]``:
+    ``prefix``'s tokens (when given: a cache held once and shared, never copied into this row),
+    then this row's own ``layers``.
 
     Rows are never modified in place: every operation returns new tensors, so a row captured from
     the baseline can feed any number of branches without changing the shared prefix.
     """
 
     layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    prefix: "RowCache | None" = None
+
+    def __post_init__(self):
+        if self.prefix is not None and self.prefix.prefix is not None:
+            raise ValueError("a prefix cannot itself continue a prefix (one level of sharing)")
+
+    @classmethod
+    def continuing(cls, prefix: "RowCache") -> "RowCache":
+        """A row that holds nothing of its own yet and continues ``prefix``."""
+        return cls(tuple((k[:, :0], v[:, :0]) for k, v in prefix.layers), prefix)
+
+    @property
+    def own_length(self) -> int:
+        return self.layers[0][0].shape[1]
+
+    @property
+    def prefix_length(self) -> int:
+        return 0 if self.prefix is None else self.prefix.length
 
     @property
     def length(self) -> int:
-        return self.layers[0][0].shape[1]
+        return self.prefix_length + self.own_length
+
+    def materialised(self) -> "RowCache":
+        """The same tokens held by this row alone (the prefix copied in)."""
+        return self if self.prefix is None else self.prefix.then(RowCache(self.layers))
 
     def head(self, length: int) -> "RowCache":
-        """The first ``length`` tokens."""
+        """The first ``length`` tokens (still continuing the prefix where they cover it)."""
+        if self.prefix is not None and length >= self.prefix_length:
+            return RowCache(RowCache(self.layers).head(length - self.prefix_length).layers, self.prefix)
+        if self.prefix is not None:
+            return self.prefix.head(length)
         return RowCache(tuple((k[:, :length], v[:, :length]) for k, v in self.layers))
 
     def tail(self, start: int) -> "RowCache":
-        """The tokens from index ``start`` on."""
+        """The tokens from index ``start`` on (a row of its own)."""
+        if self.prefix is not None:
+            if start >= self.prefix_length:
+                return RowCache(self.layers).tail(start - self.prefix_length)
+            return self.materialised().tail(start)
         return RowCache(tuple((k[:, start:], v[:, start:]) for k, v in self.layers))
 
     def then(self, other: "RowCache") -> "RowCache":
-        """This row followed by ``other`` (same model)."""
+        """This row followed by ``other`` (same model), continuing this row's prefix."""
+        other = other.materialised()
         return RowCache(
             tuple(
                 (torch.cat([k, k2], dim=1), torch.cat([v, v2], dim=1))
                 for (k, v), (k2, v2) in zip(self.layers, other.layers)
-            )
+            ),
+            self.prefix,
         )
+
+    def nbytes(self) -> int:
+        """Bytes of this row's own keys and values (a prefix is counted where it is held)."""
+        return sum(t.numel() * t.element_size() for layer in self.layers for t in layer)
 
 
 def attention_windows(config) -> dict[str, int | None]:
@@ -70,11 +118,64 @@ def attention_windows(config) -> dict[str, int | None]:
     return {layer_type: window if layer_type == "sliding_attention" else None for layer_type in layer_types}
 
 
+class SharedPrefixLayer(DynamicLayer):
+    """One layer of a ``PaddedBatch``: the pool of distinct prefixes ``[entries, kv_heads, prefix
+    slots, head_dim]`` (entry 0 is empty: rows without a prefix), every row's entry (``index``) and
+    the rows' own keys and values (``keys``, ``values``: the slots after the prefix block).
+
+    ``update`` appends the fed tokens to the own slots and returns each row's whole context (its
+    entry, then its own slots), gathered for this layer's attention and freed with it; with an empty
+    prefix block it returns the own tensors as a ``DynamicLayer`` does. Lengths and masks count both
+    blocks, so transformers sees one cache of prefix + own slots per row."""
+
+    def __init__(self, pool: tuple[torch.Tensor, torch.Tensor] | None = None, index: torch.Tensor | None = None,
+                 own: tuple[torch.Tensor, torch.Tensor] | None = None):
+        super().__init__()
+        self.pool_keys, self.pool_values = pool if pool is not None else (None, None)
+        self.index = index
+        if own is not None:
+            self.keys, self.values = own
+            self.device, self.is_initialized = own[0].device, True
+
+    @property
+    def prefix_slots(self) -> int:
+        return 0 if self.pool_keys is None else self.pool_keys.shape[-2]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        keys, values = super().update(key_states, value_states, *args, **kwargs)
+        if not self.prefix_slots:
+            return keys, values
+        return (torch.cat([self.pool_keys[self.index], keys], dim=-2),
+                torch.cat([self.pool_values[self.index], values], dim=-2))
+
+    def get_seq_length(self) -> int:
+        own = self.keys.shape[-2] if self.is_initialized and self.keys.dim() == 4 else 0
+        return self.prefix_slots + own
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self.keys, self.values = self.keys[indices], self.values[indices]
+        if self.index is not None:
+            self.index = self.index[indices]
+
+    def held_bytes(self) -> int:
+        """Bytes held between forwards: the pool and the own slots (the gathered copies are transient)."""
+        tensors = (self.keys, self.values, self.pool_keys, self.pool_values)
+        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def cache_held_bytes(cache) -> int:
+    """Keys and values a transformers cache holds between forwards (for a PaddedBatch's, the pool once)."""
+    return sum(layer.held_bytes() if isinstance(layer, SharedPrefixLayer) else
+               sum(t.numel() * t.element_size() for t in (layer.keys, layer.values) if isinstance(t, torch.Tensor))
+               for layer in cache.layers)
+
+
 class PaddedBatch:
     """Rows of (cache, next tokens) left-padded into one ``DynamicCache`` with a 2-D mask.
 
     Call ``feed_tokens`` with each row's next tokens (ragged lists are left-padded, leaving a masked
-    hole between a row's cache and its tokens) and pass what it returns to the model.
+    hole between a row's cache and its tokens) and pass what it returns to the model. The mask's
+    first ``prefix_slots`` columns are the prefix block (module docstring), the rest the own slots.
     """
 
     def __init__(self, model, caches: list[RowCache | None]):
@@ -86,14 +187,15 @@ class PaddedBatch:
                 f"or sdpa (its masks are built from each row's positions), not {implementation!r}"
             )
         self.dtype = model.dtype
-        lengths = [0 if c is None else c.length for c in caches]
-        width = max(lengths, default=0)
-        self.mask = torch.zeros(len(caches), width, dtype=torch.long, device=model.device)
-        for row, length in enumerate(lengths):
-            self.mask[row, width - length :] = 1
-        # No config: every layer is a plain DynamicLayer that keeps all its slots (a config would give
-        # sliding layers a DynamicSlidingWindowLayer, which evicts by slot, pads included).
-        self.cache = DynamicCache(ddp_cache_data=_padded_layers(caches, width))
+        self.device = model.device
+        self.prefixes: list[RowCache | None] = [None]  # the pool's entries; entry 0: no prefix
+        self.prefix_slots = 0
+        self.mask = torch.zeros(0, 0, dtype=torch.long, device=self.device)
+        # No config: every layer keeps all its slots (a config would give sliding layers a
+        # DynamicSlidingWindowLayer, which evicts by slot, pads included).
+        self.cache = DynamicCache()
+        self.cache.layer_class_to_replicate = SharedPrefixLayer
+        self.add_rows(caches)
 
     @property
     def size(self) -> int:
@@ -145,53 +247,134 @@ class PaddedBatch:
         return masks if len(masks) > 1 else next(iter(masks.values()))
 
     def row_cache(self, row: int) -> RowCache:
-        """A copy of ``row``'s real tokens as they stand now."""
-        real = self.mask[row].bool()
-        return RowCache(tuple((layer.keys[row][:, real], layer.values[row][:, real]) for layer in self.cache.layers))
+        """A copy of ``row``'s own real tokens as they stand now, continuing its prefix (not copied)."""
+        real = self.mask[row, self.prefix_slots :].bool()
+        layers = tuple((layer.keys[row][:, real], layer.values[row][:, real]) for layer in self.cache.layers)
+        prefix = self.prefixes[self._row_entries()[row]]
+        return RowCache(layers, prefix)
 
     def keep_rows(self, rows: list[int]) -> None:
-        """Drop every other row (finished sequences stop costing compute)."""
+        """Drop every other row (finished sequences stop costing compute), and the prefixes that no
+        kept row continues."""
         index = torch.tensor(rows, dtype=torch.long, device=self.mask.device)
         self.cache.batch_select_indices(index)
         self.mask = self.mask[index]
+        self._drop_unused_prefixes()
 
     def add_rows(self, caches: list[RowCache | None]) -> None:
-        """Append rows (after the existing ones) that start from ``caches``: every row stays
-        right-aligned, the narrower side gets left padding (masked slots, so no row changes)."""
-        lengths = [0 if c is None else c.length for c in caches]
-        width = max(self.mask.shape[1], *lengths)
-        grow = width - self.mask.shape[1]
-        added = torch.zeros(len(caches), width, dtype=self.mask.dtype, device=self.mask.device)
-        for row, length in enumerate(lengths):
-            added[row, width - length :] = 1
-        self.mask = torch.cat([torch.nn.functional.pad(self.mask, (grow, 0)), added])
-        new_layers = _padded_layers(caches, width)
-        if new_layers is None:  # nothing cached in the new rows: zeros of the running layers' shape
-            new_layers = [tuple(t.new_zeros((len(caches), t.shape[1], width, t.shape[3])) for t in (layer.keys, layer.values))
-                          for layer in self.cache.layers]
-        for layer, (keys, values) in zip(self.cache.layers, new_layers):
-            # Pads are zeros: masked out of every attention (as in _padded_layers).
-            layer.keys = torch.cat([torch.nn.functional.pad(layer.keys, (0, 0, grow, 0)), keys])
-            layer.values = torch.cat([torch.nn.functional.pad(layer.values, (0, 0, grow, 0)), values])
+        """Append rows (after the existing ones) that start from ``caches``: every row's prefix and
+        own tokens stay right-aligned in their blocks, the narrower side gets left padding (masked
+        slots, so no row changes)."""
+        row_entries = self._row_entries()
+        entries = [self._entry(None if c is None else c.prefix) for c in caches]
+        prefix_slots = max(e.length for e in self.prefixes[1:]) if len(self.prefixes) > 1 else 0
+        own_lengths = [0 if c is None else c.own_length for c in caches]
+        own_slots = max(self.mask.shape[1] - self.prefix_slots, *own_lengths)
+        grow_prefix, grow_own = prefix_slots - self.prefix_slots, own_slots - (self.mask.shape[1] - self.prefix_slots)
+        pad = torch.nn.functional.pad
+        old_prefix, old_own = self.mask[:, : self.prefix_slots], self.mask[:, self.prefix_slots :]
+        added = torch.zeros(len(caches), prefix_slots + own_slots, dtype=torch.long, device=self.device)
+        for row, (entry, length) in enumerate(zip(entries, own_lengths)):
+            added[row, prefix_slots - self._entry_length(entry) : prefix_slots] = 1
+            added[row, prefix_slots + own_slots - length :] = 1
+        self.mask = torch.cat([torch.cat([pad(old_prefix, (grow_prefix, 0)), pad(old_own, (grow_own, 0))], dim=1),
+                               added])
+        self.prefix_slots = prefix_slots
+        row_entries = torch.cat([row_entries, torch.tensor(entries, dtype=torch.long, device=self.device)])
+        own_layers = _padded_layers(caches, own_slots)
+        if own_layers is None:
+            if not self.cache.layers and len(self.prefixes) == 1:
+                return  # nothing cached anywhere: the layers start empty at the first update
+            own_layers = (None for _ in range(self._layer_count()))
+        layers = []
+        for index, own in enumerate(own_layers):
+            running = self.cache.layers[index] if index < len(self.cache.layers) else None
+            own = own if own is not None else tuple(self._zeros_like_layer(index, len(caches), own_slots))
+            if running is not None and running.is_initialized and running.keys.dim() == 4:
+                own = tuple(torch.cat([pad(old, (0, 0, grow_own, 0)), new])
+                            for old, new in zip((running.keys, running.values), own))
+            layers.append(SharedPrefixLayer(self._pool_layer(index), row_entries, own))
+        self.cache.layers = layers
+
+    # ------------------------------------------------------------------------------ the prefix pool
+
+    def _entry(self, prefix: RowCache | None) -> int:
+        """The pool index of ``prefix`` (added when new; prefixes are the same when they are the same object)."""
+        if prefix is None or prefix.length == 0:
+            return 0
+        found = next((i for i, p in enumerate(self.prefixes) if p is prefix), None)
+        if found is None:
+            self.prefixes.append(prefix)
+            found = len(self.prefixes) - 1
+        return found
+
+    def _entry_length(self, entry: int) -> int:
+        return 0 if entry == 0 else self.prefixes[entry].length
+
+    def _row_entries(self) -> torch.Tensor:
+        layer = self.cache.layers[0] if self.cache.layers else None
+        if layer is None or getattr(layer, "index", None) is None:
+            return torch.zeros(self.size, dtype=torch.long, device=self.device)
+        return layer.index
+
+    def _layer_count(self) -> int:
+        if self.cache.layers:
+            return len(self.cache.layers)
+        return len(self.prefixes[1].layers)
+
+    def _zeros_like_layer(self, index: int, rows: int, slots: int):
+        """Zeros ``[rows, kv_heads, slots, head_dim]`` (keys, values) shaped like layer ``index``."""
+        if index < len(self.cache.layers) and self.cache.layers[index].is_initialized \
+                and self.cache.layers[index].keys.dim() == 4:
+            templates = (self.cache.layers[index].keys, self.cache.layers[index].values)
+            return (t.new_zeros((rows, t.shape[1], slots, t.shape[3])) for t in templates)
+        keys, values = self.prefixes[1].layers[index]
+        return (t.new_zeros((rows, t.shape[0], slots, t.shape[2])) for t in (keys, values))
+
+    def _pool_layer(self, index: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The pool of layer ``index``: every entry right-aligned in ``prefix_slots`` (zeros before)."""
+        if not self.prefix_slots:
+            return None
+        return _padded_layer([None, *self.prefixes[1:]], self.prefix_slots, index)
+
+    def _drop_unused_prefixes(self) -> None:
+        used = sorted(set(self._row_entries().tolist()) | {0})
+        if len(used) == len(self.prefixes):
+            return
+        remap = torch.zeros(len(self.prefixes), dtype=torch.long, device=self.device)
+        remap[torch.tensor(used, device=self.device)] = torch.arange(len(used), device=self.device)
+        self.prefixes = [self.prefixes[i] for i in used]
+        prefix_slots = max((p.length for p in self.prefixes[1:]), default=0)
+        cut = self.prefix_slots - prefix_slots
+        self.mask = self.mask[:, cut:]
+        self.prefix_slots = prefix_slots
+        keep = torch.tensor(used, dtype=torch.long, device=self.device)
+        for layer in self.cache.layers:
+            layer.index = remap[layer.index]
+            if prefix_slots:
+                layer.pool_keys = layer.pool_keys[keep][:, :, cut:]
+                layer.pool_values = layer.pool_values[keep][:, :, cut:]
+            else:
+                layer.pool_keys = layer.pool_values = None
 
 
 def _padded_layers(caches: list[RowCache | None], width: int):
-    """Per layer (keys, values) of shape [rows, kv_heads, width, head_dim], zeros in the left padding,
-    one layer at a time (None: no cached token). DynamicCache copies each layer it is given (its
-    update concatenates onto an empty tensor), so a generator keeps one padded layer alive beside
-    the cache instead of a second copy of the whole batch's cache."""
-    template = next((c for c in caches if c is not None and c.length > 0), None)
-    if template is None:
+    """Per layer the rows' own (keys, values) of shape [rows, kv_heads, width, head_dim], zeros in the
+    left padding, one layer at a time (None: no row holds a token of its own)."""
+    if not any(c is not None and c.own_length > 0 for c in caches):
         return None
+    template = next(c for c in caches if c is not None and c.own_length > 0)
     return (_padded_layer(caches, width, index) for index in range(len(template.layers)))
 
 
 def _padded_layer(caches: list[RowCache | None], width: int, index: int):
-    k_ref, v_ref = next(c for c in caches if c is not None and c.length > 0).layers[index]
+    """Layer ``index`` of the caches' own tokens, right-aligned in ``width`` slots (zeros before; a
+    None or empty cache gives a row of zeros). Pads are masked out of every attention."""
+    k_ref, v_ref = next(c for c in caches if c is not None and c.own_length > 0).layers[index]
     keys = k_ref.new_zeros((len(caches), k_ref.shape[0], width, k_ref.shape[2]))
     values = v_ref.new_zeros((len(caches), v_ref.shape[0], width, v_ref.shape[2]))
     for row, cache in enumerate(caches):
-        if cache is not None and cache.length > 0:
-            keys[row, :, width - cache.length :] = cache.layers[index][0]
-            values[row, :, width - cache.length :] = cache.layers[index][1]
+        if cache is not None and cache.own_length > 0:
+            keys[row, :, width - cache.own_length :] = cache.layers[index][0]
+            values[row, :, width - cache.own_length :] = cache.layers[index][1]
     return keys, values

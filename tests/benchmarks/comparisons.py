@@ -19,8 +19,9 @@ from transformers import Cache, StoppingCriteria, StoppingCriteriaList
 from kvinject.model_adapters import trace_log
 from kvinject.model_adapters.engine import InjectionEngine, InjectionSettings, Problem
 from kvinject.model_adapters.engine.decoding import extend_caches
+from kvinject.model_adapters.engine.row_cache import cache_held_bytes
 from kvinject.model_adapters.engine.tokens import encode_prompt
-from kvinject.model_adapters.memory import doc_kv_bytes, doc_shape, kv_bytes_per_position
+from kvinject.model_adapters.memory import doc_kv_bytes, doc_shape, hidden_layers, kv_bytes_per_position
 
 BATCH_SIZES = (1, 2, 4, 8)
 
@@ -162,9 +163,7 @@ def forward_work(model, run) -> ForwardWork:
         caches = [value for value in kwargs.values() if isinstance(value, Cache)]
         caches += [output.past_key_values] if isinstance(getattr(output, "past_key_values", None), Cache) else []
         for cache in caches:
-            held = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values)
-                       if isinstance(t, torch.Tensor))
-            work.peak_cache_bytes = max(work.peak_cache_bytes, held)
+            work.peak_cache_bytes = max(work.peak_cache_bytes, cache_held_bytes(cache))
 
     handles = [model.register_forward_pre_hook(before, with_kwargs=True),
                model.register_forward_hook(after, with_kwargs=True)]
@@ -182,10 +181,13 @@ def analysis_vs_batched_reprompt(model, tokenizer, problem: Problem, repeats: in
     without kvinject: one ``model.generate`` over the 8 conditions' full prompts at once (left-padded,
     the injection and noise rows re-prompted with the baseline's first N tokens, which are taken from
     the engine and not timed), no scores, same budgets. Also the engine's forward calls per batch
-    against the issue's bound. Returns the rows and both outputs ({condition: generated ids})."""
+    against the issue's bound, and the same analysis with ``share_prompts`` (time and peak KV cache
+    against the prompts copied into every row). Returns the rows and the three outputs ({condition:
+    generated ids})."""
     settings = InjectionSettings()
     with no_eos(model, tokenizer) as engine_tokenizer:
         engine = InjectionEngine(model, engine_tokenizer, settings)
+        shared_engine = InjectionEngine(model, engine_tokenizer, settings, share_prompts=True)
         trace = engine.run([problem])[0]
         conditions = reprompted_conditions(trace)
         width = max(len(ids) for ids, _ in conditions.values())
@@ -200,12 +202,14 @@ def analysis_vs_batched_reprompt(model, tokenizer, problem: Problem, repeats: in
             return {name: out[row, width : width + budget].tolist()
                     for row, (name, (_, budget)) in enumerate(conditions.items())}
 
-        def analysis():
-            trace = engine.run([problem])[0]
+        def analysis(analysing=engine):
+            trace = analysing.run([problem])[0]
             return {name: c["ids"][len(c.get("pre_ids", [])):] for name, c in trace["conditions"].items()}
 
-        seconds, outputs = interleaved_seconds({"analysis": analysis, "reprompt": reprompt}, repeats)
+        seconds, outputs = interleaved_seconds(
+            {"analysis": analysis, "reprompt": reprompt, "shared": lambda: analysis(shared_engine)}, repeats)
         work, reprompt_work = forward_work(model, lambda: engine.run([problem])), forward_work(model, reprompt)
+        shared_work = forward_work(model, lambda: shared_engine.run([problem]))
     budget, bound = problem.max_new_tokens, problem.max_new_tokens + max(settings.injection_points)
     rows = [Row(f"batched_reprompt_generate{label} budget={budget}", "full analysis", "batched re-prompting generate",
                 paired_ratio(seconds, "analysis", "reprompt"), "<= 1.2", _medians(seconds)),
@@ -219,19 +223,27 @@ def analysis_vs_batched_reprompt(model, tokenizer, problem: Problem, repeats: in
                 "budget + largest point", work.calls / bound, "<= 1.05",
                 f"{work.calls} calls (counted, exact); bound {bound}"),
             kv_cache_row(model, tokenizer, problem, settings, work.peak_cache_bytes, reprompt_work.peak_cache_bytes,
-                         label)]
+                         label, share_prompts=False),
+            kv_cache_row(model, tokenizer, problem, settings, shared_work.peak_cache_bytes,
+                         reprompt_work.peak_cache_bytes, label, share_prompts=True),
+            Row(f"shared_prompts_kv{label} budget={budget}", "peak KV bytes, share_prompts=true",
+                "peak KV bytes, prompts copied", shared_work.peak_cache_bytes / work.peak_cache_bytes, "",
+                f"{shared_work.peak_cache_bytes / 2**20:.1f} vs {work.peak_cache_bytes / 2**20:.1f} MiB (counted)"),
+            Row(f"shared_prompts_time{label} budget={budget}", "full analysis, share_prompts=true",
+                "full analysis, prompts copied", paired_ratio(seconds, "shared", "analysis"), "", _medians(seconds))]
     return rows, outputs
 
 
 def kv_cache_row(model, tokenizer, problem: Problem, settings: InjectionSettings, peak_bytes: int,
-                 reprompt_bytes: int, label: str) -> Row:
+                 reprompt_bytes: int, label: str, share_prompts: bool) -> Row:
     """The decoding batch's peak KV cache for one doc (measured) against memory.doc_kv_bytes, the
     estimate batch_size=auto sizes batches with (an upper bound: it also counts the forked caches
     held outside the batch); batched re-prompting's cache beside it."""
     shape = doc_shape(tokenizer, problem, settings.strategy, len(settings.injection_points))
     position = kv_bytes_per_position(model.config, model.dtype.itemsize)
-    estimate = doc_kv_bytes(shape, position, position)
-    return Row(f"peak_kv_cache{label} one doc", "decoding batch's peak KV bytes (measured)",
+    estimate = doc_kv_bytes(shape, position, position, hidden_layers(model.config), share_prompts)
+    name = "peak_kv_cache_shared_prompts" if share_prompts else "peak_kv_cache"
+    return Row(f"{name}{label} one doc", "decoding batch's peak KV bytes (measured)",
                "batch_size=auto's estimate per doc", peak_bytes / estimate, "<= 1",
                f"{peak_bytes / 2**20:.1f} MiB measured vs {estimate / 2**20:.1f} MiB estimated; "
                f"batched re-prompting {reprompt_bytes / 2**20:.1f} MiB")

@@ -86,19 +86,23 @@ def doc_memory(model, tokenizer, problem, device: str, label: str) -> list[Row]:
     runs inside the decoding loop) beside the KV-cache estimate batch_size=auto sizes batches with
     (model_adapters/memory.py)."""
     from kvinject.model_adapters.engine import InjectionEngine, InjectionSettings
-    from kvinject.model_adapters.memory import doc_kv_bytes, doc_shape, kv_bytes_per_position
+    from kvinject.model_adapters.memory import doc_kv_bytes, doc_shape, hidden_layers, kv_bytes_per_position
 
     settings = InjectionSettings(track_attention=False, track_hidden=False)
-    before = peak_memory_mib(lambda: None, device)  # the weights and whatever else is resident
-    peak = peak_memory_mib(lambda: InjectionEngine(model, tokenizer, settings).run([problem]), device)
     shape = doc_shape(tokenizer, problem, settings.strategy, len(settings.injection_points))
     position = kv_bytes_per_position(model.config, model.dtype.itemsize)
-    estimate = doc_kv_bytes(shape, position, position) / 2**20
-    # ~1 when the estimate accounts for the peak (on the CPU the resident set never shrinks, so it reads ~1 there)
-    return [Row(f"peak_memory{label} one doc", "peak MiB", "resident MiB + KV estimate MiB",
-                peak / (before + estimate), "",
-                f"measured peak {peak:.0f} MiB ({before:.0f} resident); KV estimate per doc {estimate:.0f} MiB "
-                "(memory.doc_kv_bytes)")]
+    rows = []
+    for share_prompts in (False, True):
+        before = peak_memory_mib(lambda: None, device)  # the weights and whatever else is resident
+        engine = InjectionEngine(model, tokenizer, settings, share_prompts=share_prompts)
+        peak = peak_memory_mib(lambda: engine.run([problem]), device)
+        estimate = doc_kv_bytes(shape, position, position, hidden_layers(model.config), share_prompts) / 2**20
+        # ~1 when the estimate accounts for the peak (on the CPU the resident set never shrinks, so it reads ~1 there)
+        rows.append(Row(f"peak_memory{label} one doc share_prompts={str(share_prompts).lower()}", "peak MiB",
+                        "resident MiB + KV estimate MiB", peak / (before + estimate), "",
+                        f"measured peak {peak:.0f} MiB ({before:.0f} resident); KV estimate per doc {estimate:.0f} MiB "
+                        "(memory.doc_kv_bytes)"))
+    return rows
 
 
 def main(argv=None) -> list[Row]:

@@ -40,9 +40,10 @@ def test_batched_reprompt_generate_smollm2(comparison, smollm2, budget):
     model, tokenizer = smollm2
     rows, outputs = comparison(lambda repeats, smoke: analysis_vs_batched_reprompt(
         model, tokenizer, math_problems(1, 18 if smoke else budget)[0], repeats))
-    assert outputs["reprompt"]["baseline"] == outputs["analysis"]["baseline"]
+    assert outputs["reprompt"]["baseline"] == outputs["analysis"]["baseline"] == outputs["shared"]["baseline"]
     verdicts = {row.name.split(" ")[0]: row.verdict for row in rows}
     assert verdicts["forward_calls"] == "met" and verdicts["peak_kv_cache"] == "met"
+    assert verdicts["peak_kv_cache_shared_prompts"] == "met"
 
 
 def test_naive_reference_smollm2(comparison, smollm2):

@@ -1,5 +1,6 @@
 """batch_size=auto from the docs' real needs on a simulated memory budget; out-of-memory errors."""
 import dataclasses
+import functools
 
 import pytest
 import transformers
@@ -20,27 +21,39 @@ QWEN_7B = transformers.Qwen2Config(hidden_size=3584, num_hidden_layers=28, num_a
                                    num_key_value_heads=4)
 
 
-def test_a_7b_doc_needs_about_a_gibibyte_of_cache_with_float32_scoring():
+def test_a_7b_doc_with_shared_prompts_holds_them_once():
     bf16, fp32 = kv_bytes_per_position(QWEN_7B, 2), kv_bytes_per_position(QWEN_7B, 4)
     assert bf16 == 2 * 28 * 4 * 128 * 2 == 57344  # keys and values, 28 layers, 4 KV heads of 128
     zero_shot = DocShape(prompt=120, segment=60, budget=256, points=3)
-    width = 120 + 60 + 256
-    assert doc_kv_bytes(zero_shot, bf16, fp32) == (2 + 6) * width * bf16 + 3 * 6 * width * fp32
-    assert 0.9 * GIB < doc_kv_bytes(zero_shot, bf16, fp32) < 1.1 * GIB
-    assert 0.55 * GIB < doc_kv_bytes(zero_shot, bf16, bf16) < 0.65 * GIB  # scoring in bf16 (issue 22: ~0.5-0.6 GiB)
+    own, rows = 60 + 256 + 1, 2 + 3 * 6  # a row's own slots; baseline, oracle, run/old/new of 6 branches
+    held = (2 + 6) * own * bf16 + 2 * 6 * own * fp32 + 2 * 2 * 120 * bf16 + 4 * own * bf16
+    assert doc_kv_bytes(zero_shot, bf16, fp32, 28, True) == held + 2 * rows * (120 + own) * fp32 // 28
+    # With every row and fork holding its own prompt copy (share_prompts=false): 2 + 6 held caches and
+    # 18 rows of prompt + segment + budget each, 0.61 GiB here and 1.8 GiB with a 1,000-token prompt.
+    for shape, shared_gib, copied_gib in ((zero_shot, 0.47, 0.61), (dataclasses.replace(zero_shot, prompt=1000), 0.72, 1.83)):
+        copied = (2 + 6 + 3 * 6) * (shape.prompt + shape.segment + shape.budget) * bf16
+        assert doc_kv_bytes(shape, bf16, bf16, 28, False) == copied
+        assert copied / GIB == pytest.approx(copied_gib, abs=0.01)
+        assert doc_kv_bytes(shape, bf16, bf16, 28, True) / GIB == pytest.approx(shared_gib, abs=0.01)
+    replace = dataclasses.replace(zero_shot, segment=0, strategy="replace")  # and 3 control prompts, held once
+    assert doc_kv_bytes(replace, bf16, bf16, 28, True) - doc_kv_bytes(
+        dataclasses.replace(replace, strategy="append"), bf16, bf16, 28, True) == 2 * 3 * 120 * bf16
 
 
-def test_the_batch_is_sized_from_the_largest_doc_on_a_simulated_budget():
+@pytest.mark.parametrize("share_prompts,short_docs,long_docs", [(False, 19, 6), (True, 28, 19)])
+def test_the_batch_is_sized_from_the_largest_doc_on_a_simulated_budget(share_prompts, short_docs, long_docs):
     bf16, fp32 = kv_bytes_per_position(QWEN_7B, 2), kv_bytes_per_position(QWEN_7B, 4)
     short = DocShape(prompt=120, segment=60, budget=256, points=3)
     long = dataclasses.replace(short, prompt=1000)  # a few-shot prompt
     budget = 40 * GIB  # free memory of an 80 GB card with the weights loaded
-    assert fitting_batch_size(budget, [short], bf16, fp32, maximum=64) == int(
-        FREE_MEMORY_SHARE * budget // doc_kv_bytes(short, bf16, fp32))  # 19 docs
-    assert fitting_batch_size(budget, [short, long], bf16, fp32, maximum=64) == int(
-        FREE_MEMORY_SHARE * budget // doc_kv_bytes(long, bf16, fp32))  # 6 docs: the long one decides
-    assert fitting_batch_size(budget, [short], bf16, fp32, maximum=4) == 4
-    assert fitting_batch_size(GIB // 4, [short], bf16, fp32, maximum=64) == 1  # not even one fits: run alone
+    sized = functools.partial(fitting_batch_size, position_bytes=bf16, score_position_bytes=fp32, layers=28,
+                              share_prompts=share_prompts)
+    assert sized(budget, [short], maximum=64) == int(
+        FREE_MEMORY_SHARE * budget // doc_kv_bytes(short, bf16, fp32, 28, share_prompts)) == short_docs
+    assert sized(budget, [short, long], maximum=64) == int(
+        FREE_MEMORY_SHARE * budget // doc_kv_bytes(long, bf16, fp32, 28, share_prompts)) == long_docs  # the long one
+    assert sized(budget, [short], maximum=4) == 4
+    assert sized(GIB // 4, [short], maximum=64) == 1  # not even one fits: run alone
 
 
 def test_generate_until_sizes_batch_size_auto_from_its_docs(local_model_dir, tmp_path, monkeypatch, adaptation_request):
@@ -51,7 +64,9 @@ def test_generate_until_sizes_batch_size_auto_from_its_docs(local_model_dir, tmp
     problems = [harness_model.problem_from_request(lm.args, r.task_name, r.doc, *r.args, lm.turn_frame) for r in requests]
     position = kv_bytes_per_position(lm.model.config, 4)
     points = len(lm.settings.injection_points)
-    largest = max(doc_kv_bytes(doc_shape(lm.tokenizer, p, lm.settings.strategy, points), position, position)
+    layers = lm.model.config.num_hidden_layers
+    largest = max(doc_kv_bytes(doc_shape(lm.tokenizer, p, lm.settings.strategy, points), position, position, layers,
+                               False)
                   for p in problems)
     monkeypatch.setattr(harness_model, "device_free_bytes", lambda device: int(2.5 * largest / FREE_MEMORY_SHARE))
     batches = []

@@ -46,29 +46,48 @@ def test_branches_do_not_change_the_shared_prefix(tiny_model_builder, tiny_token
     assert all(torch.equal(k, k0) and torch.equal(v, v0) for (k, v), (k0, v0) in zip(fork.layers, before))
 
 
-def test_a_padded_batch_holds_one_padded_layer_beside_its_cache(monkeypatch, tiny_model_builder):
-    """DynamicCache copies what it is given: the padded layers are made one at a time, so assembling
-    a batch never holds a second copy of the whole cache."""
-    import gc
-    import weakref
-
-    from transformers.cache_utils import DynamicLayer
-
+def test_a_padded_batch_keeps_the_padded_layers_it_builds(monkeypatch, tiny_model_builder):
+    """Each padded layer is built once and kept as the cache's own tensors (no second copy of the
+    batch's cache while it is assembled)."""
+    from kvinject.model_adapters.engine import row_cache
     from kvinject.model_adapters.engine.decoding import extend_caches
-    from kvinject.model_adapters.engine.row_cache import PaddedBatch
 
     model = tiny_model_builder("llama")
     caches = extend_caches(model, [None, None], [[5, 6, 7, 8], [9, 10]])
-    given, alive_at_update = [], []
-    real_update = DynamicLayer.update
-
-    def update(layer, keys, values, *args, **kwargs):
-        gc.collect()
-        alive_at_update.append(sum(ref() is not None for ref in given))  # earlier padded layers still alive
-        given.append(weakref.ref(keys))
-        return real_update(layer, keys, values, *args, **kwargs)
-
-    monkeypatch.setattr(DynamicLayer, "update", update)
-    batch = PaddedBatch(model, caches)
-    assert alive_at_update == [0] * model.config.num_hidden_layers
+    built, real_padded_layer = [], row_cache._padded_layer
+    monkeypatch.setattr(row_cache, "_padded_layer", lambda *a: built.append(real_padded_layer(*a)) or built[-1])
+    batch = row_cache.PaddedBatch(model, caches)
+    assert len(built) == model.config.num_hidden_layers
+    assert all(layer.keys is keys and layer.values is values for layer, (keys, values) in zip(batch.cache.layers, built))
     assert batch.cache.layers[0].keys.shape[2] == 4
+
+
+def test_rows_continuing_one_prefix_hold_it_once(tiny_model_builder):
+    """Rows that continue a prefix hold only their own tokens; the batch holds each distinct prefix
+    once (in its pool), gives every row its whole context, and forgets a prefix no row continues."""
+    from kvinject.model_adapters.engine.decoding import extend_caches
+    from kvinject.model_adapters.engine.row_cache import PaddedBatch, RowCache, cache_held_bytes
+    from kvinject.model_adapters.memory import kv_bytes_per_position
+
+    model = tiny_model_builder("llama")
+    prompt, other = extend_caches(model, [None, None], [list(range(5, 35)), list(range(40, 50))])
+    rows = [RowCache.continuing(prompt), prompt.then(extend_caches(model, [prompt], [[7]])[0].tail(30)),
+            *extend_caches(model, [RowCache.continuing(prompt)] * 3 + [RowCache.continuing(other)], [[7], [8], [9], [3]])]
+    assert rows[1].prefix is None and all(r.prefix is prompt for r in rows[2:5]) and rows[5].prefix is other
+    batch = PaddedBatch(model, rows)
+    # Own slots: 31 (the row that copied the prompt) for 6 rows; the pool: 30 slots for 3 entries (0: none).
+    assert batch.prefix_slots == 30 and batch.mask.shape[1] == 30 + 31
+    position = kv_bytes_per_position(model.config, 4)
+    assert cache_held_bytes(batch.cache) == position * (6 * 31 + 3 * 30)  # not 6 * 61
+    # Every row's context is its whole sequence: the same next-token logits as the materialised rows.
+    fed = batch.feed_tokens([[11]] * 6)
+    shared = model(**fed).logits[:, -1]
+    plain = PaddedBatch(model, [r.materialised() if r.length else None for r in rows])
+    assert plain.prefix_slots == 0
+    assert torch.allclose(shared, model(**plain.feed_tokens([[11]] * 6)).logits[:, -1], atol=1e-5)
+    assert batch.row_cache(2).prefix is prompt and batch.row_cache(2).own_length == 2
+    batch.keep_rows([0, 5])
+    assert batch.prefixes == [None, prompt, other]
+    batch.keep_rows([1])
+    assert batch.prefixes == [None, other] and batch.prefix_slots == 10 and batch.mask.shape[1] == 10 + 32
+    assert batch.row_cache(0).prefix is other

@@ -23,12 +23,12 @@ class CountingModel:
         return getattr(self.model, name)
 
 
-def count_forwards(model, tokenizer, problems, batch_size, **settings):
+def count_forwards(model, tokenizer, problems, batch_size, share_prompts=False, **settings):
     """(traces, forward calls per batch): the decoding steps (scoring included: it runs inside them)
     plus the prompt-prefix and control-prompt prefills."""
     counting = CountingModel(model)
     engine = InjectionEngine(counting, tokenizer, InjectionSettings(injection_points=POINTS, **settings),
-                             batch_size=batch_size)
+                             batch_size=batch_size, share_prompts=share_prompts)
     counting.calls = 0  # replace's rotary probe at construction is not part of a batch
     traces = engine.run(problems)
     return traces, counting.calls / -(-len(problems) // batch_size)
@@ -44,15 +44,16 @@ def test_a_batch_decodes_in_one_pass_of_about_budget_steps(family, strategy, tin
     """Every run goes to its budget (no EOS): a branch forked after N tokens generates BUDGET - N
     tokens from the step after its fork, so the last row ends at step BUDGET + 1 whatever the points."""
     model = tiny_model_builder(family)
-    for batch_size in (1, 3):
-        traces, calls = count_forwards(model, tiny_tokenizer, problems(3), batch_size, strategy=strategy)
+    for batch_size, share in ((1, False), (3, False), (3, True)):
+        traces, calls = count_forwards(model, tiny_tokenizer, problems(3), batch_size, share, strategy=strategy)
         assert all(c["stop_reason"] == "max_new_tokens" for t in traces for c in t["conditions"].values())
         assert all(t["conditions"][f"injection@{n}"]["injected"] for t in traces for n in POINTS)
         assert calls <= 1.05 * (BUDGET + max(POINTS))  # the issue's bound (two loops needed ~2 x BUDGET)
-        # One step per generated token plus the first step; the shared-prefix prefill, (replace) the
-        # control prompts' prefill, and at most one prefill of the joining rows' feeds per point:
-        # nothing else runs the model, scoring included.
-        assert BUDGET + 2 + (strategy == "replace") < calls <= BUDGET + 2 + (strategy == "replace") + len(POINTS)
+        # One step per generated token plus the first step; the shared-prefix prefill, (share_prompts)
+        # the prompts' prefill from it, (replace) the control prompts' prefill, and at most one prefill
+        # of the joining rows' feeds per point: nothing else runs the model, scoring included.
+        fixed = BUDGET + 2 + share + (strategy == "replace")
+        assert fixed < calls <= fixed + len(POINTS)
 
 
 def test_a_row_that_joins_a_running_loop_decodes_as_it_would_alone(tiny_model_builder, tiny_tokenizer, no_stop):
