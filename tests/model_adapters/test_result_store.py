@@ -31,7 +31,8 @@ def test_a_setting_that_changes_traces_changes_the_key(changed, base, local_mode
     assert fingerprint(local_model_dir, tmp_path, **{"injection_points": "1:3", **changed}) != base
 
 
-@pytest.mark.parametrize("same", [{"batch_size": 4}, {"max_batch_size": 2}, {"score_dtype": "model"}])
+@pytest.mark.parametrize("same", [{"batch_size": 4}, {"max_batch_size": 2}, {"score_dtype": "model"},
+                                  {"share_prompts": "true"}])
 def test_batch_size_and_output_folders_do_not_in_float32(same, base, local_model_dir, tmp_path):
     assert fingerprint(local_model_dir, tmp_path / "elsewhere", injection_points="1:3", **same) == base
 
@@ -43,6 +44,15 @@ def test_batch_size_changes_the_key_in_16_bit(local_model_dir, tmp_path):
     assert keys[1] != keys[3]
     assert fingerprint(local_model_dir, tmp_path / "elsewhere", injection_points="1:3", dtype="bfloat16",
                        batch_size=3) == keys[3]
+
+
+def test_shared_prompts_reach_the_engine_and_change_the_key_in_16_bit(local_model_dir, tmp_path):
+    """share_prompts lays the cache out differently: the same traces in float32 (tested in the engine's
+    tests), other rounding in 16-bit."""
+    lm = KVInjectLM(pretrained=str(local_model_dir), trace_dir=str(tmp_path), result_store="none",
+                    injection_points="1:3", dtype="bfloat16", share_prompts="true")
+    assert lm.engine.share_prompts is True
+    assert lm.fingerprint != fingerprint(local_model_dir, tmp_path, injection_points="1:3", dtype="bfloat16")
 
 
 @pytest.mark.parametrize("field, value", [
