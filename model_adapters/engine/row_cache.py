@@ -54,7 +54,7 @@ class RowCache:
     @classmethod
     def continuing(cls, prefix: "RowCache") -> "RowCache":
         """A row that holds nothing of its own yet and continues ``prefix``."""
-        return cls(tuple((k[:, :0], v[:, :0]) for k, v in prefix.layers), prefix)
+        return cls(prefix._own(0, 0), prefix)
 
     @property
     def own_length(self) -> int:
@@ -68,25 +68,25 @@ class RowCache:
     def length(self) -> int:
         return self.prefix_length + self.own_length
 
+    def _own(self, start: int, stop: int | None = None) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """This row's own slots ``start:stop`` (views, not copies)."""
+        return tuple((k[:, start:stop], v[:, start:stop]) for k, v in self.layers)
+
     def materialised(self) -> "RowCache":
         """The same tokens held by this row alone (the prefix copied in)."""
         return self if self.prefix is None else self.prefix.then(RowCache(self.layers))
 
     def head(self, length: int) -> "RowCache":
         """The first ``length`` tokens (still continuing the prefix where they cover it)."""
-        if self.prefix is not None and length >= self.prefix_length:
-            return RowCache(RowCache(self.layers).head(length - self.prefix_length).layers, self.prefix)
-        if self.prefix is not None:
+        if length < self.prefix_length:
             return self.prefix.head(length)
-        return RowCache(tuple((k[:, :length], v[:, :length]) for k, v in self.layers))
+        return RowCache(self._own(0, length - self.prefix_length), self.prefix)
 
     def tail(self, start: int) -> "RowCache":
         """The tokens from index ``start`` on (a row of its own)."""
-        if self.prefix is not None:
-            if start >= self.prefix_length:
-                return RowCache(self.layers).tail(start - self.prefix_length)
+        if start < self.prefix_length:
             return self.materialised().tail(start)
-        return RowCache(tuple((k[:, start:], v[:, start:]) for k, v in self.layers))
+        return RowCache(self._own(start - self.prefix_length))
 
     def then(self, other: "RowCache") -> "RowCache":
         """This row followed by ``other`` (same model), continuing this row's prefix."""
@@ -98,10 +98,6 @@ class RowCache:
             ),
             self.prefix,
         )
-
-    def nbytes(self) -> int:
-        """Bytes of this row's own keys and values (a prefix is counted where it is held)."""
-        return sum(t.numel() * t.element_size() for layer in self.layers for t in layer)
 
 
 def attention_windows(config) -> dict[str, int | None]:
@@ -148,26 +144,25 @@ class SharedPrefixLayer(DynamicLayer):
         return (torch.cat([self.pool_keys[self.index], keys], dim=-2),
                 torch.cat([self.pool_values[self.index], values], dim=-2))
 
+    @property
+    def has_slots(self) -> bool:
+        """Whether the own keys exist as a [rows, kv_heads, slots, head_dim] tensor (not lazily empty)."""
+        return self.is_initialized and self.keys.dim() == 4
+
     def get_seq_length(self) -> int:
-        own = self.keys.shape[-2] if self.is_initialized and self.keys.dim() == 4 else 0
-        return self.prefix_slots + own
+        return self.prefix_slots + (self.keys.shape[-2] if self.has_slots else 0)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         self.keys, self.values = self.keys[indices], self.values[indices]
         if self.index is not None:
             self.index = self.index[indices]
 
-    def held_bytes(self) -> int:
-        """Bytes held between forwards: the pool and the own slots (the gathered copies are transient)."""
-        tensors = (self.keys, self.values, self.pool_keys, self.pool_values)
-        return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
-
 
 def cache_held_bytes(cache) -> int:
-    """Keys and values a transformers cache holds between forwards (for a PaddedBatch's, the pool once)."""
-    return sum(layer.held_bytes() if isinstance(layer, SharedPrefixLayer) else
-               sum(t.numel() * t.element_size() for t in (layer.keys, layer.values) if isinstance(t, torch.Tensor))
-               for layer in cache.layers)
+    """Keys and values a transformers cache holds between forwards: a PaddedBatch's own slots and its
+    pool (once); the contexts gathered for one layer's attention are transient and not counted."""
+    held = (getattr(layer, name, None) for layer in cache.layers for name in ("keys", "values", "pool_keys", "pool_values"))
+    return sum(t.numel() * t.element_size() for t in held if isinstance(t, torch.Tensor))
 
 
 class PaddedBatch:
@@ -250,7 +245,7 @@ class PaddedBatch:
         """A copy of ``row``'s own real tokens as they stand now, continuing its prefix (not copied)."""
         real = self.mask[row, self.prefix_slots :].bool()
         layers = tuple((layer.keys[row][:, real], layer.values[row][:, real]) for layer in self.cache.layers)
-        prefix = self.prefixes[self._row_entries()[row]]
+        prefix = self.prefixes[int(self._row_entries()[row])]
         return RowCache(layers, prefix)
 
     def keep_rows(self, rows: list[int]) -> None:
@@ -290,7 +285,7 @@ class PaddedBatch:
         for index, own in enumerate(own_layers):
             running = self.cache.layers[index] if index < len(self.cache.layers) else None
             own = own if own is not None else tuple(self._zeros_like_layer(index, len(caches), own_slots))
-            if running is not None and running.is_initialized and running.keys.dim() == 4:
+            if running is not None and running.has_slots:
                 own = tuple(torch.cat([pad(old, (0, 0, grow_own, 0)), new])
                             for old, new in zip((running.keys, running.values), own))
             layers.append(SharedPrefixLayer(self._pool_layer(index), row_entries, own))
@@ -324,8 +319,7 @@ class PaddedBatch:
 
     def _zeros_like_layer(self, index: int, rows: int, slots: int):
         """Zeros ``[rows, kv_heads, slots, head_dim]`` (keys, values) shaped like layer ``index``."""
-        if index < len(self.cache.layers) and self.cache.layers[index].is_initialized \
-                and self.cache.layers[index].keys.dim() == 4:
+        if index < len(self.cache.layers) and self.cache.layers[index].has_slots:
             templates = (self.cache.layers[index].keys, self.cache.layers[index].values)
             return (t.new_zeros((rows, t.shape[1], slots, t.shape[3])) for t in templates)
         keys, values = self.prefixes[1].layers[index]

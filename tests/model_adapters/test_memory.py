@@ -12,6 +12,7 @@ from kvinject.model_adapters.memory import (
     doc_kv_bytes,
     doc_shape,
     fitting_batch_size,
+    hidden_layers,
     is_out_of_memory,
     kv_bytes_per_position,
 )
@@ -64,7 +65,7 @@ def test_generate_until_sizes_batch_size_auto_from_its_docs(local_model_dir, tmp
     problems = [harness_model.problem_from_request(lm.args, r.task_name, r.doc, *r.args, lm.turn_frame) for r in requests]
     position = kv_bytes_per_position(lm.model.config, 4)
     points = len(lm.settings.injection_points)
-    layers = lm.model.config.num_hidden_layers
+    layers = hidden_layers(lm.model.config)
     largest = max(doc_kv_bytes(doc_shape(lm.tokenizer, p, lm.settings.strategy, points), position, position, layers,
                                False)
                   for p in problems)
