@@ -12,9 +12,11 @@ heads. Nothing is materialised per query head, which also spares a GPU the repea
 cache that ``repeat_kv`` makes when several KV heads each serve several query heads.
 
 It stands in for a family's own eager function only where it is known to be equal: on the first
-call of each attention layer both run and the family's result is kept; the layer uses the grouped
-form afterwards only if the two agreed (see ``_AGREE``), so a family whose eager function does more
-(attention sinks, a per-layer scale) keeps its own. Layers without grouped heads, calls without a
+call of each attention layer both run, and the layer uses the grouped form from that call on only if
+the two agreed (see ``_AGREE``), so a family whose eager function does more (attention sinks, a
+per-layer scale) keeps its own. Either way a layer gives one function's result on every call,
+first included: a doc's trace must not depend on whether it was the first a process computed (a
+resumed run starts at another doc than an uninterrupted one, and must reproduce its bits). Layers without grouped heads, calls without a
 ``scaling`` and training mode (dropout) always go to the family's own function.
 """
 from __future__ import annotations
@@ -75,7 +77,7 @@ def grouped_eager_attention(module, query, key, value, attention_mask, **kwargs)
         if not _verdicts[module]:
             logger.warning("%s: grouped eager attention differs from the family's own; that layer keeps its own",
                            type(module).__name__)
-        return reference
+            return reference
     return grouped
 
 
