@@ -16,8 +16,9 @@ call of each attention layer both run, and the layer uses the grouped form from 
 the two agreed (see ``_AGREE``), so a family whose eager function does more (attention sinks, a
 per-layer scale) keeps its own. Either way a layer gives one function's result on every call,
 first included: a doc's trace must not depend on whether it was the first a process computed (a
-resumed run starts at another doc than an uninterrupted one, and must reproduce its bits). Layers without grouped heads, calls without a
-``scaling`` and training mode (dropout) always go to the family's own function.
+resumed run starts at another doc than an uninterrupted one, and must reproduce its bits). Layers
+without grouped heads, calls without a ``scaling`` and training mode (dropout) always go to the
+family's own function.
 """
 from __future__ import annotations
 

@@ -260,8 +260,9 @@ class PaddedBatch:
         """Append rows (after the existing ones) that start from ``caches``: every row's prefix and
         own tokens stay right-aligned in their blocks, the narrower side gets left padding (masked
         slots, so no row changes)."""
-        row_entries = self._row_entries()
+        row_entries, pool_entries = self._row_entries(), len(self.prefixes)
         entries = [self._entry(None if c is None else c.prefix) for c in caches]
+        pool_grew = len(self.prefixes) > pool_entries  # else each running layer keeps its pool as it is
         prefix_slots = max(e.length for e in self.prefixes[1:]) if len(self.prefixes) > 1 else 0
         own_lengths = [0 if c is None else c.own_length for c in caches]
         own_slots = max(self.mask.shape[1] - self.prefix_slots, *own_lengths)
@@ -288,7 +289,9 @@ class PaddedBatch:
             if running is not None and running.has_slots:
                 own = tuple(torch.cat([pad(old, (0, 0, grow_own, 0)), new])
                             for old, new in zip((running.keys, running.values), own))
-            layers.append(SharedPrefixLayer(self._pool_layer(index), row_entries, own))
+            pool = (running.pool_keys, running.pool_values) if running is not None and not pool_grew else \
+                self._pool_layer(index)
+            layers.append(SharedPrefixLayer(pool, row_entries, own))
         self.cache.layers = layers
 
     # ------------------------------------------------------------------------------ the prefix pool
